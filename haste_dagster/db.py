@@ -94,10 +94,18 @@ def psycopg_url(url: str) -> str:
 
 
 def connect(url: str | None = None, *, migrate_schema: bool = True) -> psycopg.Connection:
-    """Open a connection (rows as dicts) with the schema migrated and pgvector registered."""
+    """Open a connection (rows as dicts) with the schema migrated and pgvector registered.
+
+    The connection is in autocommit mode: a statement outside ``with conn.transaction()``
+    is durable at once, and writes that belong together are grouped in a transaction
+    block. (Without autocommit a first SELECT would open an implicit transaction that
+    turns every later ``transaction()`` into a savepoint, lost if the process dies.)
+    """
     target = url or database_url()
     try:
-        conn = psycopg.connect(psycopg_url(target), row_factory=dict_row, connect_timeout=10)
+        conn = psycopg.connect(
+            psycopg_url(target), row_factory=dict_row, connect_timeout=10, autocommit=True
+        )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {redact(target)}: {redact(str(exc))}") from exc
     if migrate_schema:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +18,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def haste_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A throwaway HASTE_HOME whose embedded server lives for the test session."""
-    home = tmp_path_factory.mktemp("haste_home")
+def haste_home() -> Iterator[Path]:
+    """A throwaway HASTE_HOME whose embedded server lives for the test session.
+
+    Not under pytest's tmp_path: pytest resets its base folder to mode 0700 whenever a
+    session starts, and the embedded server runs as its own system user when tests run
+    as root, so it would lose access to its data folder.
+    """
+    home = Path(tempfile.mkdtemp(prefix="haste-test-"))
     saved = {k: os.environ.get(k) for k in ("HASTE_HOME", "HASTE_DATABASE_URL")}
     os.environ["HASTE_HOME"] = str(home)
     os.environ.pop("HASTE_DATABASE_URL", None)
@@ -26,6 +33,7 @@ def haste_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
     finally:
         db.stop_embedded()
+        shutil.rmtree(home, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -2,6 +2,109 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(help="bench commands", no_args_is_help=True)
+
+
+def _split_names(values: list[str]) -> list[str]:
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+@app.command("transfer")
+def transfer_command(
+    competitions: list[str] = typer.Option(
+        [], "--competitions", help="campaign competitions in order (comma-separated or repeated)"
+    ),
+    evaluation: list[str] = typer.Option(
+        [], "--eval", help="held-out evaluation competitions (default: the preset's, or the "
+        "last listed competition of every domain with two or more)"
+    ),
+    defs: list[Path] = typer.Option(
+        [], "--defs", help="folder of competition YAMLs, searched before the bundled ones "
+        "(repeatable); without --competitions every YAML in it takes part"
+    ),
+    seeds: int | None = typer.Option(
+        None, "--seeds", help="seeds per evaluation (default 3; --quick 1)"
+    ),
+    iterations: int | None = typer.Option(
+        None, "--iterations",
+        help="refinement iterations per attempt (default: each budget; --quick 8)",
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="CI smoke preset: small tabular competitions, 1 seed"
+    ),
+    policy: str = typer.Option("heuristic", help="heuristic | llm"),
+    modes: str = typer.Option("tiered,flat,none", help="loading modes of the ablation"),
+    peers: str = typer.Option("flaml", help="peer systems, comma-separated ('' for none)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON here"),
+    plots: Path | None = typer.Option(None, "--plots", help="write PNG plots into this folder"),
+    keep_databases: bool = typer.Option(
+        False, "--keep-databases", help="keep the throwaway benchmark databases for inspection"
+    ),
+) -> None:
+    """Transfer benchmark: cold campaign, warm vs cold, loading ablation, kept rate vs
+    inventory size, FLAML at the same measured CPU seconds. Runs in throwaway databases."""
+    from rich.console import Console
+
+    from haste_dagster import db
+    from haste_dagster.bench.transfer import TransferOptions, run_transfer_benchmark, write_json
+    from haste_dagster.errors import HasteError
+
+    console = Console(stderr=True)
+    overrides: dict = {
+        "competitions": _split_names(competitions),
+        "evaluation": _split_names(evaluation),
+        "defs_dirs": list(defs),
+        "policy": policy,
+        "modes": tuple(_split_names([modes])),
+        "peers": tuple(_split_names([peers])),
+        "keep_databases": keep_databases,
+        "log": lambda message: console.print(message, highlight=False),
+    }
+    if seeds is not None:
+        overrides["seeds"] = seeds
+    if iterations is not None:
+        overrides["iterations"] = iterations
+    options = TransferOptions.quick_preset(**overrides) if quick else TransferOptions(**overrides)
+    try:
+        report = run_transfer_benchmark(db.database_url(), options)
+    except (HasteError, ValueError, db.DatabaseError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    if json_out is not None:
+        console.print(f"wrote {write_json(report, json_out)}")
+    if plots is not None:
+        from haste_dagster.bench.plots import write_plots
+
+        for path in write_plots(report, plots):
+            console.print(f"wrote {path}")
+    _print_transfer_summary(report)
+
+
+def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, imported lazily
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(value: object, pattern: str = "{:.3g}") -> str:
+        return "—" if value is None else pattern.format(value)
+
+    out = Console()
+    table = Table(title="transfer targets (heuristic policy)")
+    for column in ("target", "wanted", "measured", "met"):
+        table.add_column(column)
+    for name, target in report.targets().items():
+        met = target["met"]
+        table.add_row(
+            name, target["target"], fmt(target["measured"]),
+            "—" if met is None else ("[green]yes[/]" if met else "[red]no[/]"),
+        )
+    out.print(table)
+    for mode, summary in report.ablation().items():
+        out.print(
+            f"{mode:<7} medal rate {fmt(summary['medal_rate'], '{:.0%}')} "
+            f"({summary['medals']}/{summary['graded']}), completion tokens "
+            f"{summary['tokens']['completion']}"
+        )

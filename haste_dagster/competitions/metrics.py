@@ -52,12 +52,16 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
         Metric("accuracy", True, "label", lambda y, p, c: skm.accuracy_score(y, p)),
-        Metric("balanced_accuracy", True, "label", lambda y, p, c: skm.balanced_accuracy_score(y, p)),
+        Metric(
+            "balanced_accuracy", True, "label", lambda y, p, c: skm.balanced_accuracy_score(y, p)
+        ),
         Metric("f1", True, "label", lambda y, p, c: skm.f1_score(y, p, pos_label=c[1] if c else 1)),
         Metric("f1_macro", True, "label", lambda y, p, c: skm.f1_score(y, p, average="macro")),
         Metric("roc_auc", True, "proba", _roc_auc),
         Metric("log_loss", False, "proba", _log_loss),
-        Metric("rmse", False, "value", lambda y, p, c: float(np.sqrt(skm.mean_squared_error(y, p)))),
+        Metric(
+            "rmse", False, "value", lambda y, p, c: float(np.sqrt(skm.mean_squared_error(y, p)))
+        ),
         Metric("mae", False, "value", lambda y, p, c: skm.mean_absolute_error(y, p)),
         Metric("rmsle", False, "value", _rmsle),
         Metric("mape", False, "value", _mape),

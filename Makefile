@@ -1,0 +1,40 @@
+# Two entry points (see README): `make run` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= dev,distributed,bench
+
+.PHONY: setup system-deps run test lint ui leaderboards clean-db
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+# Debian packages the end-to-end tests need (headless Chromium, Redis for Celery).
+system-deps:
+	bash scripts/install_system_deps.sh
+
+run: setup
+	mkdir -p out
+	$(BIN)/haste campaign --json out/campaign.json
+
+test: setup system-deps
+	$(BIN)/ruff check haste_dagster tests scripts bench
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check haste_dagster tests scripts bench
+
+ui: setup
+	$(BIN)/haste ui
+
+leaderboards: setup
+	$(BIN)/python scripts/build_leaderboards.py
+
+clean-db:
+	-$(BIN)/haste db stop
+	rm -rf .haste/pgdata

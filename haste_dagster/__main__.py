@@ -1,0 +1,3 @@
+from haste_dagster.cli import main
+
+main()

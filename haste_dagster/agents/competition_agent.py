@@ -1,0 +1,387 @@
+"""The competition agent: the refinement loop of one attempt.
+
+    initial spec (specialist) → iteration 0 = its cross-validation (the baseline)
+    → for i in 1..N: policy proposes a patch → cross-validate → keep or revert
+
+**Keep rule.** Every candidate is scored on the same folds as the incumbent (the fold
+split depends only on the attempt seed), so the noise of a comparison is the spread of the
+*paired* per-fold differences d_k (oriented so positive = better). A candidate is kept iff
+
+    mean(d) > KEEP_Z · sd(d) / sqrt(k)   and   mean(d) > MIN_REL_GAIN · |incumbent|
+
+i.e. it beats the incumbent by more than half a standard error of the paired difference and
+by a non-negligible relative amount. The loop stops early after ``patience`` consecutive
+iterations without a kept change, when the policy has nothing left to propose, or when the
+time budget is spent.
+
+**Recording and resume.** Each iteration is written to Postgres as soon as it is scored.
+Resuming replays the recorded history (no refitting): the incumbent is the initial spec with
+every kept patch applied, and because policies are pure functions of their context the next
+proposal is the same one an uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import psycopg
+
+from haste_dagster.agents import records
+from haste_dagster.agents.policy import (
+    IterationRecord,
+    Policy,
+    PolicyContext,
+    SkillView,
+    touches_validation,
+)
+from haste_dagster.competitions.metrics import get_metric
+from haste_dagster.errors import HasteError
+from haste_dagster.solution.evaluate import CVResult, cross_validate
+from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
+
+Loading = Literal["tiered", "flat", "none"]
+KEEP_Z = 0.5
+MIN_REL_GAIN = 1e-4
+
+
+@dataclass
+class AttemptConfig:
+    policy: str = "heuristic"
+    loading: Loading = "tiered"
+    iterations: int | None = None  # None: the competition's budget
+    seed: int = 0
+    label: str | None = None
+    patience: int | None = None  # None: max(5, iterations // 2)
+    seconds: float | None = None  # None: the competition's budget
+
+
+@dataclass
+class AttemptResult:
+    attempt_id: int
+    slug: str
+    policy: str
+    loading: str
+    seed: int
+    best_spec: dict
+    best_cv: float | None
+    kept_rate: float
+    iterations: list[dict[str, Any]]
+    skills_loaded: list[dict[str, Any]]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stopped: str = "budget"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "attempt_id": self.attempt_id,
+            "slug": self.slug,
+            "policy": self.policy,
+            "loading": self.loading,
+            "seed": self.seed,
+            "best_cv": self.best_cv,
+            "kept_rate": self.kept_rate,
+            "stopped": self.stopped,
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "skills_loaded": self.skills_loaded,
+            "best_spec": self.best_spec,
+            "iterations": self.iterations,
+            **self.extra,
+        }
+
+
+ProgressFn = Callable[[int, int, records.IterationRow], None]
+
+
+def paired_improvement(
+    candidate: list[float], incumbent: list[float], higher_is_better: bool
+) -> tuple[float, float]:
+    """Mean and standard error of the per-fold improvement of ``candidate`` (positive = better)."""
+    d = np.asarray(candidate, float) - np.asarray(incumbent, float)
+    if not higher_is_better:
+        d = -d
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), se
+
+
+def should_keep(
+    candidate: list[float], incumbent: list[float], incumbent_mean: float, higher_is_better: bool
+) -> bool:
+    gain, se = paired_improvement(candidate, incumbent, higher_is_better)
+    return gain > KEEP_Z * se and gain > MIN_REL_GAIN * max(abs(incumbent_mean), 1e-12)
+
+
+def skill_views(skills: list[Any], utility: Callable[[str], float]) -> list[SkillView]:
+    return [
+        SkillView(
+            id=s.id,
+            tier=s.tier,
+            title=s.title,
+            guidance=s.guidance,
+            action=s.action,
+            utility=utility(s.id),
+            conditions={"all": [c if isinstance(c, dict) else c.model_dump() for c in s.conditions]},
+        )
+        for s in skills
+    ]
+
+
+def _history(rows: list[records.IterationRow]) -> list[IterationRecord]:
+    return [
+        IterationRecord(
+            idx=r.idx, patch=r.patch, skill_ids=list(r.skill_ids), cv_mean=r.cv_mean,
+            cv_std=r.cv_std, kept=r.kept, error=r.error,
+        )
+        for r in rows
+    ]
+
+
+def _replay(initial: SolutionSpec, rows: list[records.IterationRow]) -> tuple[SolutionSpec, records.IterationRow]:
+    """The incumbent spec and its scored row after the recorded iterations."""
+    spec, best = initial, rows[0]
+    for r in rows[1:]:
+        if r.kept and r.patch is not None:
+            spec = apply_patch(spec, Patch.model_validate(r.patch))
+            best = r
+    return spec, best
+
+
+class RefinementLoop:
+    """Runs (or resumes) one attempt; the heavy lifting is the policy and cross_validate."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        competition: Any,
+        policy: Policy,
+        *,
+        skills: list[Any],
+        skills_loaded: list[dict[str, Any]],
+        record_usage: Callable[[int, int, list[str], bool, float], None] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.conn = conn
+        self.competition = competition
+        self.policy = policy
+        self.skills_loaded = skills_loaded
+        utility = {entry["id"]: entry.get("utility", 0.0) for entry in skills_loaded}
+        self.views = skill_views(skills, lambda skill_id: utility.get(skill_id, 0.0))
+        self.record_usage = record_usage
+        self.progress = progress
+        self.metric = get_metric(competition.problem.metric)
+
+    def _evaluate(self, spec: SolutionSpec, seed: int) -> CVResult:
+        return cross_validate(spec, self.competition.problem, self.competition.train, seed)
+
+    def run(self, attempt: records.AttemptRow, config: AttemptConfig, profile: dict) -> AttemptResult:
+        problem = self.competition.problem
+        budget = attempt.budget_iterations
+        patience = config.patience or max(5, budget // 2)
+        seconds = config.seconds or float(self.competition.definition.budget.seconds)
+        started = time.monotonic()
+        rows = records.load_iterations(self.conn, attempt.id)
+
+        if not rows:
+            initial, applied = self.policy.initial_spec(problem, profile, self.views)
+            if attempt.initial_spec is None:
+                records.set_attempt_start(
+                    self.conn, attempt.id, initial.model_dump(mode="json"), self.skills_loaded
+                )
+            else:  # crashed before the baseline was scored: keep what was recorded
+                initial = SolutionSpec.model_validate(attempt.initial_spec)
+            rows = [self._baseline(attempt, initial, applied, budget)]
+        else:
+            initial = SolutionSpec.model_validate(attempt.initial_spec)
+
+        incumbent, best_row = _replay(initial, rows)
+        since_kept = _since_last_kept(rows)
+        stopped = "budget"
+        idx = rows[-1].idx + 1
+        while idx <= budget:
+            if since_kept >= patience:
+                stopped = "stagnation"
+                break
+            if time.monotonic() - started > seconds:
+                stopped = "time"
+                break
+            ctx = PolicyContext(
+                problem=problem, profile=profile, incumbent=incumbent,
+                incumbent_score=best_row.cv_mean, history=_history(rows), skills=self.views,
+                iteration=idx, budget=budget, seed=attempt.seed,
+                higher_is_better=self.metric.higher_is_better,
+            )
+            row = self._iterate(attempt, idx, ctx, incumbent, best_row)
+            if row is None:
+                stopped = "exhausted"
+                break
+            records.record_iteration(self.conn, row)
+            if self.record_usage and row.skill_ids:
+                delta = 0.0 if row.cv_mean is None or best_row.cv_mean is None else (
+                    (row.cv_mean - best_row.cv_mean) * (1 if self.metric.higher_is_better else -1)
+                )
+                self.record_usage(attempt.id, idx, row.skill_ids, row.kept, delta)
+            self._report(row, budget)
+            rows.append(row)
+            if row.kept:
+                incumbent = apply_patch(incumbent, Patch.model_validate(row.patch))
+                best_row = row
+                since_kept = 0
+            else:
+                since_kept += 1
+            idx += 1
+
+        scored = rows[1:]
+        kept = sum(r.kept for r in scored)
+        result = AttemptResult(
+            attempt_id=attempt.id, slug=attempt.slug, policy=attempt.policy,
+            loading=attempt.loading, seed=attempt.seed,
+            best_spec=incumbent.model_dump(mode="json"), best_cv=best_row.cv_mean,
+            kept_rate=kept / len(scored) if scored else 0.0,
+            iterations=[_iteration_json(r) for r in rows],
+            skills_loaded=self.skills_loaded,
+            prompt_tokens=sum(r.prompt_tokens for r in rows),
+            completion_tokens=sum(r.completion_tokens for r in rows),
+            stopped=stopped,
+        )
+        records.finish_attempt(
+            self.conn, attempt.id, best_spec=result.best_spec, best_cv=result.best_cv,
+            result={k: v for k, v in result.as_json().items() if k != "iterations"},
+        )
+        return result
+
+    def _baseline(
+        self, attempt: records.AttemptRow, initial: SolutionSpec, applied: list[str], budget: int
+    ) -> records.IterationRow:
+        t0 = time.monotonic()
+        cv = self._evaluate(initial, attempt.seed)
+        base = records.IterationRow(
+            attempt_id=attempt.id, idx=0, patch=None, rationale="initial spec",
+            skill_ids=applied, cv_mean=cv.mean, cv_std=cv.std, fold_scores=list(cv.fold_scores),
+            kept=True, incumbent_before=None, seconds=time.monotonic() - t0,
+        )
+        records.record_iteration(self.conn, base)
+        self._report(base, budget)
+        return base
+
+    def _iterate(
+        self, attempt: records.AttemptRow, idx: int, ctx: PolicyContext,
+        incumbent: SolutionSpec, best_row: records.IterationRow,
+    ) -> records.IterationRow | None:
+        t0 = time.monotonic()
+        proposal = self.policy.propose(ctx)
+        if proposal is None:
+            return None
+        row = records.IterationRow(
+            attempt_id=attempt.id, idx=idx,
+            patch=proposal.patch.model_dump(mode="json") if proposal.patch is not None else None,
+            rationale=proposal.rationale, skill_ids=list(proposal.skill_ids), cv_mean=None,
+            cv_std=None, fold_scores=None, kept=False, incumbent_before=best_row.cv_mean,
+            seconds=0.0, prompt_tokens=proposal.prompt_tokens,
+            completion_tokens=proposal.completion_tokens,
+            error=getattr(proposal, "error", None),
+        )
+        if row.error is None and proposal.patch is not None and touches_validation(proposal.patch):
+            # Candidates must be scored on the incumbent's folds for the paired keep rule.
+            row.error = "patches may not change validation: scores must stay paired by fold"
+        if row.error is None and proposal.patch is not None:
+            try:
+                candidate = apply_patch(incumbent, proposal.patch)
+                cv = self._evaluate(candidate, attempt.seed)
+            except HasteError as exc:
+                row.error = f"{type(exc).__name__}: {exc}"
+            else:
+                row.cv_mean, row.cv_std = cv.mean, cv.std
+                row.fold_scores = list(cv.fold_scores)
+                row.kept = should_keep(
+                    row.fold_scores, best_row.fold_scores or [], best_row.cv_mean or 0.0,
+                    self.metric.higher_is_better,
+                )
+        elif row.error is None:
+            row.error = "policy returned no patch"
+        row.seconds = time.monotonic() - t0
+        return row
+
+    def _report(self, row: records.IterationRow, budget: int) -> None:
+        if self.progress:
+            self.progress(row.idx, budget, row)
+
+
+def _since_last_kept(rows: list[records.IterationRow]) -> int:
+    n = 0
+    for r in reversed(rows):
+        if r.kept:
+            break
+        n += 1
+    return n
+
+
+def _iteration_json(r: records.IterationRow) -> dict[str, Any]:
+    return {
+        "idx": r.idx,
+        "score": r.cv_mean,
+        "std": r.cv_std,
+        "kept": r.kept,
+        "skills": r.skill_ids,
+        "patch": r.patch,
+        "rationale": r.rationale,
+        "seconds": round(r.seconds, 3),
+        "error": r.error,
+        "tokens": r.prompt_tokens + r.completion_tokens,
+    }
+
+
+def run_attempt(
+    conn: psycopg.Connection,
+    competition: Any,
+    config: AttemptConfig,
+    *,
+    store: Any | None = None,
+    policy: Policy | None = None,
+    dagster_run_id: str | None = None,
+    resume_attempt_id: int | None = None,
+    progress: ProgressFn | None = None,
+) -> AttemptResult:
+    """Run a new attempt, or resume ``resume_attempt_id`` from its last recorded iteration."""
+    from haste_dagster.agents.factory import make_policy, open_skill_store
+    from haste_dagster.competitions.profile import profile_data
+
+    store = store if store is not None else open_skill_store(conn)
+    policy = policy if policy is not None else make_policy(config.policy, conn)
+    definition = competition.definition
+    profile = profile_data(competition).as_dict()
+    if resume_attempt_id is not None:
+        attempt = records.get_attempt(conn, resume_attempt_id)
+        if attempt.slug != definition.slug:
+            raise ValueError(f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}")
+    else:
+        attempt_id = records.create_attempt(
+            conn, slug=definition.slug, policy=policy.name, loading=config.loading,
+            seed=config.seed, budget_iterations=config.iterations or definition.budget.iterations,
+            label=config.label, dagster_run_id=dagster_run_id,
+        )
+        attempt = records.get_attempt(conn, attempt_id)
+    if attempt.initial_spec is None:
+        skills = store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading)
+        store.record_loaded(attempt.id, skills)
+        # Utilities are frozen at the start so a resumed attempt sees what the first run saw.
+        loaded = [
+            {"id": s.id, "version": s.version, "tier": s.tier, "utility": store.utility(s.id)}
+            for s in skills
+        ]
+    else:
+        loaded = list(attempt.skills_loaded)
+        skills = [store.get(entry["id"], entry["version"]) for entry in loaded]
+    loop = RefinementLoop(
+        conn, competition, policy, skills=skills, skills_loaded=loaded,
+        record_usage=store.record_usage, progress=progress,
+    )
+    try:
+        return loop.run(attempt, config, profile)
+    except Exception as exc:
+        records.fail_attempt(conn, attempt.id, f"{type(exc).__name__}: {exc}")
+        raise

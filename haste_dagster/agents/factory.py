@@ -1,0 +1,31 @@
+"""Build the policy and the skill store an attempt runs with, from names and the environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from haste_dagster.agents.policy import Policy
+
+POLICIES = ("heuristic", "llm")
+
+
+def make_policy(name: str, conn: psycopg.Connection | None = None, *, campaign_id: str | None = None) -> Policy:
+    if name == "heuristic":
+        from haste_dagster.agents.heuristic import HeuristicPolicy
+
+        return HeuristicPolicy()
+    if name == "llm":
+        from haste_dagster.agents.llm_policy import LLMPolicy
+        from haste_dagster.llm.client import LLMClient, LLMConfig
+
+        return LLMPolicy(LLMClient(LLMConfig.from_env(), conn=conn, campaign_id=campaign_id))
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+
+
+def open_skill_store(conn: psycopg.Connection) -> Any:
+    from haste_dagster.skills.embeddings import default_embedder
+    from haste_dagster.skills.store import SkillStore
+
+    return SkillStore(conn, default_embedder())

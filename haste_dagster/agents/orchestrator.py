@@ -1,0 +1,169 @@
+"""The orchestrator: solves competitions (attempt → submission → skills) and runs campaigns,
+promoting skills upward after each competition."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from haste_dagster.agents import records
+from haste_dagster.agents.competition_agent import (
+    AttemptConfig,
+    AttemptResult,
+    ProgressFn,
+    run_attempt,
+)
+from haste_dagster.agents.factory import open_skill_store
+from haste_dagster.agents.submission import make_submission
+from haste_dagster.competitions.grading import Grade
+from haste_dagster.competitions.profile import profile_data
+from haste_dagster.competitions.registry import load_competition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SolveResult:
+    attempt: AttemptResult
+    grade: Grade
+    new_skills: list[str] = field(default_factory=list)
+    resumed: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "slug": self.attempt.slug,
+            "score": self.grade.score,
+            "medal": self.grade.medal,
+            "rank": self.grade.rank,
+            "n_teams": self.grade.n_teams,
+            "bootstrap_se": self.grade.bootstrap_se,
+            "thresholds": self.grade.thresholds.model_dump(mode="json"),
+            "resumed": self.resumed,
+            "new_skills": self.new_skills,
+            **self.attempt.as_json(),
+        }
+
+
+def kept_changes(conn: psycopg.Connection, attempt_id: int, higher_is_better: bool) -> list[Any]:
+    from haste_dagster.skills.extraction import KeptChange
+
+    sign = 1.0 if higher_is_better else -1.0
+    return [
+        KeptChange(
+            idx=r.idx, patch=r.patch, delta=sign * (r.cv_mean - r.incumbent_before),
+            rationale=r.rationale, skill_ids=list(r.skill_ids),
+        )
+        for r in records.load_iterations(conn, attempt_id)
+        if r.idx > 0 and r.kept and r.patch is not None
+        and r.cv_mean is not None and r.incumbent_before is not None
+    ]
+
+
+def extract_skills(conn: psycopg.Connection, competition: Any, attempt_id: int, store: Any = None) -> list[Any]:
+    """Write 2–5 competition skills from what the attempt kept (idempotent)."""
+    from haste_dagster.skills.extraction import extract_competition_skills
+
+    store = store if store is not None else open_skill_store(conn)
+    definition = competition.definition
+    higher = competition.metric.higher_is_better
+    return extract_competition_skills(
+        store, attempt_id=attempt_id, slug=definition.slug, domain=definition.domain,
+        profile=profile_data(competition).as_dict(),
+        kept_changes=kept_changes(conn, attempt_id, higher),
+    )
+
+
+def promote(conn: psycopg.Connection, domains: Iterable[str], store: Any = None) -> list[Any]:
+    """Promote recurring competition skills to their domains, then domain skills to global."""
+    from haste_dagster.skills.promotion import promote_domain_skills, promote_global_skills
+
+    store = store if store is not None else open_skill_store(conn)
+    promoted: list[Any] = []
+    for domain in sorted(set(domains)):
+        promoted += promote_domain_skills(store, domain)
+    promoted += promote_global_skills(store)
+    return promoted
+
+
+def resumable_attempt(conn: psycopg.Connection, slug: str) -> int | None:
+    """The newest attempt of ``slug`` that did not finish, or finished without a grade."""
+    row = conn.execute(
+        """SELECT id FROM attempts WHERE slug = %s AND (status <> 'finished' OR test_score IS NULL)
+           ORDER BY id DESC LIMIT 1""",
+        (slug,),
+    ).fetchone()
+    return int(row["id"]) if row else None
+
+
+def solve(
+    conn: psycopg.Connection,
+    slug: str,
+    config: AttemptConfig,
+    *,
+    defs_dir: Path | None = None,
+    resume: bool = False,
+    extract: bool = True,
+    progress: ProgressFn | None = None,
+    dagster_run_id: str | None = None,
+    policy: Any = None,
+) -> SolveResult:
+    competition = load_competition(slug, defs_dir)
+    store = open_skill_store(conn)
+    resume_id = resumable_attempt(conn, slug) if resume else None
+    if resume and resume_id is None:
+        log.warning("nothing to resume for %s: starting a new attempt", slug)
+    attempt = run_attempt(
+        conn, competition, config, store=store, policy=policy, dagster_run_id=dagster_run_id,
+        resume_attempt_id=resume_id, progress=progress,
+    )
+    grade = make_submission(conn, competition, attempt.attempt_id)
+    new_skills = [s.id for s in extract_skills(conn, competition, attempt.attempt_id, store)] if extract else []
+    return SolveResult(attempt=attempt, grade=grade, new_skills=new_skills, resumed=resume_id is not None)
+
+
+@dataclass
+class CampaignEntry:
+    slug: str
+    result: SolveResult | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.result is not None:
+            return self.result.as_json()
+        return {"slug": self.slug, "error": self.error}
+
+
+def campaign(
+    conn: psycopg.Connection,
+    slugs: list[str],
+    config: AttemptConfig,
+    *,
+    defs_dir: Path | None = None,
+    on_start: Callable[[str], None] | None = None,
+    on_done: Callable[[CampaignEntry], None] | None = None,
+    progress: ProgressFn | None = None,
+) -> list[CampaignEntry]:
+    """Solve ``slugs`` in order; a failing competition is reported and the next one runs."""
+    from haste_dagster.errors import HasteError
+
+    entries: list[CampaignEntry] = []
+    for slug in slugs:
+        if on_start:
+            on_start(slug)
+        try:
+            result = solve(conn, slug, config, defs_dir=defs_dir, progress=progress)
+            promote(conn, [load_competition(slug, defs_dir).definition.domain])
+            entry = CampaignEntry(slug, result=result)
+        except (HasteError, ValueError, KeyError) as exc:
+            conn.rollback()
+            entry = CampaignEntry(slug, error=f"{type(exc).__name__}: {exc}")
+            log.error("competition %s failed: %s", slug, entry.error)
+        entries.append(entry)
+        if on_done:
+            on_done(entry)
+    return entries

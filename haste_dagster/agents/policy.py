@@ -1,0 +1,214 @@
+"""The policy protocol of the refinement loop, and helpers every policy shares.
+
+A policy builds the initial spec of an attempt and proposes one patch per iteration. The
+loop (`agents.competition_agent`) resumes an interrupted attempt by replaying its recorded
+history, so `Policy.propose` must be a pure function of its `PolicyContext`: any
+randomness is derived from ``ctx.seed``, ``ctx.iteration`` and ``ctx.history``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import ValidationError
+
+from haste_dagster.competitions.problem import Problem
+from haste_dagster.errors import SpecError
+from haste_dagster.solution.space import check_spec_for_problem, relevant_steps
+from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch, parse_patch
+
+
+@dataclass
+class SkillView:
+    """What a policy sees of a skill in scope."""
+
+    id: str
+    tier: str
+    title: str
+    guidance: str
+    action: dict | None  # a Patch as JSON
+    utility: float  # recorded mean delta × kept rate; 0 if never used
+    conditions: dict = field(default_factory=dict)
+
+
+@dataclass
+class IterationRecord:
+    idx: int
+    patch: dict | None
+    skill_ids: list[str]
+    cv_mean: float | None
+    cv_std: float | None
+    kept: bool
+    error: str | None
+
+
+@dataclass
+class PolicyContext:
+    problem: Problem
+    profile: dict
+    incumbent: SolutionSpec
+    incumbent_score: float | None
+    history: list[IterationRecord]
+    skills: list[SkillView]
+    iteration: int
+    budget: int
+    seed: int
+    higher_is_better: bool
+
+
+@dataclass
+class Proposal:
+    # None only with ``error`` set: a policy (the LLM one) that could not produce a valid
+    # patch reports it, and the loop records a failed iteration.
+    patch: Patch | None
+    rationale: str
+    skill_ids: list[str]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def initial_spec(
+        self, problem: Problem, profile: dict, skills: list[SkillView]
+    ) -> tuple[SolutionSpec, list[str]]:
+        """The attempt's starting spec and the ids of the skills whose actions it applied."""
+        ...
+
+    def propose(self, ctx: PolicyContext) -> Proposal | None:
+        """The next patch to evaluate, or None when nothing is left worth trying."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------
+# Skill applicability
+# ---------------------------------------------------------------------------------------
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "eq": operator.eq,
+    "=": operator.eq,
+    "!=": operator.ne,
+    "ne": operator.ne,
+    ">": operator.gt,
+    "gt": operator.gt,
+    ">=": operator.ge,
+    "ge": operator.ge,
+    "gte": operator.ge,
+    "<": operator.lt,
+    "lt": operator.lt,
+    "<=": operator.le,
+    "le": operator.le,
+    "lte": operator.le,
+    "in": lambda a, b: a in b,
+    "not_in": lambda a, b: a not in b,
+    "contains": lambda a, b: b in a,
+}
+_MISSING = object()
+
+
+def _lookup(profile: dict, name: str) -> Any:
+    value: Any = profile
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def conditions_hold(conditions: dict | list | None, profile: dict) -> bool:
+    """Whether a skill's when-to-use conditions hold for a data profile.
+
+    Accepts ``{"all": [...]}``, ``{"any": [...]}``, ``{"not": {...}}``, a list (= all) and
+    leaves ``{"field": name, "op": op, "value": v}`` (``key``/``feature`` also name the
+    field; dotted names reach into nested profile entries). A leaf naming a field the profile
+    lacks is false; a leaf of an unknown shape is true, since the skill store has already
+    scoped skills by their conditions.
+    """
+    if not conditions:
+        return True
+    if isinstance(conditions, list):
+        return all(conditions_hold(c, profile) for c in conditions)
+    if not isinstance(conditions, dict):
+        return True
+    if "all" in conditions:
+        return all(conditions_hold(c, profile) for c in conditions["all"] or [])
+    if "any" in conditions:
+        items = conditions["any"] or []
+        return not items or any(conditions_hold(c, profile) for c in items)
+    if "not" in conditions:
+        return not conditions_hold(conditions["not"], profile)
+    name = conditions.get("field", conditions.get("key", conditions.get("feature")))
+    if not isinstance(name, str):
+        return True
+    actual = _lookup(profile, name)
+    op = str(conditions.get("op", "exists" if "value" not in conditions else "=="))
+    if op == "exists":
+        return actual is not _MISSING
+    if actual is _MISSING:
+        return False
+    if op == "truthy":
+        return bool(actual)
+    fn = _OPS.get(op)
+    if fn is None:
+        return True
+    try:
+        return bool(fn(actual, conditions.get("value")))
+    except TypeError:  # e.g. comparing a number with a string: not applicable
+        return False
+
+
+def skill_patch(skill: SkillView) -> Patch | None:
+    """The skill's action as a Patch, or None if it has none or it is malformed."""
+    if not skill.action:
+        return None
+    try:
+        return parse_patch(skill.action)
+    except (SpecError, ValidationError):
+        return None
+
+
+def patch_is_relevant(patch: Patch, problem: Problem) -> bool:
+    """False when every op touches a step this problem's columns never use (an inert patch)."""
+    steps = relevant_steps(problem)
+    for path in patch.paths():
+        head = path.split(".")[0]
+        if head in ("model", "target_transform", "validation") or head in steps:
+            return True
+    return False
+
+
+def touches_validation(patch: Patch) -> bool:
+    """Changing validation changes the folds, which makes scores incomparable mid-attempt."""
+    return any(p.split(".")[0] == "validation" for p in patch.paths())
+
+
+def try_patch(spec: SolutionSpec, patch: Patch, problem: Problem) -> SolutionSpec | None:
+    """``spec`` with ``patch`` applied if the result is valid for ``problem``, else None."""
+    try:
+        candidate = apply_patch(spec, patch)
+        check_spec_for_problem(candidate, problem)
+    except SpecError:
+        return None
+    return candidate
+
+
+def applicable_skills(
+    skills: list[SkillView], profile: dict, problem: Problem
+) -> list[tuple[SkillView, Patch]]:
+    """Skills with a well-formed, relevant action whose conditions hold, best utility first."""
+    out = []
+    for skill in skills:
+        patch = skill_patch(skill)
+        if patch is None or not patch_is_relevant(patch, problem):
+            continue
+        if not conditions_hold(skill.conditions, profile):
+            continue
+        out.append((skill, patch))
+    return sorted(out, key=lambda sp: (-sp[0].utility, sp[0].id))

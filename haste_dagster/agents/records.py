@@ -1,0 +1,201 @@
+"""Attempt and iteration rows in Postgres: written as they happen, read back to resume.
+
+Every write is its own short transaction so a crash (even SIGKILL) loses at most the
+iteration that was running; an iteration row is keyed by (attempt_id, idx), so a
+replayed write after resume can never duplicate it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+
+@dataclass
+class IterationRow:
+    attempt_id: int
+    idx: int
+    patch: dict | None
+    rationale: str
+    skill_ids: list[str]
+    cv_mean: float | None
+    cv_std: float | None
+    fold_scores: list[float] | None
+    kept: bool
+    incumbent_before: float | None
+    seconds: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AttemptRow:
+    id: int
+    slug: str
+    policy: str
+    loading: str
+    seed: int
+    budget_iterations: int
+    status: str
+    initial_spec: dict | None
+    best_spec: dict | None
+    best_cv: float | None
+    skills_loaded: list[dict] = field(default_factory=list)
+    label: str | None = None
+    dagster_run_id: str | None = None
+    test_score: float | None = None
+    medal: str | None = None
+    error: str | None = None
+
+
+_ATTEMPT_COLUMNS = (
+    "id, slug, policy, loading, seed, budget_iterations, status, initial_spec, best_spec, "
+    "best_cv, skills_loaded, label, dagster_run_id, test_score, medal, error"
+)
+
+
+def create_attempt(
+    conn: psycopg.Connection,
+    *,
+    slug: str,
+    policy: str,
+    loading: str,
+    seed: int,
+    budget_iterations: int,
+    label: str | None = None,
+    dagster_run_id: str | None = None,
+) -> int:
+    with conn.transaction():
+        row = conn.execute(
+            """INSERT INTO attempts (slug, policy, loading, seed, budget_iterations, label,
+                                     dagster_run_id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (slug, policy, loading, seed, budget_iterations, label, dagster_run_id),
+        ).fetchone()
+    return int(row["id"])
+
+
+def get_attempt(conn: psycopg.Connection, attempt_id: int) -> AttemptRow:
+    row = conn.execute(
+        f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE id = %s", (attempt_id,)
+    ).fetchone()
+    if row is None:
+        raise KeyError(f"no attempt with id {attempt_id}")
+    return AttemptRow(**row)
+
+
+def latest_unfinished_attempt(conn: psycopg.Connection, slug: str) -> AttemptRow | None:
+    row = conn.execute(
+        f"""SELECT {_ATTEMPT_COLUMNS} FROM attempts
+            WHERE slug = %s AND status <> 'finished' ORDER BY id DESC LIMIT 1""",
+        (slug,),
+    ).fetchone()
+    return AttemptRow(**row) if row else None
+
+
+def set_attempt_start(
+    conn: psycopg.Connection, attempt_id: int, initial_spec: dict, skills_loaded: list[dict]
+) -> None:
+    with conn.transaction():
+        conn.execute(
+            """UPDATE attempts SET initial_spec = %s, skills_loaded = %s, status = 'running',
+                                   error = NULL
+               WHERE id = %s""",
+            (Jsonb(initial_spec), Jsonb(skills_loaded), attempt_id),
+        )
+
+
+def record_iteration(conn: psycopg.Connection, row: IterationRow) -> None:
+    """Insert one iteration; a replay of the same (attempt, idx) leaves the first row."""
+    with conn.transaction():
+        conn.execute(
+            """INSERT INTO iterations (attempt_id, idx, patch, rationale, skill_ids, cv_mean,
+                   cv_std, fold_scores, kept, incumbent_before, seconds, prompt_tokens,
+                   completion_tokens, error)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (attempt_id, idx) DO NOTHING""",
+            (
+                row.attempt_id,
+                row.idx,
+                Jsonb(row.patch) if row.patch is not None else None,
+                row.rationale,
+                Jsonb(row.skill_ids),
+                row.cv_mean,
+                row.cv_std,
+                Jsonb(row.fold_scores) if row.fold_scores is not None else None,
+                row.kept,
+                row.incumbent_before,
+                row.seconds,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.error,
+            ),
+        )
+        if row.kept and row.cv_mean is not None:
+            conn.execute("UPDATE attempts SET best_cv = %s WHERE id = %s", (row.cv_mean, row.attempt_id))
+
+
+def load_iterations(conn: psycopg.Connection, attempt_id: int) -> list[IterationRow]:
+    rows = conn.execute(
+        """SELECT attempt_id, idx, patch, rationale, skill_ids, cv_mean, cv_std, fold_scores,
+                  kept, incumbent_before, seconds, prompt_tokens, completion_tokens, error
+           FROM iterations WHERE attempt_id = %s ORDER BY idx""",
+        (attempt_id,),
+    ).fetchall()
+    return [IterationRow(**r) for r in rows]
+
+
+def finish_attempt(
+    conn: psycopg.Connection, attempt_id: int, *, best_spec: dict, best_cv: float | None,
+    result: dict,
+) -> None:
+    with conn.transaction():
+        conn.execute(
+            """UPDATE attempts SET status = 'finished', best_spec = %s, best_cv = %s,
+                   result = %s, finished_at = now(), error = NULL
+               WHERE id = %s""",
+            (Jsonb(best_spec), best_cv, Jsonb(result), attempt_id),
+        )
+
+
+def fail_attempt(conn: psycopg.Connection, attempt_id: int, error: str) -> None:
+    with conn.transaction():
+        conn.execute(
+            "UPDATE attempts SET status = 'failed', error = %s WHERE id = %s",
+            (error[:4000], attempt_id),
+        )
+
+
+def record_grade(
+    conn: psycopg.Connection, attempt_id: int, *, test_score: float, medal: str,
+    predictions: bytes, grade: dict,
+) -> None:
+    """Store the graded submission: the score and medal on the attempt, the predictions
+    beside it so the grade can be reproduced later."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE attempts SET test_score = %s, medal = %s WHERE id = %s",
+            (test_score, medal, attempt_id),
+        )
+        conn.execute(
+            """INSERT INTO submissions (attempt_id, predictions, grade)
+               VALUES (%s, %s, %s)
+               ON CONFLICT (attempt_id) DO UPDATE
+               SET predictions = EXCLUDED.predictions, grade = EXCLUDED.grade,
+                   created_at = now()""",
+            (attempt_id, predictions, Jsonb(grade)),
+        )
+
+
+def load_submission(conn: psycopg.Connection, attempt_id: int) -> tuple[bytes, dict] | None:
+    row = conn.execute(
+        "SELECT predictions, grade FROM submissions WHERE attempt_id = %s", (attempt_id,)
+    ).fetchone()
+    return (bytes(row["predictions"]), row["grade"]) if row else None

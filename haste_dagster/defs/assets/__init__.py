@@ -1,0 +1,1 @@
+"""Asset modules: per competition, skills across competitions, reports."""

@@ -1,0 +1,111 @@
+"""The one place that assembles HASTE's Dagster `Definitions` (loaded by workspace.yaml)."""
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
+
+from haste_dagster.defs.assets.competition import (
+    attempt,
+    competition_data,
+    competition_skills,
+    submission,
+)
+from haste_dagster.defs.assets.report import transfer_report
+from haste_dagster.defs.assets.skills import (
+    build_domain_skills,
+    global_skills,
+    skill_inventory,
+    skills_valid_with_resolvable_lineage,
+)
+from haste_dagster.defs.jobs import (
+    build_campaign,
+    consolidate_schedule,
+    consolidate_skills,
+    promote_domain,
+    refresh_skills,
+    solve_competition,
+)
+from haste_dagster.defs.partitions import domain_partitions
+from haste_dagster.defs.resources import (
+    ArtifactsResource,
+    DatabaseResource,
+    EmbedderResource,
+    LLMResource,
+    SkillStoreResource,
+)
+from haste_dagster.defs.sensors import competition_defs_sensor
+
+EXECUTOR_ENV = "HASTE_DAGSTER_EXECUTOR"
+
+
+def default_resources() -> dict[str, Any]:
+    database = DatabaseResource()
+    embedder = EmbedderResource()
+    return {
+        "database": database,
+        "embedder": embedder,
+        "skill_store": SkillStoreResource(database=database, embedder=embedder),
+        "llm": LLMResource(),
+        "artifacts": ArtifactsResource(),
+    }
+
+
+def executor_from_env() -> ExecutorDefinition:
+    """`multiprocess` (default), `in_process`, `celery` (dagster-celery) or `k8s` (dagster-k8s).
+
+    Steps that fit models carry the tag ``haste/workload=train`` for routing on Celery queues
+    or Kubernetes node pools.
+    """
+    name = os.environ.get(EXECUTOR_ENV, "multiprocess")
+    if name == "multiprocess":
+        return multiprocess_executor
+    if name == "in_process":
+        return in_process_executor
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"{EXECUTOR_ENV}={name!r}: choose multiprocess, in_process, celery or k8s")
+
+
+def build_definitions(domains: Sequence[str] | None = None) -> Definitions:
+    """All assets, checks, jobs, schedules, sensors and resources.
+
+    ``domains`` defaults to the domains of the valid YAML files in competition_defs/.
+    """
+    domain_parts = domain_partitions(list(domains) if domains is not None else None)
+    domain_keys = domain_parts.get_partition_keys()
+    return Definitions(
+        assets=[
+            competition_data,
+            attempt,
+            submission,
+            competition_skills,
+            build_domain_skills(domain_parts),
+            global_skills,
+            skill_inventory,
+            transfer_report,
+        ],
+        asset_checks=[skills_valid_with_resolvable_lineage],
+        jobs=[
+            solve_competition,
+            promote_domain,
+            refresh_skills,
+            build_campaign(domain_keys),
+            consolidate_skills,
+    promote_domain,
+        ],
+        schedules=[consolidate_schedule()],
+        sensors=[competition_defs_sensor],
+        resources=default_resources(),
+        executor=executor_from_env(),
+    )
+
+
+defs = build_definitions()

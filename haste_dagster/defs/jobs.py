@@ -1,0 +1,238 @@
+"""Jobs and schedules.
+
+- `solve_competition`: one competition partition's chain (asset job).
+- `promote_domain`: one domain's skill promotion (asset job on the domain partitions).
+- `refresh_skills`: global skills, the exported inventory and the transfer report.
+- `campaign`: every competition, then promotion and the report. Asset jobs cannot span
+  assets with different partitions, so this is an op job fanning out one step per
+  competition; each step records materializations of the same assets and partitions
+  (through the same functions as the assets) so lineage and history stay in one place.
+- `consolidate_skills` + nightly schedule (cron from HASTE_CONSOLIDATE_CRON).
+"""
+
+import os
+import re
+from collections.abc import Sequence
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetKey,
+    AssetMaterialization,
+    AssetSelection,
+    Config,
+    DefaultScheduleStatus,
+    DynamicOut,
+    DynamicOutput,
+    Failure,
+    JobDefinition,
+    OpExecutionContext,
+    ScheduleDefinition,
+    define_asset_job,
+    job,
+    op,
+)
+from pydantic import Field
+
+from haste_dagster.defs import steps
+from haste_dagster.defs.config import AttemptRunConfig
+from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
+from haste_dagster.defs.resources import (
+    ArtifactsResource,
+    DatabaseResource,
+    LLMResource,
+    SkillStoreResource,
+)
+
+CONSOLIDATE_CRON_ENV = "HASTE_CONSOLIDATE_CRON"
+CONSOLIDATE_TZ_ENV = "HASTE_CONSOLIDATE_TZ"
+DEFAULT_CONSOLIDATE_CRON = "0 3 * * *"
+TRAIN_TAGS = {"haste/workload": "train"}
+COMPETITION_CHAIN = ("competition_data", "attempt", "submission", "competition_skills")
+
+# Partitions are inferred from the selected assets (competition / domain).
+solve_competition = define_asset_job(
+    name="solve_competition",
+    selection=AssetSelection.assets(*COMPETITION_CHAIN),
+    description="Solve one competition: load → attempt → submission → competition skills.",
+)
+
+
+promote_domain = define_asset_job(
+    name="promote_domain",
+    selection=AssetSelection.assets("domain_skills"),
+    description="Promote recurring competition skills of one domain to domain skills.",
+)
+
+
+refresh_skills = define_asset_job(
+    name="refresh_skills",
+    selection=AssetSelection.assets("global_skills", "skill_inventory", "transfer_report"),
+    description="Promote global skills, export the inventory, rebuild the transfer report.",
+)
+
+
+# --- campaign -------------------------------------------------------------------------------
+
+
+class CampaignConfig(Config):
+    slugs: list[str] = Field(default_factory=list, description="Empty: every valid definition.")
+
+
+def _emit(
+    context: OpExecutionContext, asset: str, result: steps.StepResult, partition: str | None
+) -> None:
+    key = AssetKey(asset)
+    context.log_event(
+        AssetMaterialization(asset_key=key, partition=partition, metadata=result.metadata)
+    )
+    for check in result.checks:
+        context.log_event(
+            AssetCheckEvaluation(
+                asset_key=key,
+                check_name=check.name,
+                passed=check.passed,
+                metadata=check.metadata,
+                severity=check.severity,
+                partition=partition,
+            )
+        )
+
+
+def _mapping_key(slug: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", slug)
+
+
+@op(out=DynamicOut(str), description="The competitions to solve; adds missing partitions.")
+def campaign_competitions(context: OpExecutionContext, config: CampaignConfig):  # noqa: ANN201
+    from haste_dagster.competitions import load_definitions
+
+    definitions, errors = load_definitions(check_data=False)
+    for error in errors:
+        context.log.warning(f"skipping broken competition definition: {error}")
+    valid = [d.slug for d in definitions]
+    unknown = sorted(set(config.slugs) - set(valid))
+    if unknown:
+        raise Failure(f"no valid definition for: {', '.join(unknown)}")
+    slugs = list(config.slugs) or valid
+    existing = set(context.instance.get_dynamic_partitions(COMPETITION_PARTITIONS_NAME))
+    missing = [s for s in slugs if s not in existing]
+    if missing:
+        context.instance.add_dynamic_partitions(COMPETITION_PARTITIONS_NAME, missing)
+    for slug in slugs:
+        yield DynamicOutput(slug, mapping_key=_mapping_key(slug))
+
+
+@op(tags=TRAIN_TAGS, description="Solve one competition as the per-competition assets do.")
+def solve_one(
+    context: OpExecutionContext,
+    slug: str,
+    config: AttemptRunConfig,
+    database: DatabaseResource,
+    skill_store: SkillStoreResource,
+    llm: LLMResource,
+    artifacts: ArtifactsResource,
+) -> dict:
+    from haste_dagster.errors import HasteError
+
+    try:
+        data = steps.competition_data_step(slug, database)
+        _emit(context, "competition_data", data, slug)
+        if not all(c.passed for c in data.checks):
+            raise HasteError(f"{slug}: hidden-test rows found in the training data")
+        attempt = steps.attempt_step(
+            slug,
+            config,
+            skill_store=skill_store,
+            llm=llm,
+            artifacts=artifacts,
+            instance=context.instance,
+            run_id=context.run.run_id,
+            log=context.log.info,
+        )
+        _emit(context, "attempt", attempt, slug)
+        submission = steps.submission_step(slug, attempt.value, database)
+        _emit(context, "submission", submission, slug)
+        skills = steps.competition_skills_step(slug, attempt.value, skill_store)
+        _emit(context, "competition_skills", skills, slug)
+    except (HasteError, ValueError, KeyError) as exc:
+        # One broken competition must not stop the campaign; the last op fails the run.
+        context.log.error(f"competition {slug} failed: {type(exc).__name__}: {exc}")
+        return {"slug": slug, "domain": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {"slug": slug, "domain": data.value, "error": None}
+
+
+def build_campaign(domains: Sequence[str]) -> JobDefinition:
+    known_domains = set(domains)
+
+    @op(description="Promote per domain and globally, export the inventory, write the report.")
+    def promote_and_report(
+        context: OpExecutionContext,
+        solved: list[dict],
+        database: DatabaseResource,
+        skill_store: SkillStoreResource,
+        artifacts: ArtifactsResource,
+    ) -> None:
+        for domain in sorted({s["domain"] for s in solved if s["domain"]}):
+            result = steps.domain_skills_step(domain, skill_store)
+            # A domain added after the code loaded has no partition yet: record it unpartitioned
+            # in the log only, so the asset's partition set stays valid.
+            if domain in known_domains:
+                _emit(context, "domain_skills", result, domain)
+            else:
+                context.log.warning(f"domain {domain!r} is new: reload the code location to see it")
+        _emit(context, "global_skills", steps.global_skills_step(skill_store), None)
+        _emit(context, "skill_inventory", steps.skill_inventory_step(skill_store, artifacts), None)
+        _emit(context, "transfer_report", steps.transfer_report_step(database, artifacts), None)
+        failed = [s for s in solved if s["error"]]
+        if failed:
+            raise Failure(
+                f"{len(failed)} of {len(solved)} competitions failed",
+                metadata={"failed": {s["slug"]: s["error"] for s in failed}},
+            )
+
+    @job(
+        name="campaign",
+        description="Solve every competition (one step each), then promote skills, export the "
+        "inventory and write the transfer report.",
+    )
+    def campaign() -> None:
+        promote_and_report(campaign_competitions().map(solve_one).collect())
+
+    return campaign
+
+
+# --- consolidation --------------------------------------------------------------------------
+
+
+@op(description="Dedupe by embedding similarity, merge, retire poor skills, promote, export.")
+def consolidate_op(
+    context: OpExecutionContext, skill_store: SkillStoreResource, artifacts: ArtifactsResource
+) -> None:
+    consolidation = steps.consolidate_step(skill_store)
+    context.log.info(f"consolidation: {consolidation.value}")
+    inventory = steps.skill_inventory_step(skill_store, artifacts)
+    # The inventory changed: record it, with what the consolidation did.
+    inventory.metadata.update({f"consolidation_{k}": v for k, v in consolidation.metadata.items()})
+    _emit(context, "skill_inventory", inventory, None)
+
+
+@job(name="consolidate_skills", description="Consolidate the skill inventory (nightly).")
+def consolidate_skills() -> None:
+    consolidate_op()
+
+
+def consolidate_schedule() -> ScheduleDefinition:
+    cron = os.environ.get(CONSOLIDATE_CRON_ENV, DEFAULT_CONSOLIDATE_CRON)
+    try:
+        return ScheduleDefinition(
+            name="nightly_consolidate_skills",
+            job=consolidate_skills,
+            cron_schedule=cron,
+            execution_timezone=os.environ.get(CONSOLIDATE_TZ_ENV, "UTC"),
+            default_status=DefaultScheduleStatus.RUNNING,
+            description=f"Consolidate skills on cron {cron!r} (set {CONSOLIDATE_CRON_ENV}).",
+        )
+    except Exception as exc:  # Dagster's message does not name our variable
+        raise ValueError(
+            f"{CONSOLIDATE_CRON_ENV}={cron!r} is not a valid cron schedule: {exc}"
+        ) from exc

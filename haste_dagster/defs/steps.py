@@ -1,0 +1,493 @@
+"""What each asset does, as plain functions over the resources.
+
+The assets (defs/assets/) and the `campaign` op job (defs/jobs.py) both call these, so a
+competition solved by either path records the same rows and the same metadata.
+Every function returns a :class:`StepResult`: Dagster metadata plus check outcomes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    DagsterInstance,
+    DagsterRunStatus,
+    MaterializeResult,
+    MetadataValue,
+)
+
+from haste_dagster.defs.config import AttemptRunConfig
+from haste_dagster.defs.plots import learning_curve_png, markdown_image
+from haste_dagster.defs.resources import (
+    ArtifactsResource,
+    DatabaseResource,
+    LLMResource,
+    SkillStoreResource,
+)
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
+
+
+@dataclass
+class StepResult:
+    metadata: dict[str, Any]
+    checks: list[CheckOutcome] = field(default_factory=list)
+    value: Any = None  # what a job's next op needs (e.g. the attempt id); not stored
+
+    def materialize_result(self) -> MaterializeResult:
+        return MaterializeResult(
+            metadata=self.metadata,
+            check_results=[
+                AssetCheckResult(
+                    check_name=c.name, passed=c.passed, metadata=c.metadata, severity=c.severity
+                )
+                for c in self.checks
+            ],
+        )
+
+
+def load_competition(slug: str) -> Any:
+    from haste_dagster.competitions import load_competition as load
+
+    return load(slug)
+
+
+# --- per competition --------------------------------------------------------------------
+
+
+def _record_competition(conn: Any, competition: Any, profile: dict[str, Any]) -> None:
+    """Upsert the competitions row (definition + profile) that reports and queries join on."""
+    from psycopg.types.json import Jsonb
+
+    d = competition.definition
+    with conn.transaction():
+        conn.execute(
+            """INSERT INTO competitions
+                   (slug, domain, task, metric, definition, profile, updated_at)
+               VALUES (%s, %s, %s, %s, %s, %s, now())
+               ON CONFLICT (slug) DO UPDATE SET domain = EXCLUDED.domain, task = EXCLUDED.task,
+                   metric = EXCLUDED.metric, definition = EXCLUDED.definition,
+                   profile = EXCLUDED.profile, updated_at = now()""",
+            (d.slug, d.domain, d.task, d.metric, Jsonb(d.model_dump(mode="json")), Jsonb(profile)),
+        )
+
+
+def competition_data_step(slug: str, database: DatabaseResource) -> StepResult:
+    from haste_dagster.competitions import profile_data
+
+    competition = load_competition(slug)
+    d = competition.definition
+    profile = profile_data(competition).as_dict()
+    with database.connection() as conn:
+        _record_competition(conn, competition, profile)
+    train_ids = set(competition.train["row_id"].tolist())
+    test_ids = set(competition.test_features["row_id"].tolist())
+    leaked = sorted(train_ids & test_ids)
+    return StepResult(
+        metadata={
+            "domain": d.domain,
+            "task": d.task,
+            "metric": d.metric,
+            "train_rows": len(train_ids),
+            "test_rows": len(test_ids),
+            "answers_sha256": competition.answers_sha256,
+            "profile": MetadataValue.json(profile),
+        },
+        checks=[
+            CheckOutcome(
+                "no_test_rows_in_train",
+                passed=not leaked,
+                metadata={"leaked_rows": len(leaked), "examples": MetadataValue.json(leaked[:10])},
+            )
+        ],
+        value=d.domain,
+    )
+
+
+def _resumable_attempt(
+    instance: DagsterInstance, conn: Any, slug: str, cfg: AttemptRunConfig
+) -> int | None:
+    """An unfinished attempt with the same settings whose run is over (crashed or cancelled)."""
+    from haste_dagster.agents import records
+
+    if not cfg.resume:
+        return None
+    row = records.latest_unfinished_attempt(conn, slug)
+    if row is None or (row.policy, row.loading, row.seed) != (cfg.policy, cfg.loading, cfg.seed):
+        return None
+    if row.dagster_run_id:
+        run = instance.get_run_by_id(row.dagster_run_id)
+        # A run still going owns its attempt; resuming it here would interleave iterations.
+        if run is not None and run.status not in (
+            DagsterRunStatus.FAILURE,
+            DagsterRunStatus.CANCELED,
+        ):
+            return None
+    elif row.status != "failed":
+        return None  # started outside Dagster (CLI) and maybe still running
+    return row.id
+
+
+def attempt_step(
+    slug: str,
+    cfg: AttemptRunConfig,
+    *,
+    skill_store: SkillStoreResource,
+    llm: LLMResource,
+    artifacts: ArtifactsResource,
+    instance: DagsterInstance,
+    run_id: str,
+    log: Log,
+) -> StepResult:
+    from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+
+    competition = load_competition(slug)
+
+    def progress(idx: int, budget: int, row: Any) -> None:
+        mark = "kept" if row.kept else ("error" if row.error else "reverted")
+        log(f"{slug} iteration {idx}/{budget}: cv {row.cv_mean} {mark}")
+
+    with skill_store.open() as (conn, store):
+        resume_id = _resumable_attempt(instance, conn, slug, cfg)
+        if resume_id is not None:
+            log(f"resuming attempt {resume_id}")
+        result = run_attempt(
+            conn,
+            competition,
+            AttemptConfig(
+                policy=cfg.policy,
+                loading=cfg.loading,
+                iterations=cfg.iterations,
+                seed=cfg.seed,
+                label=cfg.label,
+            ),
+            store=store,
+            policy=llm.policy(cfg.policy, conn, campaign_id=run_id),
+            dagster_run_id=run_id,
+            resume_attempt_id=resume_id,
+            progress=progress,
+        )
+
+    png = learning_curve_png(
+        result.iterations,
+        artifacts.path(slug, f"attempt_{result.attempt_id}_learning_curve.png"),
+        title=f"{slug} · attempt {result.attempt_id} ({result.policy}, {result.loading})",
+        higher_is_better=competition.metric.higher_is_better,
+    )
+    loaded_ids = [entry["id"] for entry in result.skills_loaded]
+    by_tier = Counter(str(entry.get("tier", "?")) for entry in result.skills_loaded)
+    metadata: dict[str, Any] = {
+        "attempt_id": result.attempt_id,
+        "policy": result.policy,
+        "loading": result.loading,
+        "seed": result.seed,
+        "iterations": len(result.iterations),
+        "kept_rate": float(result.kept_rate),
+        "stopped": result.stopped,
+        "skills_loaded": MetadataValue.json(loaded_ids),
+        # Skills are versioned: record exactly which version each loaded id was.
+        "skills_loaded_versions": MetadataValue.json(
+            {entry["id"]: entry.get("version") for entry in result.skills_loaded}
+        ),
+        "skills_loaded_by_tier": MetadataValue.json(dict(by_tier)),
+        "tokens": int(result.prompt_tokens + result.completion_tokens),
+        "learning_curve": MetadataValue.md(markdown_image(png, f"learning curve of {slug}")),
+        "learning_curve_path": MetadataValue.path(str(png)),
+        "resumed": resume_id is not None,
+    }
+    if result.best_cv is not None:
+        metadata["best_cv"] = float(result.best_cv)
+    if cfg.policy == "llm":
+        metadata["llm"] = MetadataValue.json(llm.describe())  # endpoint and model, never the key
+    return StepResult(metadata=metadata, value=result.attempt_id)
+
+
+def submission_step(slug: str, attempt_id: int, database: DatabaseResource) -> StepResult:
+    from haste_dagster.agents.submission import make_submission, regrade_stored
+
+    competition = load_competition(slug)
+    with database.connection() as conn:
+        grade = make_submission(conn, competition, attempt_id)
+        # Read the predictions back from the database and grade them again.
+        fresh, stored = regrade_stored(conn, competition, attempt_id)
+    stored_score = float(stored["score"])
+    same = abs(float(fresh.score) - stored_score) <= 1e-9 * max(1.0, abs(stored_score))
+    same = same and fresh.medal == stored["medal"]
+    metadata: dict[str, Any] = {
+        "attempt_id": attempt_id,
+        "score": float(grade.score),
+        "medal": str(grade.medal),
+        "n_teams": int(grade.n_teams),
+        "bootstrap_se": float(grade.bootstrap_se),
+        "thresholds": MetadataValue.json(grade.thresholds.model_dump(mode="json")),
+    }
+    if grade.rank is not None:
+        metadata["rank"] = int(grade.rank)
+    return StepResult(
+        metadata=metadata,
+        checks=[
+            CheckOutcome(
+                "grade_reproducible",
+                passed=same,
+                metadata={
+                    "stored_score": stored_score,
+                    "regraded_score": float(fresh.score),
+                    "stored_medal": str(stored["medal"]),
+                    "regraded_medal": str(fresh.medal),
+                },
+            )
+        ],
+        value=grade,
+    )
+
+
+def competition_skills_step(
+    slug: str, attempt_id: int, skill_store: SkillStoreResource
+) -> StepResult:
+    from haste_dagster.agents.orchestrator import extract_skills
+
+    competition = load_competition(slug)
+    with skill_store.open() as (conn, store):
+        skills = extract_skills(conn, competition, attempt_id, store)
+    return StepResult(
+        metadata={
+            "attempt_id": attempt_id,
+            "domain": competition.definition.domain,
+            "skills": len(skills),
+            "skill_ids": MetadataValue.json([s.id for s in skills]),
+            "titles": MetadataValue.md(_skill_list(skills)),
+        },
+        value=[s.id for s in skills],
+    )
+
+
+def _skill_list(skills: list[Any]) -> str:
+    return "\n".join(f"- `{s.id}` {s.title}" for s in skills) or "(none)"
+
+
+# --- skills across competitions -----------------------------------------------------------
+
+
+def _promotion_result(result: Any, extra: dict[str, Any]) -> StepResult:
+    skills = result.skills
+    return StepResult(
+        metadata={
+            **extra,
+            "skills": len(skills),
+            "changed": MetadataValue.json(list(result.changed)),
+            "edges_added": int(result.edges_added),
+            "conflicts": MetadataValue.json([list(pair) for pair in result.conflicts]),
+            "skill_ids": MetadataValue.json([s.id for s in skills]),
+            # Lineage one level down: the skills each promoted skill was abstracted from.
+            "parents": MetadataValue.json({s.id: list(s.parent_ids) for s in skills}),
+            "titles": MetadataValue.md(_skill_list(skills)),
+        },
+        value=[s.id for s in skills],
+    )
+
+
+def domain_skills_step(domain: str, skill_store: SkillStoreResource) -> StepResult:
+    from haste_dagster.skills.promotion import promote_domain
+
+    with skill_store.open() as (_conn, store):
+        return _promotion_result(promote_domain(store, domain), {"domain": domain})
+
+
+def global_skills_step(skill_store: SkillStoreResource) -> StepResult:
+    from haste_dagster.skills.promotion import promote_global
+
+    with skill_store.open() as (_conn, store):
+        return _promotion_result(promote_global(store), {})
+
+
+def skill_inventory_step(
+    skill_store: SkillStoreResource, artifacts: ArtifactsResource
+) -> StepResult:
+    """Export every current skill to skill_assets/ (one reviewable Markdown file each)."""
+    from haste_dagster.skills import export_skills
+
+    target = artifacts.skill_assets_dir()
+    with skill_store.open() as (_conn, store):
+        written = export_skills(store, target)
+        skills = store.list(status=None)
+    by_tier = Counter(s.tier for s in skills)
+    by_status = Counter(s.status for s in skills)
+    return StepResult(
+        metadata={
+            "skills": len(skills),
+            "by_tier": MetadataValue.json(dict(by_tier)),
+            "by_status": MetadataValue.json(dict(by_status)),
+            "files": len(written),
+            "directory": MetadataValue.path(str(target)),
+        },
+        value=[str(p) for p in written],
+    )
+
+
+def skills_validity_step(skill_store: SkillStoreResource) -> CheckOutcome:
+    """Every current skill re-validates against the schema (same content hash), and its
+    lineage resolves: each parent id and each edge endpoint is a stored skill version."""
+    from haste_dagster.errors import SkillError
+    from haste_dagster.skills.model import validate_skill
+
+    invalid: dict[str, str] = {}
+    unresolved: dict[str, list[str]] = {}
+    with skill_store.open() as (_conn, store):
+        skills = store.list(status=None)
+        for skill in skills:
+            data = skill.model_dump(mode="json", exclude={"embedding"})
+            try:
+                again = validate_skill(data, where=f"skill {skill.id} v{skill.version}")
+            except SkillError as exc:
+                invalid[str(skill.id)] = str(exc)
+                continue
+            if again.content_hash != skill.content_hash:
+                invalid[str(skill.id)] = "stored content hash differs from the content"
+            for parent in skill.parent_ids:
+                if not _resolves(store, parent, None):
+                    unresolved.setdefault(str(skill.id), []).append(parent)
+        for edge in store.edges():
+            for side in ("src", "dst"):
+                if not _resolves(store, edge[f"{side}_id"], edge[f"{side}_version"]):
+                    unresolved.setdefault(f"edge:{edge['kind']}", []).append(
+                        f"{edge[f'{side}_id']} v{edge[f'{side}_version']}"
+                    )
+    return CheckOutcome(
+        "skills_valid_with_resolvable_lineage",
+        passed=not invalid and not unresolved,
+        metadata={
+            "skills_checked": len(skills),
+            "invalid": MetadataValue.json(invalid),
+            "unresolved_lineage": MetadataValue.json(unresolved),
+        },
+    )
+
+
+def _resolves(store: Any, skill_id: str, version: int | None) -> bool:
+    from haste_dagster.errors import SkillError
+
+    try:
+        store.get(skill_id, version)
+    except SkillError:
+        return False
+    return True
+
+
+def consolidate_step(skill_store: SkillStoreResource) -> StepResult:
+    """Merge near-duplicates, retire poor skills, promote (skills.consolidate)."""
+    from haste_dagster.skills import consolidate
+
+    with skill_store.open() as (_conn, store):
+        report = consolidate(store)
+    return StepResult(
+        metadata={
+            "merged": MetadataValue.json(report.merged),
+            "retired": MetadataValue.json(report.retired),
+            "promoted": MetadataValue.json(report.promoted),
+            "edges_added": int(report.edges_added),
+            "passes": int(report.passes),
+        },
+        value={
+            "merged": len(report.merged),
+            "retired": len(report.retired),
+            "promoted": len(report.promoted),
+        },
+    )
+
+
+# --- reports --------------------------------------------------------------------------------
+
+_LATEST_ATTEMPTS = """
+SELECT DISTINCT ON (a.slug, a.policy, a.loading)
+       a.id AS attempt_id, a.slug, c.domain, a.policy, a.loading, a.seed, a.best_cv,
+       a.test_score, a.medal, (a.result ->> 'kept_rate')::float AS kept_rate,
+       jsonb_array_length(a.skills_loaded) AS skills_loaded,
+       (SELECT count(*) FROM iterations i WHERE i.attempt_id = a.id) AS iterations,
+       a.label, a.finished_at
+FROM attempts a LEFT JOIN competitions c ON c.slug = a.slug
+WHERE a.status = 'finished'
+ORDER BY a.slug, a.policy, a.loading, a.id DESC
+"""
+
+REPORT_COLUMNS = (
+    "slug",
+    "domain",
+    "policy",
+    "loading",
+    "attempt_id",
+    "iterations",
+    "best_cv",
+    "test_score",
+    "medal",
+    "kept_rate",
+    "skills_loaded",
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join(
+        "| " + " | ".join(_cell(r.get(c)) for c in columns) + " |\n" for r in rows
+    )
+
+
+def transfer_report_step(database: DatabaseResource, artifacts: ArtifactsResource) -> StepResult:
+    """The latest finished attempt per (competition, policy, loading), with grades.
+
+    The transfer benchmark (cold vs warm, loading modes) can extend the same table.
+    """
+    import csv
+
+    with database.connection() as conn:
+        rows = [dict(r) for r in conn.execute(_LATEST_ATTEMPTS).fetchall()]
+    table = markdown_table(rows, REPORT_COLUMNS)
+    md_path = artifacts.path("transfer_report.md")
+    md_path.write_text("# Latest attempts\n\n" + table)
+    csv_path = artifacts.path("transfer_report.csv")
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(REPORT_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    medals = Counter(str(r["medal"]) for r in rows if r.get("medal"))
+    by_loading: dict[str, dict[str, Any]] = {}
+    for loading in sorted({str(r["loading"]) for r in rows}):
+        group = [r for r in rows if r["loading"] == loading]
+        rates = [r["kept_rate"] for r in group if r["kept_rate"] is not None]
+        by_loading[loading] = {
+            "attempts": len(group),
+            "medals": sum(1 for r in group if r.get("medal") not in (None, "none")),
+            "mean_kept_rate": round(sum(rates) / len(rates), 4) if rates else None,
+        }
+    return StepResult(
+        metadata={
+            "attempts": len(rows),
+            "competitions": len({r["slug"] for r in rows}),
+            "medals": MetadataValue.json(dict(medals)),
+            "by_loading": MetadataValue.json(by_loading),
+            "table": MetadataValue.md(table),
+            "report_path": MetadataValue.path(str(md_path)),
+            "csv_path": MetadataValue.path(str(csv_path)),
+        },
+        value=rows,
+    )

@@ -1,0 +1,427 @@
+"""The transfer benchmark: its measures, its plan, its throwaway databases, and one tiny run
+through the CLI whose JSON is checked against the rows it wrote."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+import yaml
+from psycopg.rows import dict_row
+
+from haste_dagster import db
+from haste_dagster.bench.measure import Stopwatch, Usage
+from haste_dagster.bench.transfer import (
+    AttemptRecord,
+    BenchmarkError,
+    TransferOptions,
+    base_conninfo,
+    database_conninfo,
+    drop_database,
+    evaluations_to_reach,
+    incumbent_curve,
+    pair_ratio,
+    plan_benchmark,
+    scratch_database,
+)
+
+
+def _write_regression(folder: Path, slug: str, coef: float, seed: int, rows: int = 300) -> Path:
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    colour = rng.choice(["red", "green", "blue"], size=rows)
+    y = coef * x1 - 2 * x2**2 + (colour == "red") * 1.5 + rng.normal(scale=0.3, size=rows)
+    frame = pd.DataFrame({"x1": x1, "x2": x2, "colour": colour, "y": y})
+    frame.to_csv(folder / f"{slug}.csv", index=False)
+    definition = {
+        "slug": slug,
+        "title": f"Tiny regression {slug}",
+        "domain": "tabular_regression",
+        "task": "regression",
+        "source": f"csv:{slug}.csv",
+        "target": "y",
+        "metric": "rmse",
+        "split": {"test_fraction": 0.25, "seed": 0},
+        "budget": {"iterations": 6, "seconds": 600},
+        "medals": {"gold": 0.45, "silver": 0.6, "bronze": 0.9},
+    }
+    path = folder / f"{slug}.yaml"
+    path.write_text(yaml.safe_dump(definition, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def two_tiny(tmp_path: Path) -> Path:
+    folder = tmp_path / "defs"
+    folder.mkdir()
+    _write_regression(folder, "tiny_dev", coef=3.0, seed=7)
+    _write_regression(folder, "tiny_eval", coef=2.5, seed=11)
+    return folder
+
+
+def _rows(*pairs: tuple[float | None, bool]) -> list[dict]:
+    return [{"idx": i, "score": s, "kept": k} for i, (s, k) in enumerate(pairs)]
+
+
+def _record(
+    arm: str, iterations: list[dict], best: float, budget: int, higher: bool
+) -> AttemptRecord:
+    return AttemptRecord(
+        phase="evaluation",
+        arm=arm,
+        slug="c",
+        domain="d",
+        seed=0,
+        loading="tiered",  # type: ignore[arg-type]
+        attempt_id=1,
+        database="x",
+        higher_is_better=higher,
+        budget=budget,
+        inventory_size=0,
+        skills_loaded=0,
+        skills_loaded_by_tier={},
+        best_cv=best,
+        kept_rate=0.0,
+        scored_iterations=len(iterations) - 1,
+        stopped="budget",
+        iterations=iterations,
+        prompt_tokens=0,
+        completion_tokens=0,
+        search=Usage(),
+        submission=Usage(),
+        test_score=None,
+        medal=None,
+        rank=None,
+        n_teams=None,
+        percentile=None,
+        bootstrap_se=None,
+    )
+
+
+# ---- measures -----------------------------------------------------------------------------
+
+
+def test_incumbent_curve_only_moves_on_kept_iterations() -> None:
+    rows = _rows((1.0, True), (0.5, False), (0.8, True), (None, False), (0.7, True))
+    assert incumbent_curve(rows) == [1.0, 1.0, 0.8, 0.8, 0.7]
+
+
+def test_evaluations_to_reach_count_the_baseline_and_respect_the_metric_direction() -> None:
+    lower = _rows((1.0, True), (0.9, False), (0.8, True), (0.7, True))
+    assert evaluations_to_reach(lower, 1.0, higher_is_better=False) == 1
+    assert evaluations_to_reach(lower, 0.8, higher_is_better=False) == 3
+    # iteration 1 scored 0.9 but was not kept: reaching needs a kept score
+    assert evaluations_to_reach(lower, 0.9, higher_is_better=False) == 3
+    assert evaluations_to_reach(lower, 0.6, higher_is_better=False) is None
+    higher = _rows((0.5, True), (0.7, True))
+    assert evaluations_to_reach(higher, 0.6, higher_is_better=True) == 2
+
+
+def test_a_warm_run_that_never_reaches_cold_is_censored_at_its_budget() -> None:
+    cold = _record(
+        "cold", _rows((1.0, True), (0.9, True), (0.95, False), (0.8, True)), 0.8, 3, False
+    )
+    never = _record(
+        "warm", _rows((0.95, True), (0.9, True), (0.85, True), (0.9, False)), 0.85, 3, False
+    )
+    quick = _record(
+        "warm", _rows((0.79, True), (0.9, False), (0.9, False), (0.9, False)), 0.79, 3, False
+    )
+    censored = pair_ratio(cold, never)
+    assert (censored.cold_evaluations, censored.warm_evaluations, censored.reached) == (4, 4, False)
+    reached = pair_ratio(cold, quick)
+    assert (reached.warm_evaluations, reached.reached) == (1, True)
+    assert reached.ratio == pytest.approx(1 / 4)
+
+
+def test_stopwatch_counts_the_cpu_of_child_processes() -> None:
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+    with Stopwatch() as watch:
+        subprocess.run([sys.executable, "-c", burn], check=True)
+    assert watch.usage.cpu_seconds >= 0.35
+    assert watch.usage.wall_seconds >= watch.usage.cpu_seconds * 0.5
+
+
+# ---- plan ---------------------------------------------------------------------------------
+
+
+def test_plan_holds_out_the_last_competition_of_each_domain_with_two_or_more(
+    two_tiny: Path,
+) -> None:
+    _write_regression(two_tiny, "tiny_more", coef=1.0, seed=3)
+    plan = plan_benchmark(TransferOptions(defs_dirs=[two_tiny], seeds=2))
+    assert plan.evaluation == ["tiny_more"]
+    assert plan.development == ["tiny_dev", "tiny_eval"]
+    assert plan.seeds == [0, 1]
+    assert all(
+        plan.folders[s] == two_tiny.resolve() for s in ("tiny_dev", "tiny_eval", "tiny_more")
+    )
+
+
+def test_plan_finds_unseen_competitions_beside_bundled_ones(two_tiny: Path) -> None:
+    plan = plan_benchmark(
+        TransferOptions(
+            competitions=["telco_churn", "phone_churn"],
+            evaluation=["tiny_eval"],
+            defs_dirs=[two_tiny],
+        )
+    )
+    assert plan.development == ["telco_churn", "phone_churn"]
+    assert plan.evaluation == ["tiny_eval"]
+    assert plan.folders["tiny_eval"] == two_tiny.resolve()
+    assert plan.folders["telco_churn"] != two_tiny.resolve()
+
+
+def test_plan_refuses_an_unknown_competition(two_tiny: Path) -> None:
+    with pytest.raises(BenchmarkError, match="no_such_competition"):
+        plan_benchmark(
+            TransferOptions(competitions=["tiny_dev", "no_such_competition"], defs_dirs=[two_tiny])
+        )
+
+
+# ---- databases ----------------------------------------------------------------------------
+
+
+def _database_exists(server_url: str, name: str) -> bool:
+    with psycopg.connect(server_url) as conn:
+        return (
+            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            is not None
+        )
+
+
+def test_scratch_database_is_dropped_afterwards_even_on_error(server_url: str) -> None:
+    base = base_conninfo(server_url)
+    with pytest.raises(RuntimeError), scratch_database(base, "bench_scratch_probe") as url:
+        assert _database_exists(server_url, "bench_scratch_probe")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT current_database()").fetchone()[0] == "bench_scratch_probe"
+        raise RuntimeError("boom")
+    assert not _database_exists(server_url, "bench_scratch_probe")
+
+
+# ---- one tiny end-to-end run --------------------------------------------------------------
+
+
+def _iteration_rows(conn: psycopg.Connection, attempt_id: int) -> list[dict]:
+    return conn.execute(
+        "SELECT idx, cv_mean AS score, kept FROM iterations WHERE attempt_id = %s ORDER BY idx",
+        (attempt_id,),
+    ).fetchall()
+
+
+def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
+    db_url: str, server_url: str, two_tiny: Path, tmp_path: Path
+) -> None:
+    out, plots = tmp_path / "transfer.json", tmp_path / "plots"
+    command = [
+        sys.executable,
+        "-m",
+        "haste_dagster",
+        "bench",
+        "transfer",
+        "--defs",
+        str(two_tiny),
+        "--iterations",
+        "3",
+        "--seeds",
+        "1",
+        "--json",
+        str(out),
+        "--plots",
+        str(plots),
+        "--keep-databases",
+    ]
+    env = {**os.environ, "HASTE_DATABASE_URL": db_url, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    dbs = report["databases"]
+    try:
+        assert {
+            "warm_cold_iteration_ratio",
+            "kept_rate_curve",
+            "ablation",
+            "peers",
+        } <= report.keys()
+        assert report["development"] == ["tiny_dev"] and report["evaluation"] == ["tiny_eval"]
+        assert set(report["ablation"]) == {"tiered", "flat", "none"}
+        assert all("medal_rate" in mode for mode in report["ablation"].values())
+        assert sorted(p.name for p in plots.glob("*.png")) == [
+            "ablation.png",
+            "kept_rate.png",
+            "learning_curves.png",
+        ]
+        assert report["inventory"]["frozen"] is True
+
+        attempts = {
+            (a["arm"], a["slug"], a["seed"]): a for a in [*report["campaign"], *report["attempts"]]
+        }
+        assert set(attempts) == {
+            ("campaign", "tiny_dev", 0),
+            ("cold", "tiny_eval", 0),
+            ("warm", "tiny_eval", 0),
+            ("flat", "tiny_eval", 0),
+            ("none", "tiny_eval", 0),
+        }
+        for attempt in attempts.values():
+            url = database_conninfo(base_conninfo(server_url), attempt["database"])
+            with psycopg.connect(url, row_factory=dict_row) as conn:
+                row = conn.execute(
+                    "SELECT slug, loading, seed, label, best_cv, test_score, medal, status "
+                    "FROM attempts WHERE id = %s",
+                    (attempt["attempt_id"],),
+                ).fetchone()
+                iterations = _iteration_rows(conn, attempt["attempt_id"])
+            assert row["status"] == "finished"
+            assert (row["slug"], row["loading"], row["seed"]) == (
+                attempt["slug"],
+                attempt["loading"],
+                attempt["seed"],
+            )
+            assert row["label"] == f"bench:{attempt['arm']}"
+            assert row["best_cv"] == pytest.approx(attempt["best_cv"])
+            assert row["test_score"] == pytest.approx(attempt["test_score"])
+            assert row["medal"] == attempt["medal"]
+            assert [r["idx"] for r in iterations] == [it["idx"] for it in attempt["iterations"]]
+            assert [r["kept"] for r in iterations] == [it["kept"] for it in attempt["iterations"]]
+            scored = iterations[1:]
+            assert attempt["kept_rate"] == pytest.approx(
+                sum(r["kept"] for r in scored) / len(scored)
+            )
+            assert attempt["usage"]["cpu_seconds"] > 0 and attempt["usage"]["wall_seconds"] > 0
+
+        cold, warm = attempts[("cold", "tiny_eval", 0)], attempts[("warm", "tiny_eval", 0)]
+        assert cold["database"] != warm["database"]  # cold ran against an empty store
+        assert cold["inventory_size"] == 0 and cold["skills_loaded"] == 0
+        assert warm["inventory_size"] == report["inventory"]["before_evaluation"]["active"]
+        assert attempts[("none", "tiny_eval", 0)]["skills_loaded"] == 0
+        higher = cold["higher_is_better"]
+        cold_n = evaluations_to_reach(cold["iterations"], cold["best_cv"], higher)
+        warm_n = evaluations_to_reach(warm["iterations"], cold["best_cv"], higher)
+        warm_count = warm_n if warm_n is not None else warm["budget"] + 1
+        assert report["warm_cold_iteration_ratio"] == pytest.approx(warm_count / cold_n)
+
+        curve = report["kept_rate_curve"]
+        assert [(p["arm"], p["attempt_id"]) for p in curve] == [
+            (a["arm"], a["attempt_id"])
+            for a in [*report["campaign"], *report["attempts"]]
+            if a["arm"] != "none"
+        ]
+        assert all(
+            p["kept_rate"] == attempts[(p["arm"], p["slug"], p["seed"])]["kept_rate"] for p in curve
+        )
+        medals = [attempts[("warm", "tiny_eval", 0)]["medal"]]
+        assert report["ablation"]["tiered"]["medal_rate"] == sum(m != "none" for m in medals) / len(
+            medals
+        )
+
+        flaml = report["peers"]["flaml"]
+        if importlib.util.find_spec("flaml") is None:
+            assert flaml["available"] is False and "pip install" in flaml["reason"]
+        else:
+            (run,) = flaml["tiny_eval"]["runs"]
+            assert run["error"] is None
+            assert run["budget_cpu_seconds"] == pytest.approx(
+                warm["usage"]["cpu_seconds"], rel=1e-3
+            )
+            assert run["usage"]["cpu_seconds"] > 0
+            assert run["medal"] in {"gold", "silver", "bronze", "none"}
+
+        with db.connection(db_url) as conn:  # the store the command was pointed at is untouched
+            assert conn.execute("SELECT count(*) AS n FROM attempts").fetchone()["n"] == 0
+    finally:
+        base = base_conninfo(server_url)
+        for name in (dbs["inventory"], dbs["cold"]):
+            drop_database(base, name)
+
+
+# ---- inventory freezing and aggregation ---------------------------------------------------
+
+
+class _CountingStore:
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def scoped_skills(self, *args: object) -> list[str]:
+        return ["a skill"]
+
+    def record_usage(self, *args: object) -> None:
+        self.writes += 1
+
+    def record_loaded(self, *args: object) -> None:
+        self.writes += 1
+
+
+def test_frozen_store_reads_through_but_records_no_usage() -> None:
+    from haste_dagster.bench.transfer import FrozenStore
+
+    inner = _CountingStore()
+    frozen = FrozenStore(inner)
+    assert frozen.scoped_skills("slug", "domain", {}, "tiered") == ["a skill"]
+    frozen.record_loaded(1, ["a skill"])
+    frozen.record_usage(1, 2, ["a skill"], True, 0.1)
+    assert inner.writes == 0
+
+
+def test_kept_rate_bins_group_attempts_by_inventory_size_and_skip_unscored_ones() -> None:
+    from haste_dagster.bench.transfer import kept_rate_bins
+
+    points = [
+        {"inventory_size": 0, "kept_rate": 0.2, "scored_iterations": 5},
+        {"inventory_size": 3, "kept_rate": 0.4, "scored_iterations": 5},
+        {"inventory_size": 7, "kept_rate": 0.6, "scored_iterations": 5},
+        {"inventory_size": 8, "kept_rate": 0.0, "scored_iterations": 0},  # stopped at once
+        {"inventory_size": 60, "kept_rate": 0.9, "scored_iterations": 5},
+    ]
+    bins = {b["inventory"]: b for b in kept_rate_bins(points)}
+    assert bins["0"]["n"] == 1 and bins["0"]["mean"] == pytest.approx(0.2)
+    assert bins["1-9"]["n"] == 2 and bins["1-9"]["mean"] == pytest.approx(0.5)
+    assert bins["10-24"]["n"] == 0 and bins["10-24"]["mean"] is None
+    assert bins["50+"]["n"] == 1 and bins["50+"]["mean"] == pytest.approx(0.9)
+
+
+def test_flaml_inputs_code_labels_in_class_order_and_expand_dates(tmp_path: Path) -> None:
+    from haste_dagster.bench.peers import flaml_inputs
+    from haste_dagster.competitions.registry import load_competition_path
+
+    rows = 80
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "day": pd.date_range("2024-01-01", periods=rows, freq="D").astype(str),
+            "size": rng.normal(size=rows),
+            "shop": rng.choice(["north", "south"], size=rows),
+            "y": rng.choice(["zebra", "ant", "mole"], size=rows),
+        }
+    )
+    frame.to_csv(tmp_path / "dated.csv", index=False)
+    definition = {
+        "slug": "dated",
+        "title": "dated",
+        "domain": "tabular_classification",
+        "task": "multiclass",
+        "source": "csv:dated.csv",
+        "target": "y",
+        "metric": "accuracy",
+        "date_columns": ["day"],
+        "medals": {"gold": 0.9, "silver": 0.8, "bronze": 0.7},
+    }
+    (tmp_path / "dated.yaml").write_text(yaml.safe_dump(definition))
+    competition = load_competition_path(tmp_path / "dated.yaml")
+    x_train, y_train, x_test = flaml_inputs(competition)
+    classes = competition.problem.classes
+    expected = [classes.index(v) for v in competition.train["y"]]
+    assert y_train.tolist() == expected
+    assert list(x_train.columns) == list(x_test.columns)
+    assert "y" not in x_train.columns and len(x_test) == len(competition.test_features)
+    assert {"day__year", "day__month", "day__dayofweek", "day__elapsed"} <= set(x_train.columns)
+    assert str(x_train["shop"].dtype) == "category"

@@ -1,0 +1,97 @@
+"""Jobs, the nightly schedule, resources and the workspace file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, DefaultScheduleStatus
+
+from haste_dagster.config import PROJECT_ROOT
+from haste_dagster.defs.definitions import build_definitions
+from haste_dagster.defs.instance import dagster_instance
+from haste_dagster.defs.jobs import consolidate_schedule
+from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
+from haste_dagster.defs.resources import LLMResource
+
+SLUGS = ("tiny_alpha", "tiny_beta")
+
+
+def test_campaign_job_solves_every_competition_then_promotes_and_reports(
+    tiny_env: dict[str, Path], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
+    instance = dagster_instance(db_url, tiny_env["dagster_home"])
+    defs = build_definitions()
+    result = defs.resolve_job_def("campaign").execute_in_process(
+        instance=instance, run_config={"ops": {"solve_one": {"config": {"iterations": 1}}}}
+    )
+    assert result.success
+    # The campaign adds the partitions it needs, so it works without the sensor having run.
+    assert set(instance.get_dynamic_partitions(COMPETITION_PARTITIONS_NAME)) == set(SLUGS)
+    materializations = [
+        event.step_materialization_data.materialization
+        for event in result.get_asset_materialization_events()
+    ]
+    recorded = {(m.asset_key.to_user_string(), m.partition) for m in materializations}
+    for slug in SLUGS:
+        for asset in ("competition_data", "attempt", "submission", "competition_skills"):
+            assert (asset, slug) in recorded
+    assert ("domain_skills", "tabular_regression") in recorded
+    assert {
+        ("global_skills", None),
+        ("skill_inventory", None),
+        ("transfer_report", None),
+    } <= recorded
+    checks = {(e.check_name, e.partition, e.passed) for e in result.get_asset_check_evaluations()}
+    assert {("grade_reproducible", slug, True) for slug in SLUGS} <= checks
+    # The same asset history the per-partition jobs write: readable per partition.
+    attempt = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("attempt"), asset_partitions=["tiny_beta"]), limit=1
+    ).records[0]
+    assert attempt.run_id == result.run_id
+    instance.dispose()
+
+
+def test_nightly_consolidation_schedule_is_on_by_default_at_3am(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HASTE_CONSOLIDATE_CRON", raising=False)
+    schedule = consolidate_schedule()
+    assert schedule.cron_schedule == "0 3 * * *"
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == "consolidate_skills"
+
+
+def test_consolidation_cron_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HASTE_CONSOLIDATE_CRON", "30 1 * * 0")
+    assert consolidate_schedule().cron_schedule == "30 1 * * 0"
+    monkeypatch.setenv("HASTE_CONSOLIDATE_CRON", "every night")
+    with pytest.raises(ValueError, match="HASTE_CONSOLIDATE_CRON"):
+        consolidate_schedule()
+
+
+def test_llm_resource_describes_the_endpoint_without_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://user:hunter2@llm.example/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret")
+    monkeypatch.setenv("HASTE_LLM_MODEL", "some-model")
+    described = LLMResource().describe()
+    assert described["model"] == "some-model"
+    text = repr(described) + repr(LLMResource().model_dump())
+    assert "hunter2" not in text and "sk-very-secret" not in text
+
+
+def test_workspace_yaml_passes_dagster_definitions_validate(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All code locations passed validation" in done.stdout + done.stderr

@@ -1,0 +1,106 @@
+"""Scoped loading: tiered / flat / none return exactly the specified sets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from skill_helpers import cond, make_skill
+
+from haste_dagster.skills.model import Skill
+from haste_dagster.skills.store import SkillStore
+
+PROFILE: dict[str, Any] = {
+    "task": "text_classification",
+    "rows": 5000,
+    "n_features": 2,
+    "n_numeric": 1,
+    "n_categorical": 0,
+    "n_text": 1,
+    "n_date": 0,
+    "has_text": True,
+    "has_date": False,
+    "is_forecast": False,
+    "target_skew": None,
+    "max_cardinality": 0,
+    "missing_rate": 0.0,
+}
+
+
+@pytest.fixture
+def inventory(store: SkillStore) -> dict[str, Skill]:
+    """Skills across tiers and scopes; some conditions hold on PROFILE, some do not."""
+    specs = {
+        "g_text": make_skill("global", None, "TF-IDF word n-grams for free text",
+                             guidance="Free text columns: text classification with word "
+                             "n-grams and a linear model.",
+                             conditions=[cond("has_text", "==", True)]),
+        "g_skew": make_skill("global", None, "Log transform a skewed target",
+                             conditions=[cond("target_skew", ">=", 1.0)]),
+        "g_any": make_skill("global", None, "Early stopping for boosted trees"),
+        "g_retired": make_skill("global", None, "A retired global skill"),
+        "d_text_ok": make_skill("domain", "text", "Character n-grams for short texts",
+                                conditions=[cond("rows", ">=", 1000)]),
+        "d_text_no": make_skill("domain", "text", "Tiny corpora need strong regularisation",
+                                conditions=[cond("rows", "<", 1000)]),
+        "d_tab": make_skill("domain", "tabular_regression", "Deeper trees for big tables"),
+        "c_own_ok": make_skill("competition", "text_a", "Bigrams helped here", domain="text",
+                               conditions=[cond("has_text", "==", True)]),
+        "c_own_no": make_skill("competition", "text_a", "Needs three text columns",
+                               domain="text", conditions=[cond("n_text", ">=", 3)]),
+        "c_other": make_skill("competition", "text_b", "Other competition skill", domain="text"),
+        "c_merged": make_skill("competition", "text_a", "A merged duplicate", domain="text"),
+    }
+    stored = {name: store.add(skill) for name, skill in specs.items()}
+    stored["g_retired"] = store.new_version(stored["g_retired"].id or "", status="retired")
+    stored["c_merged"] = store.new_version(stored["c_merged"].id or "", status="merged")
+    return stored
+
+
+def _names(inventory: dict[str, Skill], skills: list[Skill]) -> list[str]:
+    by_id = {s.id: name for name, s in inventory.items()}
+    return [by_id[s.id] for s in skills]
+
+
+def test_tiered_loads_applicable_global_own_domain_and_own_competition(
+    store: SkillStore, inventory: dict[str, Skill]
+) -> None:
+    loaded = store.scoped_skills("text_a", "text", PROFILE, "tiered")
+    names = _names(inventory, loaded)
+    assert sorted(names) == ["c_own_ok", "d_text_ok", "g_any", "g_text"]
+    assert names[:2] == ["c_own_ok", "d_text_ok"]  # narrowest scope first
+
+
+def test_tiered_ranks_globals_by_relevance_to_the_competition(
+    store: SkillStore, inventory: dict[str, Skill]
+) -> None:
+    loaded = store.scoped_skills("text_a", "text", PROFILE, "tiered", top_k_global=1)
+    assert _names(inventory, loaded) == ["c_own_ok", "d_text_ok", "g_text"]
+
+
+def test_flat_loads_every_active_skill_and_none_loads_nothing(
+    store: SkillStore, inventory: dict[str, Skill]
+) -> None:
+    flat = _names(inventory, store.scoped_skills("text_a", "text", PROFILE, "flat"))
+    assert sorted(flat) == sorted(set(inventory) - {"g_retired", "c_merged"})
+    assert store.scoped_skills("text_a", "text", PROFILE, "none") == []
+
+
+def test_warm_start_on_a_new_competition_loads_only_global_and_domain(
+    store: SkillStore, inventory: dict[str, Skill]
+) -> None:
+    loaded = store.scoped_skills("text_new", "text", PROFILE, "tiered")
+    assert sorted(_names(inventory, loaded)) == ["d_text_ok", "g_any", "g_text"]
+
+
+def test_tiered_looks_past_nearby_globals_whose_conditions_fail(store: SkillStore) -> None:
+    close = [
+        make_skill("global", None, f"Free text n-grams variant {i}",
+                   guidance=f"text classification word n-grams free text {i}",
+                   conditions=[cond("rows", "<", 10)])
+        for i in range(40)
+    ]
+    store.add_many(close)
+    far = store.add(make_skill("global", None, "Calibrate probabilities with isotonic fits"))
+    loaded = store.scoped_skills("text_a", "text", PROFILE, "tiered", top_k_global=1)
+    assert [s.id for s in loaded] == [far.id]
