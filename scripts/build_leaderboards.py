@@ -5,7 +5,7 @@ test split):
 - `random`: specs sampled from the solution space (untuned pipelines of varying quality);
 - `default`: the domain default spec, and a constant baseline (majority class / mean);
 - `search@k`: a tuned random search with budget k — the spec with the best holdout score
-  among k random specs (k in 5, 10, 20, 40; several independent orderings each), i.e.
+  among k random specs (k in 5, 10, 20; several independent orderings each), i.e.
   teams that tuned with a small or large budget;
 - `tuned@k`: a team that starts from the default and tunes it with k iterations of the
   heuristic policy (no skills), in a throwaway database (k in 10, 20; two seeds each).
@@ -35,7 +35,7 @@ from haste_dagster.solution.evaluate import fit_predict
 from haste_dagster.solution.space import default_spec, random_spec
 from haste_dagster.solution.spec import SolutionSpec
 
-SEARCH_BUDGETS = (5, 10, 20, 40)
+SEARCH_BUDGETS = (5, 10, 20)
 ORDERINGS = 8
 TUNED = ((10, 101), (10, 102), (20, 103), (20, 104))  # (iterations, seed)
 
@@ -182,7 +182,7 @@ def build(slug: str, out_dir: Path, n_random: int, jobs: int, force: bool, db_ur
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help="slugs to build (default: all)")
-    parser.add_argument("--random", type=int, default=40, help="random entrants per competition")
+    parser.add_argument("--random", type=int, default=24, help="random entrants per competition")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--defs", type=Path, default=None)

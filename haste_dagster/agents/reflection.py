@@ -50,7 +50,10 @@ class Learning(BaseModel):
     iterations: list[int] = Field(
         default_factory=list, description="indices of the iterations that support it"
     )
-    delta: float | None = Field(default=None, description="measured score change, if any")
+    delta: float | None = Field(
+        default=None,
+        description="measured improvement in the metric's direction (positive = better)",
+    )
 
 
 class ReflectionReply(BaseModel):
@@ -230,22 +233,29 @@ def _default_evidence_allows() -> Callable[[str, Any], Any]:
 
 
 def _verdict(result: Any) -> tuple[bool, str]:
-    """``evidence_allows`` may return a bool or (bool, reason)."""
+    """``evidence_allows`` returns (allowed, reason); a bare bool is accepted too."""
     if isinstance(result, tuple):
         return bool(result[0]), str(result[1]) if len(result) > 1 else ""
     return bool(result), ""
 
 
-def _skill_source(skill: Any) -> dict[str, Any]:
-    """Where an existing skill's evidence comes from: its competition and domain."""
-    tier = _get(skill, "tier")
-    scope = _get(skill, "scope_key", _get(skill, "scope"))
-    return {
-        "skill_id": str(_get(skill, "id")),
-        "tier": tier,
-        "competition": _get(skill, "competition") or (scope if tier == "competition" else None),
-        "domain": _get(skill, "domain") or (scope if tier == "domain" else None),
-    }
+def _source_json(item: Any) -> dict[str, Any]:
+    """An evidence source as stored in ``promotion_decisions.evidence``."""
+    from dataclasses import asdict
+
+    from haste_dagster.skills.promotion import as_source
+
+    try:
+        return asdict(as_source(item))
+    except TypeError:  # a view that is not a Skill: keep what it says about its scope
+        tier = _get(item, "tier")
+        scope = _get(item, "scope_key")
+        return {
+            "competition": scope if tier == "competition" else None,
+            "domain": _get(item, "domain") or (scope if tier == "domain" else None),
+            "delta": None,
+            "skill_id": str(_get(item, "id")),
+        }
 
 
 def record_decision(conn: psycopg.Connection, decision: PromotionDecision) -> int:
@@ -291,7 +301,6 @@ def label_learnings(
     if not learnings:
         return []
     by_id = {str(_get(s, "id")): s for s in existing_skills}
-    here = {"competition": competition, "domain": domain, "attempt_id": attempt_id}
 
     def validate(reply: LabelReply) -> None:
         indices = sorted(d.index for d in reply.decisions)
@@ -333,7 +342,10 @@ def label_learnings(
     for item in items:
         learning = learnings[item.index]
         related = [i for i in dict.fromkeys(item.related_skill_ids) if i in by_id]
-        sources = [here, *(_skill_source(by_id[i]) for i in related)]
+        # The sources a promotion rests on: this attempt's measurement plus every existing
+        # skill the LLM says shows the same pattern (their own evidence travels with them).
+        here = {"competition": competition, "domain": domain, "delta": learning.delta}
+        sources = [here, *(by_id[i] for i in related)]
         reason = item.reason.strip()
         allowed = True
         if item.label in ("domain", "global"):
@@ -344,7 +356,8 @@ def label_learnings(
             learning=learning, label=item.label, allowed=allowed, reason=reason,
             abstraction=item.abstraction if item.label in ("domain", "global") else None,
             conditions=item.conditions if item.label == "conflict" else None,
-            related_skill_ids=related, evidence=sources, attempt_id=attempt_id,
+            related_skill_ids=related, evidence=[_source_json(x) for x in sources],
+            attempt_id=attempt_id,
         )
         if conn is not None:
             decision.decision_id = record_decision(conn, decision)

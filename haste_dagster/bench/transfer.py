@@ -96,7 +96,7 @@ FULL_DEVELOPMENT = (
 # Quick (CI smoke, < 10 min on 2 cores): the small tabular competitions only.
 QUICK_DEVELOPMENT = ("telco_churn", "ames_housing", "credit_scoring", "delivery_time", "hpc_jobs")
 QUICK_EVALUATION = ("phone_churn", "concrete_strength")
-QUICK_ITERATIONS = 8
+QUICK_ITERATIONS = 10
 
 TARGETS = {
     "warm_cold_iteration_ratio": 0.35,  # warm needs ≤ 35% of the cold evaluations
@@ -157,6 +157,9 @@ class Plan:
     folders: dict[str, Path]  # slug → folder holding its YAML
     domains: dict[str, str]
     seeds: list[int]
+    # Decided once, so a leaderboard written while the benchmark runs cannot make one arm
+    # graded and another not: True when the YAML has medals or a leaderboard CSV exists.
+    graded: dict[str, bool] = field(default_factory=dict)
 
 
 def _find_folder(slug: str, folders: Sequence[Path]) -> Path | None:
@@ -208,7 +211,11 @@ def plan_benchmark(options: TransferOptions) -> Plan:
     if missing:
         where = ", ".join(str(f) for f in folders)
         raise BenchmarkError(f"no competition definition for {missing} in {where}")
-    domains = {s: load_definition(resolved[s] / f"{s}.yaml").domain for s in resolved}
+    definitions = {s: load_definition(resolved[s] / f"{s}.yaml") for s in resolved}
+    domains = {s: d.domain for s, d in definitions.items()}
+    graded = {
+        s: d.medals is not None or d.leaderboard_path.is_file() for s, d in definitions.items()
+    }
 
     if not evaluation:
         by_domain: dict[str, list[str]] = {}
@@ -224,7 +231,7 @@ def plan_benchmark(options: TransferOptions) -> Plan:
     if not development:
         raise BenchmarkError("no development competitions left for the campaign")
     seeds = list(range(options.campaign_seed, options.campaign_seed + options.seeds))
-    return Plan(development, evaluation, resolved, domains, seeds)
+    return Plan(development, evaluation, resolved, domains, seeds, graded)
 
 
 # ---------------------------------------------------------------------------------------
@@ -422,7 +429,9 @@ def _slim_iterations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _graded(conn: psycopg.Connection, competition: Competition, attempt_id: int) -> Graded:
+def _graded(
+    conn: psycopg.Connection, competition: Competition, attempt_id: int, gradeable: bool
+) -> Graded:
     """Grade the attempt's best spec on the hidden split (score only without thresholds)."""
     from haste_dagster.agents import records
     from haste_dagster.agents.submission import make_submission
@@ -430,8 +439,7 @@ def _graded(conn: psycopg.Connection, competition: Competition, attempt_id: int)
     from haste_dagster.solution.evaluate import fit_predict
     from haste_dagster.solution.spec import SolutionSpec
 
-    d = competition.definition
-    if d.medals is not None or d.leaderboard_path.is_file():
+    if gradeable:
         g = make_submission(conn, competition, attempt_id)
         return Graded(g.score, g.medal, g.rank, g.n_teams or None, g.bootstrap_se)
     attempt = records.get_attempt(conn, attempt_id)
@@ -442,11 +450,10 @@ def _graded(conn: psycopg.Connection, competition: Competition, attempt_id: int)
     return Graded(score_hidden(competition, predictions), None)
 
 
-def _grade_predictions(competition: Competition, predictions: Any) -> Graded:
+def _grade_predictions(competition: Competition, predictions: Any, gradeable: bool) -> Graded:
     from haste_dagster.competitions.grading import grade, score_hidden
 
-    d = competition.definition
-    if d.medals is not None or d.leaderboard_path.is_file():
+    if gradeable:
         g = grade(competition, predictions)
         return Graded(g.score, g.medal, g.rank, g.n_teams or None, g.bootstrap_se)
     return Graded(score_hidden(competition, predictions), None)
@@ -463,7 +470,7 @@ def _run_one(
     loading: Loading,
     seed: int,
     options: TransferOptions,
-    domain: str,
+    plan: Plan,
 ) -> AttemptRecord:
     from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
     from haste_dagster.agents.orchestrator import extract_skills
@@ -479,7 +486,7 @@ def _run_one(
     with Stopwatch() as search:
         result = run_attempt(conn, competition, config, store=store)
     with Stopwatch() as submit:
-        graded = _graded(conn, competition, result.attempt_id)
+        graded = _graded(conn, competition, result.attempt_id, plan.graded[competition.slug])
     new_skills: list[str] = []
     if phase == "campaign":
         new_skills = [s.id for s in extract_skills(conn, competition, result.attempt_id, store)]
@@ -491,7 +498,7 @@ def _run_one(
         phase=phase,
         arm=arm,
         slug=competition.slug,
-        domain=domain,
+        domain=plan.domains[competition.slug],
         seed=seed,
         loading=loading,
         attempt_id=result.attempt_id,
@@ -763,14 +770,22 @@ class TransferReport:
         }
 
     def ablation(self) -> dict[str, Any]:
+        """Per loading mode on the frozen inventory; ``same_as_cold`` is the share of
+        (competition, seed) pairs whose CV curve equals the cold attempt's (expected 1.0 for
+        ``none``: with no skill loaded, the inventory cannot matter)."""
         arm_of: dict[str, Arm] = {"tiered": "warm", "flat": "flat", "none": "none"}
-        return {
-            mode: {
+        cold = {(r.slug, r.seed): r.curve for r in self.arm("cold")}
+        out: dict[str, Any] = {}
+        for mode in self.options.modes:
+            records = self.arm(arm_of[mode])
+            paired = [r for r in records if (r.slug, r.seed) in cold]
+            same = sum(1 for r in paired if r.curve == cold[(r.slug, r.seed)])
+            out[mode] = {
                 "arm": arm_of[mode],
-                **ablation_summary(self.arm(arm_of[mode]), self.plan.evaluation),
+                **ablation_summary(records, self.plan.evaluation),
+                "same_as_cold": same / len(paired) if paired else None,
             }
-            for mode in self.options.modes
-        }
+        return out
 
     def peer_summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -885,6 +900,7 @@ class TransferReport:
             "development": self.plan.development,
             "evaluation": self.plan.evaluation,
             "domains": self.plan.domains,
+            "graded": self.plan.graded,
             "seeds": self.plan.seeds,
             "databases": self.databases,
             "environment": {
@@ -1005,7 +1021,7 @@ def run_transfer_benchmark(
                     loading="tiered",
                     seed=options.campaign_seed,
                     options=options,
-                    domain=plan.domains[slug],
+                    plan=plan,
                 )
                 promote(conn, [plan.domains[slug]], store)
                 report.campaign.append(record)
@@ -1035,7 +1051,7 @@ def run_transfer_benchmark(
                             loading=loading,
                             seed=seed,
                             options=options,
-                            domain=plan.domains[slug],
+                            plan=plan,
                         )
                         report.evaluation.append(record)
                         _say(options, _describe(record))
@@ -1054,7 +1070,7 @@ def run_transfer_benchmark(
                         loading="tiered",
                         seed=seed,
                         options=options,
-                        domain=plan.domains[slug],
+                        plan=plan,
                     )
                     report.evaluation.append(record)
                     _say(options, _describe(record))
@@ -1088,7 +1104,9 @@ def _run_peers(report: TransferReport, competitions: dict[str, Competition]) -> 
             graded = Graded(float("nan"), None)
             if run.error is None:
                 try:
-                    graded = _grade_predictions(competition, run.predictions)
+                    graded = _grade_predictions(
+                        competition, run.predictions, report.plan.graded[warm.slug]
+                    )
                 except HasteError as exc:
                     run.error = f"grading failed: {exc}"
             record = PeerRecord(

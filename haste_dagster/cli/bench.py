@@ -108,3 +108,47 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
             f"({summary['medals']}/{summary['graded']}), completion tokens "
             f"{summary['tokens']['completion']}"
         )
+
+
+@app.command("store")
+def store_command(
+    skills: int = typer.Option(10_000, "--skills", min=1, help="synthetic skills to insert"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the figures as JSON here"),
+    batch: int = typer.Option(1000, "--batch", min=1, help="skills per batched insert"),
+    queries: int = typer.Option(200, "--queries", min=2, help="timed queries of each kind"),
+    seed: int = typer.Option(0, "--seed", help="random seed of the synthetic inventory"),
+) -> None:
+    """Skill-store benchmark: insert rate, p50/p95 of a tiered scoped load and of a top-10
+    similarity query (HNSW), on N synthetic skills in a throwaway database. Embeddings are
+    random unit vectors: this times the store, not an embedding model."""
+    import json
+
+    from rich.console import Console
+
+    from haste_dagster import db
+    from haste_dagster.bench.store import run_store_bench
+
+    console = Console(stderr=True)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) < batch:
+            console.print(f"inserted {done}/{total}", highlight=False)
+
+    try:
+        result = run_store_bench(skills, batch=batch, queries=queries, seed=seed,
+                                 progress=progress)
+    except (db.DatabaseError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    insert, scoped, similar = result["insert"], result["scoped_load"], result["similar_top10"]
+    typer.echo(f"skills: {result['skills']}  (HNSW index used: {result['hnsw_index_used']})")
+    typer.echo(f"insert: {insert['skills_per_second']:.0f} skills/s ({insert['seconds']} s)")
+    typer.echo(
+        f"scoped load (tiered): p50 {scoped['p50_ms']} ms, p95 {scoped['p95_ms']} ms, "
+        f"{scoped['mean_skills_returned']} skills on average"
+    )
+    typer.echo(f"similar (top 10): p50 {similar['p50_ms']} ms, p95 {similar['p95_ms']} ms")

@@ -99,7 +99,6 @@ def build_definitions(domains: Sequence[str] | None = None) -> Definitions:
             refresh_skills,
             build_campaign(domain_keys),
             consolidate_skills,
-    promote_domain,
         ],
         schedules=[consolidate_schedule()],
         sensors=[competition_defs_sensor],

@@ -119,13 +119,18 @@ def skill_record(skill: Any) -> dict[str, Any]:
         "title": str(_get(skill, "title", ""))[:200],
         "guidance": str(_get(skill, "guidance", ""))[:MAX_SKILL_TEXT],
     }
+    for name in ("scope_key", "domain"):
+        value = _get(skill, name)
+        if value:
+            record[name] = str(value)
     for name in ("conditions", "action"):
         value = _get(skill, name)
         if value:
-            record[name] = value if isinstance(value, dict | list) else _dump(value)
-    utility = _get(skill, "utility")
-    if utility is not None:
-        record["utility"] = round(float(utility), 4)
+            record[name] = [_dump(v) for v in value] if isinstance(value, list) else _dump(value)
+    for name in ("utility", "effect"):
+        value = _get(skill, name)
+        if isinstance(value, int | float):
+            record[name] = round(float(value), 4)
     return record
 
 

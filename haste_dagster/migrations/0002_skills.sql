@@ -69,6 +69,26 @@ END $$;
 CREATE TRIGGER skills_immutable BEFORE UPDATE ON skills
     FOR EACH ROW EXECUTE FUNCTION skills_immutable();
 
+-- Prefilter for scoped loading: false only when a numeric condition (<, <=, >, >=) on a
+-- numeric profile value fails, or the profile lacks a conditioned key. Everything else is
+-- left to the Python check (Skill.conditions_hold), which stays the one definition.
+CREATE FUNCTION skill_conditions_may_hold(conditions jsonb, profile jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(bool_and(
+        CASE
+            WHEN jsonb_typeof(profile -> (c ->> 'key')) IS NULL
+                 OR jsonb_typeof(profile -> (c ->> 'key')) = 'null' THEN false
+            WHEN jsonb_typeof(c -> 'value') <> 'number'
+                 OR jsonb_typeof(profile -> (c ->> 'key')) <> 'number' THEN true
+            WHEN c ->> 'op' = '<'  THEN (profile ->> (c ->> 'key'))::numeric <  (c ->> 'value')::numeric
+            WHEN c ->> 'op' = '<=' THEN (profile ->> (c ->> 'key'))::numeric <= (c ->> 'value')::numeric
+            WHEN c ->> 'op' = '>'  THEN (profile ->> (c ->> 'key'))::numeric >  (c ->> 'value')::numeric
+            WHEN c ->> 'op' = '>=' THEN (profile ->> (c ->> 'key'))::numeric >= (c ->> 'value')::numeric
+            ELSE true
+        END), true)
+    FROM jsonb_array_elements(conditions) AS c
+$$;
+
 -- Lineage between skill versions. promoted_from: src (domain/global) was abstracted from
 -- dst; merged_into: src (a near-duplicate) was merged into dst; supersedes: src is the
 -- next version of dst; conflicts_with: src and dst disagree, each stored in both

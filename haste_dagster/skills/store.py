@@ -30,6 +30,7 @@ from haste_dagster.errors import SkillError
 from haste_dagster.skills.embeddings import DEFAULT_DIM, Embedder
 from haste_dagster.skills.model import (
     Condition,
+    Evidence,
     LoadingMode,
     Skill,
     SkillStats,
@@ -80,21 +81,47 @@ _VERSIONED_FIELDS = (
 )
 
 
-def _row_to_skill(row: dict[str, Any]) -> Skill:
-    stats = SkillStats(
+def _stats(row: dict[str, Any]) -> SkillStats:
+    return SkillStats.model_construct(
         loaded=row["loaded"] or 0,
         applied=row["applied"] or 0,
         kept=row["kept"] or 0,
         mean_delta=row["mean_delta"],
         kept_delta_sum=float(row["kept_delta_sum"] or 0.0),
     )
+
+
+def _row_to_skill(row: dict[str, Any]) -> Skill:
+    """A Skill from a stored row without re-validation: rows are validated when written and
+    never edited (a trigger enforces it), and loading is on the hot path of every attempt.
+    ``SkillStore.validate_all`` re-checks every stored version in full."""
+    data = {k: row[k] for k in ("id", "version", *_VERSIONED_FIELDS, "created_at")}
+    data["conditions"] = [Condition.model_construct(**c) for c in data["conditions"]]
+    data["evidence"] = [Evidence.model_construct(**e) for e in data["evidence"]]
+    data["parent_ids"] = list(data["parent_ids"])
+    return Skill.model_construct(
+        **data, stats=_stats(row), content_hash=row["content_hash"], embedding=None
+    )
+
+
+def _validated(row: dict[str, Any]) -> Skill:
     data = {k: row[k] for k in ("id", "version", *_VERSIONED_FIELDS, "created_at")}
     try:
-        return Skill.model_validate({**data, "stats": stats})
-    except ValueError as exc:  # a row written by hand or by an older schema
+        skill = Skill.model_validate({**data, "stats": _stats(row)})
+    except (ValueError, SkillError) as exc:
         raise SkillError(
             f"skill {row['id']} v{row['version']}: stored row is invalid: {exc}"
         ) from None
+    if skill.content_hash != row["content_hash"]:
+        raise SkillError(
+            f"skill {row['id']} v{row['version']}: content_hash does not match its content"
+        )
+    return skill
+
+
+def _profile_json(profile: dict[str, Any]) -> Jsonb:
+    """The profile as jsonb; NumPy scalars become plain numbers."""
+    return Jsonb({k: v.item() if isinstance(v, np.generic) else v for k, v in profile.items()})
 
 
 def describe_profile(slug: str, domain: str, profile: dict[str, Any]) -> str:
@@ -492,9 +519,15 @@ class SkillStore:
         return int(row["n"])
 
     def _nearest(
-        self, vector: np.ndarray, limit: int, tier: str | None, status: str | None
+        self,
+        vector: np.ndarray,
+        limit: int,
+        tier: str | None,
+        status: str | None,
+        profile: dict[str, Any] | None = None,
     ) -> list[tuple[Skill, float]]:
-        """Current skills nearest to ``vector`` by cosine distance (HNSW index)."""
+        """Current skills nearest to ``vector`` by cosine distance (HNSW index), optionally
+        prefiltered to those whose conditions may hold on ``profile``."""
         where, params = ["s.is_current"], []
         if tier is not None:
             where.append("s.tier = %s")
@@ -502,18 +535,22 @@ class SkillStore:
         if status is not None:
             where.append("s.status = %s")
             params.append(status)
+        if profile is not None:
+            where.append("skill_conditions_may_hold(s.conditions, %s)")
+            params.append(_profile_json(profile))
         if self._iterative_scan is None:
             row = self.conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
             ).fetchone()
             major_minor = tuple(int(x) for x in str(row["extversion"]).split(".")[:2])
             self._iterative_scan = major_minor >= (0, 8)
+        # ef_search bounds how many rows one HNSW scan yields: keep it >= LIMIT. Filtered
+        # scans keep searching until LIMIT rows pass the filter with iterative scans
+        # (pgvector >= 0.8); without them a rare tier could come back short. One round trip.
+        settings = "set_config('hnsw.ef_search', %s, true)"
         if self._iterative_scan:
-            # Filtered HNSW scans keep searching until LIMIT rows pass the filter (pgvector
-            # >= 0.8); without it a rare tier could come back short.
-            self.conn.execute("SET LOCAL hnsw.iterative_scan = 'relaxed_order'")
-        # ef_search bounds how many rows one HNSW scan yields; keep it >= LIMIT.
-        self.conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(40, int(limit)))}")
+            settings += ", set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+        self.conn.execute(f"SELECT {settings}", (str(min(1000, max(40, int(limit)))),))
         rows = self.conn.execute(
             f"""SELECT n.*, st.* FROM (
                     SELECT {_COLUMNS}, s.embedding <=> %s AS distance FROM skills s
@@ -566,8 +603,9 @@ class SkillStore:
             rows = self.conn.execute(
                 f"""{_SELECT} WHERE s.is_current AND s.status = 'active'
                     AND ((s.tier = 'competition' AND s.scope_key = %s)
-                         OR (s.tier = 'domain' AND s.scope_key = %s))""",
-                (slug, domain),
+                         OR (s.tier = 'domain' AND s.scope_key = %s))
+                    AND skill_conditions_may_hold(s.conditions, %s)""",
+                (slug, domain, _profile_json(profile)),
             ).fetchall()
             scoped = [s for s in map(_row_to_skill, rows) if s.conditions_hold(profile)]
             globals_ = self._top_global(query, profile, top_k_global)
@@ -584,7 +622,7 @@ class SkillStore:
             return []
         limit = max(4 * k, 32)
         while True:
-            found = self._nearest(query, limit, "global", "active")
+            found = self._nearest(query, limit, "global", "active", profile)
             applicable = [(s, sim) for s, sim in found if s.conditions_hold(profile)]
             if len(applicable) >= k or len(found) < limit:
                 break
@@ -670,6 +708,30 @@ class SkillStore:
             }
             for r in rows
         ]
+
+    def validate_all(self) -> list[str]:
+        """Problems found by re-validating every stored version and edge (empty = valid):
+        schema, content hash, and that each edge's ends are stored skill versions."""
+        problems: list[str] = []
+        with self.conn.transaction():
+            for row in self.conn.execute(f"{_SELECT} ORDER BY s.id, s.version").fetchall():
+                try:
+                    _validated(row)
+                except SkillError as exc:
+                    problems.append(str(exc))
+            dangling = self.conn.execute(
+                """SELECT e.src_id, e.src_version, e.dst_id, e.dst_version, e.kind
+                   FROM skill_edges e
+                   LEFT JOIN skills a ON a.id = e.src_id AND a.version = e.src_version
+                   LEFT JOIN skills b ON b.id = e.dst_id AND b.version = e.dst_version
+                   WHERE a.pk IS NULL OR b.pk IS NULL"""
+            ).fetchall()
+        problems += [
+            f"edge {r['kind']} {r['src_id']} v{r['src_version']} -> {r['dst_id']} "
+            f"v{r['dst_version']} does not resolve"
+            for r in dangling
+        ]
+        return problems
 
     # ---- lineage --------------------------------------------------------------------------
 
