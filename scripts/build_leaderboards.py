@@ -29,6 +29,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from haste_dagster.competitions.grading import score_hidden
+from haste_dagster.competitions.leaderboard import write_leaderboard
 from haste_dagster.competitions.registry import load_competition, load_definitions
 from haste_dagster.config import competition_defs_dir
 from haste_dagster.solution.evaluate import fit_predict
@@ -61,7 +62,9 @@ def evaluate_spec(competition, spec: SolutionSpec, seed: int) -> dict:
     inner, valid = holdout_split(competition, seed)
     try:
         valid_pred = fit_predict(spec, problem, inner, valid.drop(columns=[problem.target]), seed)
-        valid_score = competition.metric(valid[problem.target].to_numpy(), valid_pred, problem.classes)
+        valid_score = competition.metric(
+            valid[problem.target].to_numpy(), valid_pred, problem.classes
+        )
         test_pred = fit_predict(spec, problem, competition.train, competition.test_features, seed)
         test_score = score_hidden(competition, test_pred)
     except Exception as exc:  # an entrant that crashes simply does not enter
@@ -77,13 +80,19 @@ def tuned_entrant(competition, iterations: int, seed: int, db_url: str) -> dict:
     t0 = time.monotonic()
     with db.connection(db_url) as conn:
         result = run_attempt(
-            conn, competition,
+            conn,
+            competition,
             AttemptConfig(loading="none", iterations=iterations, seed=seed, label="leaderboard"),
         )
     spec = SolutionSpec.model_validate(result.best_spec)
-    test_pred = fit_predict(spec, competition.problem, competition.train, competition.test_features, seed)
-    return {"test": score_hidden(competition, test_pred), "seconds": time.monotonic() - t0,
-            "spec": result.best_spec}
+    test_pred = fit_predict(
+        spec, competition.problem, competition.train, competition.test_features, seed
+    )
+    return {
+        "test": score_hidden(competition, test_pred),
+        "seconds": time.monotonic() - t0,
+        "spec": result.best_spec,
+    }
 
 
 def scratch_database() -> str:
@@ -116,7 +125,9 @@ def constant_entrant(competition) -> float:
     return score_hidden(competition, pred)
 
 
-def build(slug: str, out_dir: Path, n_random: int, jobs: int, force: bool, db_url: str) -> Path | None:
+def build(
+    slug: str, out_dir: Path, n_random: int, jobs: int, force: bool, db_url: str
+) -> Path | None:
     csv_path = out_dir / f"{slug}.leaderboard.csv"
     if csv_path.exists() and not force:
         print(f"{slug}: {csv_path.name} exists (use --force to rebuild)")
@@ -161,8 +172,12 @@ def build(slug: str, out_dir: Path, n_random: int, jobs: int, force: bool, db_ur
         for name, row in done.items()
         if "test" in row
     ]
-    entrants.append({"entrant": "constant", "kind": "default", "score": constant_entrant(competition)})
-    randoms = [row for name, row in sorted(done.items()) if name.startswith("random") and "test" in row]
+    entrants.append(
+        {"entrant": "constant", "kind": "default", "score": constant_entrant(competition)}
+    )
+    randoms = [
+        row for name, row in sorted(done.items()) if name.startswith("random") and "test" in row
+    ]
     for budget in SEARCH_BUDGETS:
         chosen: set[str] = set()
         for ordering in range(ORDERINGS if budget < len(randoms) else 1):
@@ -172,15 +187,22 @@ def build(slug: str, out_dir: Path, n_random: int, jobs: int, force: bool, db_ur
             if best["name"] in chosen:
                 continue  # the same tuned pipeline twice is one team
             chosen.add(best["name"])
-            entrants.append({"entrant": f"search@{budget}-{ordering}", "kind": f"search@{budget}", "score": best["test"]})
-    board = pd.DataFrame(entrants).sort_values("score", ascending=not higher, kind="stable")
-    board.to_csv(csv_path, index=False, float_format="%.6g")
-    print(f"{slug}: wrote {csv_path.name} with {len(board)} entrants")
+            entrants.append(
+                {
+                    "entrant": f"search@{budget}-{ordering}",
+                    "kind": f"search@{budget}",
+                    "score": best["test"],
+                }
+            )
+    write_leaderboard(csv_path, entrants, higher)
+    print(f"{slug}: wrote {csv_path.name} with {len(entrants)} entrants")
     return csv_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", nargs="*", default=None, help="slugs to build (default: all)")
     parser.add_argument("--random", type=int, default=24, help="random entrants per competition")
     parser.add_argument("--jobs", type=int, default=2)

@@ -14,6 +14,7 @@ competitions and of ``similar(text, k=10)`` (top-k cosine through the HNSW index
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import uuid
@@ -143,6 +144,7 @@ def _bench(
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     layout = Layout.for_size(n)
+    load_before = os.getloadavg()[0]
     store = SkillStore(conn, SyntheticEmbedder(seed))
     insert_seconds = 0.0
     for start in range(0, n, batch):
@@ -197,5 +199,8 @@ def _bench(
         },
         "similar_top10": {**_percentiles(similar_times), "queries": queries},
         "hnsw_index_used": "skills_embedding_hnsw" in plan,
+        # timings are wall-clock: on a shared machine they include waiting for a CPU
+        "machine": {"cpus": os.cpu_count(), "load_before": round(load_before, 2),
+                    "load_after": round(os.getloadavg()[0], 2)},
         "embedder": "synthetic random unit vectors (the bench times the store, not a model)",
     }

@@ -287,7 +287,7 @@ def _existing(
 ) -> Skill | None:
     """The skill in the target scope that already stands for this pattern, if any."""
     candidates = []
-    for skill in store.list(tier=tier, status=None):
+    for skill in store.list(tier=tier, scope_key=scope_key, status=None):
         if skill.scope_key != scope_key or not skill.action:
             continue
         if action_signature(skill.action) != signature:

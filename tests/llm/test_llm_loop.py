@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import psycopg
-import yaml
 from fake_openai import FakeOpenAI, ok, rate_limited, text
+from tiny_competition import SLUG, patch_reply, set_op, tiny_competition
 
 from haste_dagster.agents import records
 from haste_dagster.agents.competition_agent import AttemptConfig, RefinementLoop
@@ -19,47 +17,24 @@ from haste_dagster.competitions.registry import load_competition
 from haste_dagster.llm.client import LLMClient, LLMConfig
 from haste_dagster.llm.ledger import TokenLedger
 
-SLUG = "tiny_llm_regression"
-
-
-def _tiny_competition(folder: Path, rows: int = 160) -> None:
-    rng = np.random.default_rng(11)
-    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
-    y = 3 * x1 - 2 * x2 + rng.normal(scale=0.3, size=rows)
-    pd.DataFrame({"x1": x1, "x2": x2, "y": y}).to_csv(folder / f"{SLUG}.csv", index=False)
-    definition = {
-        "slug": SLUG, "title": "Tiny regression for the LLM loop", "domain": "tabular_regression",
-        "task": "regression", "source": f"csv:{SLUG}.csv", "target": "y", "metric": "rmse",
-        "split": {"test_fraction": 0.25, "seed": 0}, "budget": {"iterations": 3, "seconds": 600},
-        "medals": {"gold": 0.45, "silver": 0.6, "bronze": 0.9},
-    }
-    (folder / f"{SLUG}.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
-
-
-def _set(path: str, value: object) -> dict:
-    return {"ops": [{"op": "set", "path": path, "value": value}]}
-
-
-def _patch_reply(patch: dict, **kw: object) -> object:
-    return ok({"rationale": "r", "skill_ids": [], "patch": patch}, **kw)
-
 
 def test_loop_with_llm_policy_survives_malformed_replies_and_records_tokens(
     fake_openai: FakeOpenAI, llm_config: LLMConfig, conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    _tiny_competition(tmp_path)
+    tiny_competition(tmp_path)
     competition = load_competition(SLUG, tmp_path)
     fake_openai.push(
         # specialist: fewer trees so the test stays fast
         ok({"rationale": "small data", "applied_skill_ids": [], "pass_down_skill_ids": [],
-            "patch": _set("model.params.n_estimators", 40)}, prompt_tokens=50, completion_tokens=9),
+            "patch": set_op("model.params.n_estimators", 40)},
+           prompt_tokens=50, completion_tokens=9),
         # iteration 1: a rate limit, then malformed JSON, then a valid patch
-        rate_limited("0"), text('{"rationale": "deeper", "patch": '), _patch_reply(
-            _set("model.params.max_depth", 3)),
+        rate_limited("0"), text('{"rationale": "deeper", "patch": '), patch_reply(
+            set_op("model.params.max_depth", 3)),
         # iteration 2: an unknown parameter three times: recorded as a failed iteration
-        *(_patch_reply(_set("model.params.depth", 3)) for _ in range(3)),
+        *(patch_reply(set_op("model.params.depth", 3)) for _ in range(3)),
         # iteration 3: valid again
-        _patch_reply(_set("model.params.learning_rate", 0.2)),
+        patch_reply(set_op("model.params.learning_rate", 0.2)),
     )
     attempt_id = records.create_attempt(
         conn, slug=SLUG, policy="llm", loading="none", seed=0, budget_iterations=3
@@ -74,11 +49,11 @@ def test_loop_with_llm_policy_survives_malformed_replies_and_records_tokens(
     assert fake_openai.pending == 0
     rows = records.load_iterations(conn, attempt_id)
     assert [r.idx for r in rows] == [0, 1, 2, 3]
-    assert rows[1].patch == _set("model.params.max_depth", 3) and rows[1].error is None
+    assert rows[1].patch == set_op("model.params.max_depth", 3) and rows[1].error is None
     assert rows[1].cv_mean is not None
     assert rows[2].patch is None and rows[2].cv_mean is None and not rows[2].kept
     assert rows[2].error.startswith("LLMReplyInvalid") and "model.params.depth" in rows[2].error
-    assert rows[3].patch == _set("model.params.learning_rate", 0.2)
+    assert rows[3].patch == set_op("model.params.learning_rate", 0.2)
     # Tokens per iteration = every call the proposal took (failed and repaired ones too).
     tokens = [(r.prompt_tokens, r.completion_tokens) for r in rows[1:]]
     assert tokens == [(22, 14), (33, 21), (11, 7)]

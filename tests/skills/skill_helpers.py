@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -53,3 +54,8 @@ def insert_attempt(conn: psycopg.Connection, slug: str, loading: str = "tiered")
             (slug, loading),
         ).fetchone()
     return int(row["id"])
+
+
+def skill_files(root: Path) -> list[Path]:
+    """The skill files under ``root`` (README.md is documentation, not a skill)."""
+    return sorted(p for p in root.rglob("*.md") if p.name != "README.md")

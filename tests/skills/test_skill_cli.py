@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import typer
-from skill_helpers import insert_attempt, set_action
+from skill_helpers import insert_attempt, set_action, skill_files
 from typer.testing import CliRunner
 
 from haste_dagster import db
@@ -44,9 +44,7 @@ def test_import_list_show_and_export_through_the_cli(cli_env: str, tmp_path: Pat
     shown = _invoke(skills_app, "show", listed[0]["id"])
     assert listed[0]["title"] in shown and "conditions:" in shown
     _invoke(skills_app, "export", "--dir", str(tmp_path))
-    assert sorted(p.name for p in tmp_path.rglob("*.md")) == sorted(
-        p.name for p in seeds.rglob("*.md")
-    )
+    assert [p.name for p in skill_files(tmp_path)] == [p.name for p in skill_files(seeds)]
     bad = runner.invoke(skills_app, ["show", "sk_ffffffffffffffff"])
     assert bad.exit_code == 2 and "no skill with id" in bad.output
 

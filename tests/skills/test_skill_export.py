@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from skill_helpers import cond, insert_attempt, make_skill, set_action
+from skill_helpers import cond, insert_attempt, make_skill, set_action, skill_files
 
 from haste_dagster import db
 from haste_dagster.config import PROJECT_ROOT
@@ -35,7 +35,7 @@ def fresh_store(server_url: str) -> Iterator[SkillStore]:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.md"))}
+    return {str(p.relative_to(root)): p.read_bytes() for p in skill_files(root)}
 
 
 def _build_inventory(store: SkillStore) -> None:
@@ -91,7 +91,7 @@ def test_export_import_export_is_byte_identical(
 
 def test_import_seeds_an_empty_store_and_is_idempotent(store: SkillStore, tmp_path: Path) -> None:
     first = import_skills(store, SEEDS)
-    assert len(first) == len(list(SEEDS.rglob("*.md"))) >= 6
+    assert len(first) == len(skill_files(SEEDS)) >= 6
     again = import_skills(store, SEEDS)
     assert [(s.id, s.version) for s in again] == [(s.id, s.version) for s in first]
     assert store.count() == len(first)
@@ -108,7 +108,7 @@ def test_every_seed_action_applies_to_a_default_spec_of_some_model() -> None:
     from haste_dagster.skills.export import parse_skill_file
     from haste_dagster.solution.spec import SolutionSpec, apply_patch, parse_patch
 
-    for path in sorted(SEEDS.rglob("*.md")):
+    for path in skill_files(SEEDS):
         skill, _ = parse_skill_file(path)
         if skill.action is None:
             continue

@@ -128,3 +128,18 @@ def test_similar_ranks_the_closest_text_first(store: SkillStore) -> None:
     found = store.similar("log transform skewed target", k=2)
     assert found[0][0].title == "Log transform the skewed target"
     assert found[0][1] > found[1][1]
+
+
+def test_validate_all_reports_a_row_whose_content_no_longer_matches_its_hash(
+    store: SkillStore,
+) -> None:
+    skill = store.add(make_skill(title="Valid skill"))
+    assert store.validate_all() == []
+    with store.conn.transaction():  # simulate a hand edit behind the trigger's back
+        store.conn.execute("ALTER TABLE skills DISABLE TRIGGER skills_immutable")
+        store.conn.execute("UPDATE skills SET title = 'Edited by hand' WHERE id = %s",
+                           (skill.id,))
+        store.conn.execute("ALTER TABLE skills ENABLE TRIGGER skills_immutable")
+    assert store.validate_all() == [
+        f"skill {skill.id} v1: content_hash does not match its content"
+    ]
