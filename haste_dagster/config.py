@@ -19,7 +19,9 @@ def home_dir() -> Path:
 
 
 def competition_defs_dir() -> Path:
-    return Path(os.environ.get("HASTE_COMPETITION_DEFS", PROJECT_ROOT / "competition_defs")).resolve()
+    return Path(
+        os.environ.get("HASTE_COMPETITION_DEFS", PROJECT_ROOT / "competition_defs")
+    ).resolve()
 
 
 def skill_assets_dir() -> Path:
@@ -30,7 +32,9 @@ def artifacts_dir() -> Path:
     return Path(os.environ.get("HASTE_ARTIFACTS", home_dir() / "artifacts")).resolve()
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@/\s]+)@")
+_PASSWORD_IN_URL = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@/\s]+)@"
+)
 _PASSWORD_PARAM = re.compile(r"(?i)(password|sslpassword|api_key|apikey|token)=([^&\s]+)")
 
 

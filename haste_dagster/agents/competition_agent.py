@@ -58,6 +58,7 @@ class AttemptConfig:
     label: str | None = None
     patience: int | None = None  # None: max(5, iterations // 2)
     seconds: float | None = None  # None: the competition's budget
+    campaign_id: str | None = None  # groups LLM token budgets and ledger rows
 
 
 @dataclass
@@ -125,7 +126,9 @@ def skill_views(skills: list[Any], utility: Callable[[str], float]) -> list[Skil
             guidance=s.guidance,
             action=s.action,
             utility=utility(s.id),
-            conditions={"all": [c if isinstance(c, dict) else c.model_dump() for c in s.conditions]},
+            conditions={
+                "all": [c if isinstance(c, dict) else c.model_dump() for c in s.conditions]
+            },
         )
         for s in skills
     ]
@@ -134,14 +137,21 @@ def skill_views(skills: list[Any], utility: Callable[[str], float]) -> list[Skil
 def _history(rows: list[records.IterationRow]) -> list[IterationRecord]:
     return [
         IterationRecord(
-            idx=r.idx, patch=r.patch, skill_ids=list(r.skill_ids), cv_mean=r.cv_mean,
-            cv_std=r.cv_std, kept=r.kept, error=r.error,
+            idx=r.idx,
+            patch=r.patch,
+            skill_ids=list(r.skill_ids),
+            cv_mean=r.cv_mean,
+            cv_std=r.cv_std,
+            kept=r.kept,
+            error=r.error,
         )
         for r in rows
     ]
 
 
-def _replay(initial: SolutionSpec, rows: list[records.IterationRow]) -> tuple[SolutionSpec, records.IterationRow]:
+def _replay(
+    initial: SolutionSpec, rows: list[records.IterationRow]
+) -> tuple[SolutionSpec, records.IterationRow]:
     """The incumbent spec and its scored row after the recorded iterations."""
     spec, best = initial, rows[0]
     for r in rows[1:]:
@@ -178,7 +188,9 @@ class RefinementLoop:
     def _evaluate(self, spec: SolutionSpec, seed: int) -> CVResult:
         return cross_validate(spec, self.competition.problem, self.competition.train, seed)
 
-    def run(self, attempt: records.AttemptRow, config: AttemptConfig, profile: dict) -> AttemptResult:
+    def run(
+        self, attempt: records.AttemptRow, config: AttemptConfig, profile: dict
+    ) -> AttemptResult:
         problem = self.competition.problem
         budget = attempt.budget_iterations
         patience = config.patience or max(5, budget // 2)
@@ -210,9 +222,15 @@ class RefinementLoop:
                 stopped = "time"
                 break
             ctx = PolicyContext(
-                problem=problem, profile=profile, incumbent=incumbent,
-                incumbent_score=best_row.cv_mean, history=_history(rows), skills=self.views,
-                iteration=idx, budget=budget, seed=attempt.seed,
+                problem=problem,
+                profile=profile,
+                incumbent=incumbent,
+                incumbent_score=best_row.cv_mean,
+                history=_history(rows),
+                skills=self.views,
+                iteration=idx,
+                budget=budget,
+                seed=attempt.seed,
                 higher_is_better=self.metric.higher_is_better,
             )
             row = self._iterate(attempt, idx, ctx, incumbent, best_row)
@@ -221,8 +239,13 @@ class RefinementLoop:
                 break
             records.record_iteration(self.conn, row)
             if self.record_usage and row.skill_ids:
-                delta = 0.0 if row.cv_mean is None or best_row.cv_mean is None else (
-                    (row.cv_mean - best_row.cv_mean) * (1 if self.metric.higher_is_better else -1)
+                delta = (
+                    0.0
+                    if row.cv_mean is None or best_row.cv_mean is None
+                    else (
+                        (row.cv_mean - best_row.cv_mean)
+                        * (1 if self.metric.higher_is_better else -1)
+                    )
                 )
                 self.record_usage(attempt.id, idx, row.skill_ids, row.kept, delta)
             self._report(row, budget)
@@ -238,9 +261,13 @@ class RefinementLoop:
         scored = rows[1:]
         kept = sum(r.kept for r in scored)
         result = AttemptResult(
-            attempt_id=attempt.id, slug=attempt.slug, policy=attempt.policy,
-            loading=attempt.loading, seed=attempt.seed,
-            best_spec=incumbent.model_dump(mode="json"), best_cv=best_row.cv_mean,
+            attempt_id=attempt.id,
+            slug=attempt.slug,
+            policy=attempt.policy,
+            loading=attempt.loading,
+            seed=attempt.seed,
+            best_spec=incumbent.model_dump(mode="json"),
+            best_cv=best_row.cv_mean,
             kept_rate=kept / len(scored) if scored else 0.0,
             iterations=[_iteration_json(r) for r in rows],
             skills_loaded=self.skills_loaded,
@@ -249,7 +276,10 @@ class RefinementLoop:
             stopped=stopped,
         )
         records.finish_attempt(
-            self.conn, attempt.id, best_spec=result.best_spec, best_cv=result.best_cv,
+            self.conn,
+            attempt.id,
+            best_spec=result.best_spec,
+            best_cv=result.best_cv,
             result={k: v for k, v in result.as_json().items() if k != "iterations"},
         )
         return result
@@ -260,28 +290,47 @@ class RefinementLoop:
         t0 = time.monotonic()
         cv = self._evaluate(initial, attempt.seed)
         base = records.IterationRow(
-            attempt_id=attempt.id, idx=0, patch=None, rationale="initial spec",
-            skill_ids=applied, cv_mean=cv.mean, cv_std=cv.std, fold_scores=list(cv.fold_scores),
-            kept=True, incumbent_before=None, seconds=time.monotonic() - t0,
+            attempt_id=attempt.id,
+            idx=0,
+            patch=None,
+            rationale="initial spec",
+            skill_ids=applied,
+            cv_mean=cv.mean,
+            cv_std=cv.std,
+            fold_scores=list(cv.fold_scores),
+            kept=True,
+            incumbent_before=None,
+            seconds=time.monotonic() - t0,
         )
         records.record_iteration(self.conn, base)
         self._report(base, budget)
         return base
 
     def _iterate(
-        self, attempt: records.AttemptRow, idx: int, ctx: PolicyContext,
-        incumbent: SolutionSpec, best_row: records.IterationRow,
+        self,
+        attempt: records.AttemptRow,
+        idx: int,
+        ctx: PolicyContext,
+        incumbent: SolutionSpec,
+        best_row: records.IterationRow,
     ) -> records.IterationRow | None:
         t0 = time.monotonic()
         proposal = self.policy.propose(ctx)
         if proposal is None:
             return None
         row = records.IterationRow(
-            attempt_id=attempt.id, idx=idx,
+            attempt_id=attempt.id,
+            idx=idx,
             patch=proposal.patch.model_dump(mode="json") if proposal.patch is not None else None,
-            rationale=proposal.rationale, skill_ids=list(proposal.skill_ids), cv_mean=None,
-            cv_std=None, fold_scores=None, kept=False, incumbent_before=best_row.cv_mean,
-            seconds=0.0, prompt_tokens=proposal.prompt_tokens,
+            rationale=proposal.rationale,
+            skill_ids=list(proposal.skill_ids),
+            cv_mean=None,
+            cv_std=None,
+            fold_scores=None,
+            kept=False,
+            incumbent_before=best_row.cv_mean,
+            seconds=0.0,
+            prompt_tokens=proposal.prompt_tokens,
             completion_tokens=proposal.completion_tokens,
             error=getattr(proposal, "error", None),
         )
@@ -298,7 +347,9 @@ class RefinementLoop:
                 row.cv_mean, row.cv_std = cv.mean, cv.std
                 row.fold_scores = list(cv.fold_scores)
                 row.kept = should_keep(
-                    row.fold_scores, best_row.fold_scores or [], best_row.cv_mean or 0.0,
+                    row.fold_scores,
+                    best_row.fold_scores or [],
+                    best_row.cv_mean or 0.0,
                     self.metric.higher_is_better,
                 )
         elif row.error is None:
@@ -351,20 +402,33 @@ def run_attempt(
     from haste_dagster.competitions.profile import profile_data
 
     store = store if store is not None else open_skill_store(conn)
-    policy = policy if policy is not None else make_policy(config.policy, conn)
+    policy = (
+        policy
+        if policy is not None
+        else make_policy(config.policy, conn, campaign_id=config.campaign_id)
+    )
     definition = competition.definition
     profile = profile_data(competition).as_dict()
     if resume_attempt_id is not None:
         attempt = records.get_attempt(conn, resume_attempt_id)
         if attempt.slug != definition.slug:
-            raise ValueError(f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}")
+            raise ValueError(
+                f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}"
+            )
     else:
         attempt_id = records.create_attempt(
-            conn, slug=definition.slug, policy=policy.name, loading=config.loading,
-            seed=config.seed, budget_iterations=config.iterations or definition.budget.iterations,
-            label=config.label, dagster_run_id=dagster_run_id,
+            conn,
+            slug=definition.slug,
+            policy=policy.name,
+            loading=config.loading,
+            seed=config.seed,
+            budget_iterations=config.iterations or definition.budget.iterations,
+            label=config.label,
+            dagster_run_id=dagster_run_id,
         )
         attempt = records.get_attempt(conn, attempt_id)
+    if hasattr(policy, "bind_attempt"):  # the LLM policy tags its ledger rows
+        policy.bind_attempt(attempt.id)
     if attempt.initial_spec is None:
         skills = store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading)
         store.record_loaded(attempt.id, skills)
@@ -377,8 +441,13 @@ def run_attempt(
         loaded = list(attempt.skills_loaded)
         skills = [store.get(entry["id"], entry["version"]) for entry in loaded]
     loop = RefinementLoop(
-        conn, competition, policy, skills=skills, skills_loaded=loaded,
-        record_usage=store.record_usage, progress=progress,
+        conn,
+        competition,
+        policy,
+        skills=skills,
+        skills_loaded=loaded,
+        record_usage=store.record_usage,
+        progress=progress,
     )
     try:
         return loop.run(attempt, config, profile)

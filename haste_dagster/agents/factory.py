@@ -11,7 +11,9 @@ from haste_dagster.agents.policy import Policy
 POLICIES = ("heuristic", "llm")
 
 
-def make_policy(name: str, conn: psycopg.Connection | None = None, *, campaign_id: str | None = None) -> Policy:
+def make_policy(
+    name: str, conn: psycopg.Connection | None = None, *, campaign_id: str | None = None
+) -> Policy:
     if name == "heuristic":
         from haste_dagster.agents.heuristic import HeuristicPolicy
 

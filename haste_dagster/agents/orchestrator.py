@@ -4,8 +4,9 @@ promoting skills upward after each competition."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class SolveResult:
     grade: Grade
     new_skills: list[str] = field(default_factory=list)
     resumed: bool = False
+    llm: dict[str, Any] | None = None  # ledger totals of every LLM call of the attempt
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class SolveResult:
             "resumed": self.resumed,
             "new_skills": self.new_skills,
             **self.attempt.as_json(),
+            **({"llm": self.llm} if self.llm is not None else {}),
         }
 
 
@@ -55,16 +58,24 @@ def kept_changes(conn: psycopg.Connection, attempt_id: int, higher_is_better: bo
     sign = 1.0 if higher_is_better else -1.0
     return [
         KeptChange(
-            idx=r.idx, patch=r.patch, delta=sign * (r.cv_mean - r.incumbent_before),
-            rationale=r.rationale, skill_ids=list(r.skill_ids),
+            idx=r.idx,
+            patch=r.patch,
+            delta=sign * (r.cv_mean - r.incumbent_before),
+            rationale=r.rationale,
+            skill_ids=list(r.skill_ids),
         )
         for r in records.load_iterations(conn, attempt_id)
-        if r.idx > 0 and r.kept and r.patch is not None
-        and r.cv_mean is not None and r.incumbent_before is not None
+        if r.idx > 0
+        and r.kept
+        and r.patch is not None
+        and r.cv_mean is not None
+        and r.incumbent_before is not None
     ]
 
 
-def extract_skills(conn: psycopg.Connection, competition: Any, attempt_id: int, store: Any = None) -> list[Any]:
+def extract_skills(
+    conn: psycopg.Connection, competition: Any, attempt_id: int, store: Any = None
+) -> list[Any]:
     """Write 2–5 competition skills from what the attempt kept (idempotent)."""
     from haste_dagster.skills.extraction import extract_competition_skills
 
@@ -72,7 +83,10 @@ def extract_skills(conn: psycopg.Connection, competition: Any, attempt_id: int, 
     definition = competition.definition
     higher = competition.metric.higher_is_better
     return extract_competition_skills(
-        store, attempt_id=attempt_id, slug=definition.slug, domain=definition.domain,
+        store,
+        attempt_id=attempt_id,
+        slug=definition.slug,
+        domain=definition.domain,
         profile=profile_data(competition).as_dict(),
         kept_changes=kept_changes(conn, attempt_id, higher),
     )
@@ -118,12 +132,29 @@ def solve(
     if resume and resume_id is None:
         log.warning("nothing to resume for %s: starting a new attempt", slug)
     attempt = run_attempt(
-        conn, competition, config, store=store, policy=policy, dagster_run_id=dagster_run_id,
-        resume_attempt_id=resume_id, progress=progress,
+        conn,
+        competition,
+        config,
+        store=store,
+        policy=policy,
+        dagster_run_id=dagster_run_id,
+        resume_attempt_id=resume_id,
+        progress=progress,
     )
     grade = make_submission(conn, competition, attempt.attempt_id)
-    new_skills = [s.id for s in extract_skills(conn, competition, attempt.attempt_id, store)] if extract else []
-    return SolveResult(attempt=attempt, grade=grade, new_skills=new_skills, resumed=resume_id is not None)
+    new_skills = (
+        [s.id for s in extract_skills(conn, competition, attempt.attempt_id, store)]
+        if extract
+        else []
+    )
+    llm = None
+    if attempt.policy == "llm":
+        from haste_dagster.llm.ledger import TokenLedger
+
+        llm = TokenLedger(conn).attempt_totals(attempt.attempt_id).as_json()
+    return SolveResult(
+        attempt=attempt, grade=grade, new_skills=new_skills, resumed=resume_id is not None, llm=llm
+    )
 
 
 @dataclass
@@ -148,9 +179,16 @@ def campaign(
     on_done: Callable[[CampaignEntry], None] | None = None,
     progress: ProgressFn | None = None,
 ) -> list[CampaignEntry]:
-    """Solve ``slugs`` in order; a failing competition is reported and the next one runs."""
-    from haste_dagster.errors import HasteError
+    """Solve ``slugs`` in order; a failing competition is reported and the next one runs.
 
+    All attempts share one campaign id, so an LLM token budget spans the campaign; when it
+    is spent the campaign stops cleanly after recording what it has.
+    """
+    from haste_dagster.errors import HasteError
+    from haste_dagster.llm.client import TokenBudgetExceeded
+
+    if config.campaign_id is None:
+        config = replace(config, campaign_id=f"campaign-{uuid.uuid4().hex[:12]}")
     entries: list[CampaignEntry] = []
     for slug in slugs:
         if on_start:
@@ -159,8 +197,13 @@ def campaign(
             result = solve(conn, slug, config, defs_dir=defs_dir, progress=progress)
             promote(conn, [load_competition(slug, defs_dir).definition.domain])
             entry = CampaignEntry(slug, result=result)
+        except TokenBudgetExceeded as exc:
+            entries.append(CampaignEntry(slug, error=f"token budget spent: {exc}"))
+            log.warning("campaign %s stopped: %s", config.campaign_id, exc)
+            if on_done:
+                on_done(entries[-1])
+            break
         except (HasteError, ValueError, KeyError) as exc:
-            conn.rollback()
             entry = CampaignEntry(slug, error=f"{type(exc).__name__}: {exc}")
             log.error("competition %s failed: %s", slug, entry.error)
         entries.append(entry)

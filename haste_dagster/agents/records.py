@@ -139,7 +139,9 @@ def record_iteration(conn: psycopg.Connection, row: IterationRow) -> None:
             ),
         )
         if row.kept and row.cv_mean is not None:
-            conn.execute("UPDATE attempts SET best_cv = %s WHERE id = %s", (row.cv_mean, row.attempt_id))
+            conn.execute(
+                "UPDATE attempts SET best_cv = %s WHERE id = %s", (row.cv_mean, row.attempt_id)
+            )
 
 
 def load_iterations(conn: psycopg.Connection, attempt_id: int) -> list[IterationRow]:
@@ -153,7 +155,11 @@ def load_iterations(conn: psycopg.Connection, attempt_id: int) -> list[Iteration
 
 
 def finish_attempt(
-    conn: psycopg.Connection, attempt_id: int, *, best_spec: dict, best_cv: float | None,
+    conn: psycopg.Connection,
+    attempt_id: int,
+    *,
+    best_spec: dict,
+    best_cv: float | None,
     result: dict,
 ) -> None:
     with conn.transaction():
@@ -174,8 +180,13 @@ def fail_attempt(conn: psycopg.Connection, attempt_id: int, error: str) -> None:
 
 
 def record_grade(
-    conn: psycopg.Connection, attempt_id: int, *, test_score: float, medal: str,
-    predictions: bytes, grade: dict,
+    conn: psycopg.Connection,
+    attempt_id: int,
+    *,
+    test_score: float,
+    medal: str,
+    predictions: bytes,
+    grade: dict,
 ) -> None:
     """Store the graded submission: the score and medal on the attempt, the predictions
     beside it so the grade can be reproduced later."""

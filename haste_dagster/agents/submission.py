@@ -34,14 +34,20 @@ def make_submission(conn: psycopg.Connection, competition: Any, attempt_id: int)
     )
     result = grade(competition, predictions)
     records.record_grade(
-        conn, attempt_id, test_score=result.score, medal=result.medal,
-        predictions=predictions_to_bytes(predictions), grade=result.model_dump(mode="json"),
+        conn,
+        attempt_id,
+        test_score=result.score,
+        medal=result.medal,
+        predictions=predictions_to_bytes(predictions),
+        grade=result.model_dump(mode="json"),
     )
     return result
 
 
-def regrade_stored(conn: psycopg.Connection, competition: Any, attempt_id: int) -> tuple[Grade, dict]:
-    """Grade the stored predictions again: (fresh grade, stored grade) for reproducibility checks."""
+def regrade_stored(
+    conn: psycopg.Connection, competition: Any, attempt_id: int
+) -> tuple[Grade, dict]:
+    """Re-grade the stored predictions: (fresh grade, stored grade), to check reproducibility."""
     stored = records.load_submission(conn, attempt_id)
     if stored is None:
         raise KeyError(f"attempt {attempt_id} has no stored submission")

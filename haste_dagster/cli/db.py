@@ -8,7 +8,9 @@ from rich.console import Console
 from haste_dagster import db
 from haste_dagster.config import redact
 
-app = typer.Typer(help="Database: start/stop the embedded server, migrate, show status.", no_args_is_help=True)
+app = typer.Typer(
+    help="Database: start/stop the embedded server, migrate, show status.", no_args_is_help=True
+)
 console = Console()
 
 

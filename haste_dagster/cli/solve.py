@@ -18,7 +18,12 @@ from haste_dagster.errors import HasteError
 
 console = Console(stderr=True)
 
-MEDAL_STYLE = {"gold": "bold yellow", "silver": "bold white", "bronze": "bold dark_orange", "none": "dim"}
+MEDAL_STYLE = {
+    "gold": "bold yellow",
+    "silver": "bold white",
+    "bronze": "bold dark_orange",
+    "none": "dim",
+}
 
 
 def _progress() -> Progress:
@@ -57,13 +62,15 @@ def solve_command(
     slug: str = typer.Argument(..., help="competition slug (a YAML in competition_defs/)"),
     policy: str = typer.Option("heuristic", help="heuristic | llm"),
     loading: str = typer.Option("tiered", help="skill loading mode: tiered | flat | none"),
-    iterations: int | None = typer.Option(None, help="refinement iterations (default: the competition budget)"),
+    iterations: int | None = typer.Option(
+        None, help="refinement iterations (default: the competition budget)"
+    ),
     seed: int = typer.Option(0, help="random seed (folds and search)"),
     resume: bool = typer.Option(False, "--resume", help="continue the last unfinished attempt"),
     json_out: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
     defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
 ) -> None:
-    """Solve one competition: refine a solution spec, grade it on the hidden test, extract skills."""
+    """Solve one competition: refine a spec, grade it on the hidden test, extract skills."""
     from haste_dagster.agents.orchestrator import solve
 
     if loading not in ("tiered", "flat", "none"):
@@ -73,7 +80,11 @@ def solve_command(
         with db.connection() as conn, _progress() as progress:
             task = progress.add_task(slug, total=iterations or 1, status="starting")
             result = solve(
-                conn, slug, config, defs_dir=defs, resume=resume,
+                conn,
+                slug,
+                config,
+                defs_dir=defs,
+                resume=resume,
                 progress=_iteration_callback(progress, task),
             )
     except (HasteError, ValueError, KeyError, db.DatabaseError) as exc:
@@ -93,13 +104,15 @@ def solve_command(
 def campaign_command(
     policy: str = typer.Option("heuristic", help="heuristic | llm"),
     loading: str = typer.Option("tiered", help="tiered | flat | none"),
-    iterations: int | None = typer.Option(None, help="iterations per competition (default: each budget)"),
+    iterations: int | None = typer.Option(
+        None, help="iterations per competition (default: each budget)"
+    ),
     seed: int = typer.Option(0),
     only: list[str] = typer.Option([], "--only", help="solve only these slugs (repeatable)"),
     json_out: Path | None = typer.Option(None, "--json", help="write all results as JSON here"),
     defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
 ) -> None:
-    """Solve every bundled competition in order, promoting skills after each; print a leaderboard."""
+    """Solve every bundled competition in order, promoting skills after each; print a table."""
     from haste_dagster.agents.orchestrator import campaign
     from haste_dagster.competitions.registry import load_definitions
     from haste_dagster.config import competition_defs_dir
@@ -128,7 +141,12 @@ def campaign_command(
                 progress.update(current["task"], status="done" if entry.result else "[red]failed")
 
             entries = campaign(
-                conn, slugs, config, defs_dir=defs, on_start=on_start, on_done=on_done,
+                conn,
+                slugs,
+                config,
+                defs_dir=defs,
+                on_start=on_start,
+                on_done=on_done,
                 progress=report,
             )
     except (HasteError, db.DatabaseError) as exc:
@@ -136,13 +154,20 @@ def campaign_command(
     metric_of = {d.slug: d.metric for d in definitions}
     for entry in entries:
         if entry.result is None:
-            table.add_row(entry.slug, metric_of.get(entry.slug, ""), "", "", "", "[red]failed", "", "")
+            table.add_row(
+                entry.slug, metric_of.get(entry.slug, ""), "", "", "", "[red]failed", "", ""
+            )
             continue
         r, g = entry.result, entry.result.grade
         table.add_row(
-            entry.slug, metric_of[entry.slug], f"{r.attempt.best_cv:.4g}", f"{g.score:.4g}",
-            f"{g.rank}/{g.n_teams}", f"[{MEDAL_STYLE.get(g.medal, '')}]{g.medal}[/]",
-            f"{r.attempt.kept_rate:.0%}", str(len(r.attempt.skills_loaded)),
+            entry.slug,
+            metric_of[entry.slug],
+            f"{r.attempt.best_cv:.4g}",
+            f"{g.score:.4g}",
+            f"{g.rank}/{g.n_teams}",
+            f"[{MEDAL_STYLE.get(g.medal, '')}]{g.medal}[/]",
+            f"{r.attempt.kept_rate:.0%}",
+            str(len(r.attempt.skills_loaded)),
         )
     Console().print(table)
     medals = sum(1 for e in entries if e.result and e.result.grade.medal != "none")

@@ -409,7 +409,10 @@ def _categorical_pipe(spec: SolutionSpec, kind: str, dense: bool, seed: int) -> 
             if kind == "classification"
             else KFold(5, shuffle=True, random_state=seed)
         )
-        encoder = TargetEncoder(cv=splitter)
+        # Explicit for regression: sklearn infers "multiclass" from an integer target (e.g.
+        # prices in whole dollars) and would emit one column per distinct value.
+        target_type = "auto" if kind == "classification" else "continuous"
+        encoder = TargetEncoder(cv=splitter, target_type=target_type)
     return Pipeline([("clean", CategoryCleaner(step.impute)), ("encode", encoder)])
 
 

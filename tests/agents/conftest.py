@@ -15,7 +15,9 @@ def write_tiny_competition(folder: Path, slug: str = "tiny_regression", rows: in
     x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
     colour = rng.choice(["red", "green", "blue"], size=rows)
     y = 3 * x1 - 2 * x2**2 + (colour == "red") * 1.5 + rng.normal(scale=0.3, size=rows)
-    pd.DataFrame({"x1": x1, "x2": x2, "colour": colour, "y": y}).to_csv(folder / f"{slug}.csv", index=False)
+    pd.DataFrame({"x1": x1, "x2": x2, "colour": colour, "y": y}).to_csv(
+        folder / f"{slug}.csv", index=False
+    )
     definition = {
         "slug": slug,
         "title": "Tiny synthetic regression",

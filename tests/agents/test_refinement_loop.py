@@ -46,8 +46,21 @@ def test_keep_rule_needs_a_paired_gain_beyond_half_a_standard_error() -> None:
 def test_solve_json_matches_the_recorded_rows(db_url: str, tiny_defs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     done = subprocess.run(
-        _haste("solve", "tiny_regression", "--iterations", "5", "--json", str(out), "--defs", str(tiny_defs), env_url=db_url),
-        env=_env(db_url), capture_output=True, text=True, timeout=300,
+        _haste(
+            "solve",
+            "tiny_regression",
+            "--iterations",
+            "5",
+            "--json",
+            str(out),
+            "--defs",
+            str(tiny_defs),
+            env_url=db_url,
+        ),
+        env=_env(db_url),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
@@ -56,7 +69,9 @@ def test_solve_json_matches_the_recorded_rows(db_url: str, tiny_defs: Path, tmp_
     assert result["medal"] in {"gold", "silver", "bronze", "none"}
     with db.connection(db_url) as conn:
         rows = _iteration_rows(conn, result["attempt_id"])
-        attempt = conn.execute("SELECT test_score, medal FROM attempts WHERE id = %s", (result["attempt_id"],)).fetchone()
+        attempt = conn.execute(
+            "SELECT test_score, medal FROM attempts WHERE id = %s", (result["attempt_id"],)
+        ).fetchone()
     assert [r["idx"] for r in rows] == [it["idx"] for it in result["iterations"]]
     assert [r["cv_mean"] for r in rows] == [it["score"] for it in result["iterations"]]
     assert [r["kept"] for r in rows] == [it["kept"] for it in result["iterations"]]
@@ -67,14 +82,34 @@ def test_solve_json_matches_the_recorded_rows(db_url: str, tiny_defs: Path, tmp_
     assert result["kept_rate"] == pytest.approx(sum(it["kept"] for it in scored) / len(scored))
 
 
-def test_sigkill_mid_attempt_then_resume_keeps_every_iteration(db_url: str, tiny_defs: Path) -> None:
+def test_sigkill_mid_attempt_then_resume_keeps_every_iteration(
+    db_url: str, tiny_defs: Path
+) -> None:
     # no skills: the first attempt writes skills the reference attempt would otherwise load
-    args = ["solve", "tiny_regression", "--iterations", "6", "--seed", "3", "--loading", "none", "--defs", str(tiny_defs)]
-    proc = subprocess.Popen(_haste(*args, env_url=db_url), env=_env(db_url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "solve",
+        "tiny_regression",
+        "--iterations",
+        "6",
+        "--seed",
+        "3",
+        "--loading",
+        "none",
+        "--defs",
+        str(tiny_defs),
+    ]
+    proc = subprocess.Popen(
+        _haste(*args, env_url=db_url),
+        env=_env(db_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     with db.connection(db_url) as conn:
         while time.monotonic() < deadline:
-            row = conn.execute("SELECT max(idx) AS n, min(attempt_id) AS a FROM iterations").fetchone()
+            row = conn.execute(
+                "SELECT max(idx) AS n, min(attempt_id) AS a FROM iterations"
+            ).fetchone()
             if row["n"] is not None and row["n"] >= 2:
                 break
             assert proc.poll() is None, "the attempt ended before it could be killed"
@@ -83,17 +118,33 @@ def test_sigkill_mid_attempt_then_resume_keeps_every_iteration(db_url: str, tiny
         proc.wait(timeout=30)
         attempt_id = row["a"]
         before = _iteration_rows(conn, attempt_id)
-        assert conn.execute("SELECT status FROM attempts WHERE id = %s", (attempt_id,)).fetchone()["status"] == "running"
+        assert (
+            conn.execute("SELECT status FROM attempts WHERE id = %s", (attempt_id,)).fetchone()[
+                "status"
+            ]
+            == "running"
+        )
     assert len(before) >= 3
 
-    resumed = subprocess.run(_haste(*args, "--resume", env_url=db_url), env=_env(db_url), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _haste(*args, "--resume", env_url=db_url),
+        env=_env(db_url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
-    uninterrupted = subprocess.run(_haste(*args, env_url=db_url), env=_env(db_url), capture_output=True, text=True, timeout=300)
+    uninterrupted = subprocess.run(
+        _haste(*args, env_url=db_url), env=_env(db_url), capture_output=True, text=True, timeout=300
+    )
     assert uninterrupted.returncode == 0, uninterrupted.stderr
 
     with db.connection(db_url) as conn:
         attempts = conn.execute("SELECT id, status FROM attempts ORDER BY id").fetchall()
-        assert [a["status"] for a in attempts] == ["finished", "finished"]  # resume reused the attempt
+        assert [a["status"] for a in attempts] == [
+            "finished",
+            "finished",
+        ]  # resume reused the attempt
         after = _iteration_rows(conn, attempt_id)
         reference = _iteration_rows(conn, attempts[1]["id"])
     assert after[: len(before)] == before  # nothing recorded was lost or rewritten
@@ -116,7 +167,9 @@ class _InvalidThenGivesUp:
     def propose(self, ctx):
         if ctx.iteration > 1:
             return None
-        patch = Patch.model_validate({"ops": [{"op": "set", "path": "model.params.no_such_param", "value": 3}]})
+        patch = Patch.model_validate(
+            {"ops": [{"op": "set", "path": "model.params.no_such_param", "value": 3}]}
+        )
         return Proposal(patch=patch, rationale="try a parameter that does not exist", skill_ids=[])
 
 
@@ -125,11 +178,17 @@ def test_an_invalid_patch_is_recorded_as_a_failed_iteration(db_url: str, tiny_de
 
     with db.connection(db_url) as conn:
         result = solve(
-            conn, "tiny_regression", AttemptConfig(iterations=3), defs_dir=tiny_defs,
+            conn,
+            "tiny_regression",
+            AttemptConfig(iterations=3),
+            defs_dir=tiny_defs,
             policy=_InvalidThenGivesUp(HeuristicPolicy()),
         )
         rows = _iteration_rows(conn, result.attempt.attempt_id)
-        errors = conn.execute("SELECT error FROM iterations WHERE attempt_id = %s AND idx = 1", (result.attempt.attempt_id,)).fetchone()
+        errors = conn.execute(
+            "SELECT error FROM iterations WHERE attempt_id = %s AND idx = 1",
+            (result.attempt.attempt_id,),
+        ).fetchone()
     assert [r["idx"] for r in rows] == [0, 1]
     assert rows[1]["kept"] is False and rows[1]["cv_mean"] is None
     assert "no_such_param" in errors["error"]
