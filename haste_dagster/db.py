@@ -93,6 +93,28 @@ def psycopg_url(url: str) -> str:
     return urlunsplit((parts.scheme.split("+", 1)[0], *parts[1:]))
 
 
+def with_database(url: str, name: str) -> str:
+    """The same server and credentials as ``url``, database ``name``."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def create_database(server_url: str, name: str, *, replace: bool = False) -> str:
+    """Create database ``name`` on the server of ``server_url``; returns its URL."""
+    if not name.replace("_", "").isalnum():
+        raise DatabaseError(f"database name {name!r}: use letters, digits and _ only")
+    with psycopg.connect(psycopg_url(server_url), autocommit=True) as admin:
+        if replace:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return with_database(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(psycopg_url(server_url), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def connect(url: str | None = None, *, migrate_schema: bool = True) -> psycopg.Connection:
     """Open a connection (rows as dicts) with the schema migrated and pgvector registered.
 

@@ -97,17 +97,9 @@ def tuned_entrant(competition, iterations: int, seed: int, db_url: str) -> dict:
 
 def scratch_database() -> str:
     """A fresh database on the HASTE server for the tuned entrants' attempts."""
-    import psycopg
-
     from haste_dagster import db
 
-    server = db.psycopg_url(db.database_url())
-    name = "haste_leaderboard_build"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    current = server.split("?")[0].rsplit("/", 1)[1]
-    return server.replace(f"/{current}", f"/{name}", 1)
+    return db.create_database(db.database_url(), "haste_leaderboard_build", replace=True)
 
 
 def constant_entrant(competition) -> float:

@@ -47,18 +47,10 @@ def server_url(haste_home: Path) -> str:
     return db.database_url()
 
 
-def _database_url(server_url: str, name: str) -> str:
-    head, _, tail = server_url.partition("/postgres?")
-    return f"{head}/{name}?{tail}"
-
-
 @pytest.fixture
 def db_url(server_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh, migrated database for one test, also exported as HASTE_DATABASE_URL."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = _database_url(server_url, name)
+    url = db.create_database(server_url, f"t_{uuid.uuid4().hex[:12]}")
     monkeypatch.setenv("HASTE_DATABASE_URL", url)
     with db.connection(url):
         pass

@@ -72,7 +72,9 @@ class Layout:
 
 
 def synthetic_skill(i: int, layout: Layout, rng: np.random.Generator) -> Skill:
-    share = i % 20  # 1/20 global, 4/20 domain, 15/20 competition
+    """Skill ``i`` of the synthetic inventory: every block of 20 holds 1 global, 4 domain
+    and 15 competition skills, spread evenly over the domains and competitions."""
+    block, share = divmod(i, 20)
     conditions: list[Condition] = []
     for _ in range(int(rng.integers(0, 3))):
         if rng.random() < 0.5:
@@ -92,12 +94,12 @@ def synthetic_skill(i: int, layout: Layout, rng: np.random.Generator) -> Skill:
     }
     if share == 0:
         return Skill(tier="global", **common)
-    domain = f"domain_{i % layout.n_domains}"
     if share <= 4:
+        domain = f"domain_{(4 * block + share - 1) % layout.n_domains}"
         return Skill(tier="domain", scope_key=domain, **common)
-    slug = f"comp_{i % layout.n_competitions}"
-    return Skill(tier="competition", scope_key=slug,
-                 domain=f"domain_{(i % layout.n_competitions) % layout.n_domains}", **common)
+    competition = (15 * block + share - 5) % layout.n_competitions
+    return Skill(tier="competition", scope_key=f"comp_{competition}",
+                 domain=f"domain_{competition % layout.n_domains}", **common)
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -200,7 +202,10 @@ def _bench(
         "similar_top10": {**_percentiles(similar_times), "queries": queries},
         "hnsw_index_used": "skills_embedding_hnsw" in plan,
         # timings are wall-clock: on a shared machine they include waiting for a CPU
-        "machine": {"cpus": os.cpu_count(), "load_before": round(load_before, 2),
-                    "load_after": round(os.getloadavg()[0], 2)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+        },
         "embedder": "synthetic random unit vectors (the bench times the store, not a model)",
     }

@@ -345,6 +345,19 @@ def inventory(conn: psycopg.Connection) -> dict[str, Any]:
     return {"active": sum(by_tier.values()), "by_tier": by_tier, "fingerprint": digest.hexdigest()}
 
 
+def inventory_listing(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every current active skill: id, version, tier, scope, title, action, provenance."""
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    rows = conn.execute(
+        """SELECT id, version, tier, scope_key, title, action, created_by FROM skills
+           WHERE is_current AND status = 'active'
+           ORDER BY array_position(ARRAY['global','domain','competition'], tier), scope_key, id"""
+    ).fetchall()
+    if idle:
+        conn.commit()
+    return [dict(r) for r in rows]
+
+
 # ---------------------------------------------------------------------------------------
 # Attempts
 # ---------------------------------------------------------------------------------------
@@ -381,6 +394,7 @@ class AttemptRecord:
     inventory_size: int  # active skills in the store when the attempt started
     skills_loaded: int
     skills_loaded_by_tier: dict[str, int]
+    skill_ids_loaded: list[str]
     best_cv: float | None
     kept_rate: float
     scored_iterations: int
@@ -508,6 +522,7 @@ def _run_one(
         inventory_size=size,
         skills_loaded=len(result.skills_loaded),
         skills_loaded_by_tier=tiers,
+        skill_ids_loaded=[entry["id"] for entry in result.skills_loaded],
         best_cv=result.best_cv,
         kept_rate=result.kept_rate,
         scored_iterations=scored,
@@ -693,6 +708,7 @@ class TransferReport:
     peers_unavailable: dict[str, str] = field(default_factory=dict)
     inventory_before: dict[str, Any] = field(default_factory=dict)
     inventory_after: dict[str, Any] = field(default_factory=dict)
+    inventory_skills: list[dict[str, Any]] = field(default_factory=list)
 
     # ---- selections ----------------------------------------------------------------------
     def arm(self, arm: Arm, slug: str | None = None) -> list[AttemptRecord]:
@@ -922,6 +938,7 @@ class TransferReport:
                 "after_evaluation": self.inventory_after,
                 "frozen": self.inventory_before.get("fingerprint")
                 == self.inventory_after.get("fingerprint"),
+                "skills": self.inventory_skills,
             },
             "targets": self.targets(),
             "campaign": [r.as_json() for r in self.campaign],
@@ -1027,6 +1044,7 @@ def run_transfer_benchmark(
                 report.campaign.append(record)
                 _say(options, _describe(record) + f" (+{len(record.new_skills)} skills)")
             report.inventory_before = inventory(conn)
+            report.inventory_skills = inventory_listing(conn)
             _say(
                 options,
                 f"inventory: {report.inventory_before['active']} active skills "

@@ -524,10 +524,9 @@ class SkillStore:
         limit: int,
         tier: str | None,
         status: str | None,
-        profile: dict[str, Any] | None = None,
     ) -> list[tuple[Skill, float]]:
-        """Current skills nearest to ``vector`` by cosine distance (HNSW index), optionally
-        prefiltered to those whose conditions may hold on ``profile``."""
+        """Current skills nearest to ``vector`` by cosine distance (HNSW index; the partial
+        index ``skills_global_hnsw`` when asking for active global skills)."""
         where, params = ["s.is_current"], []
         if tier is not None:
             where.append("s.tier = %s")
@@ -535,9 +534,6 @@ class SkillStore:
         if status is not None:
             where.append("s.status = %s")
             params.append(status)
-        if profile is not None:
-            where.append("skill_conditions_may_hold(s.conditions, %s)")
-            params.append(_profile_json(profile))
         if self._iterative_scan is None:
             row = self.conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
@@ -622,7 +618,9 @@ class SkillStore:
             return []
         limit = max(4 * k, 32)
         while True:
-            found = self._nearest(query, limit, "global", "active", profile)
+            # No SQL prefilter here: evaluating it on every visited index entry costs more
+            # than filtering the few candidates in Python (the partial index has only globals).
+            found = self._nearest(query, limit, "global", "active")
             applicable = [(s, sim) for s, sim in found if s.conditions_hold(profile)]
             if len(applicable) >= k or len(found) < limit:
                 break

@@ -88,6 +88,7 @@ def _record(
         inventory_size=0,
         skills_loaded=0,
         skills_loaded_by_tier={},
+        skill_ids_loaded=[],
         best_cv=best,
         kept_rate=0.0,
         scored_iterations=len(iterations) - 1,
@@ -261,6 +262,8 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
             "learning_curves.png",
         ]
         assert report["inventory"]["frozen"] is True
+        listed = {skill["id"] for skill in report["inventory"]["skills"]}
+        assert len(listed) == report["inventory"]["before_evaluation"]["active"]
 
         attempts = {
             (a["arm"], a["slug"], a["seed"]): a for a in [*report["campaign"], *report["attempts"]]
@@ -304,6 +307,9 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
         assert cold["inventory_size"] == 0 and cold["skills_loaded"] == 0
         assert warm["inventory_size"] == report["inventory"]["before_evaluation"]["active"]
         assert attempts[("none", "tiny_eval", 0)]["skills_loaded"] == 0
+        flat = attempts[("flat", "tiny_eval", 0)]
+        assert set(flat["skill_ids_loaded"]) == listed  # flat: every active skill
+        assert set(warm["skill_ids_loaded"]) <= listed
         higher = cold["higher_is_better"]
         cold_n = evaluations_to_reach(cold["iterations"], cold["best_cv"], higher)
         warm_n = evaluations_to_reach(warm["iterations"], cold["best_cv"], higher)

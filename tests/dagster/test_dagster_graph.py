@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions, EventLogRecord
 
@@ -48,11 +47,7 @@ def graph_env(
     server_url: str, tmp_path_factory: pytest.TempPathFactory, tiny_defs_writer: Callable
 ) -> Iterator[dict[str, Any]]:
     """One fresh database and folders for this module (materializing once is the slow part)."""
-    name = f"t_graph_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, tail = server_url.partition("/postgres?")
-    url = f"{head}/{name}?{tail}"
+    url = db.create_database(server_url, f"t_graph_{uuid.uuid4().hex[:8]}")
     root = tmp_path_factory.mktemp("graph")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HASTE_DATABASE_URL", url)
