@@ -20,7 +20,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
@@ -112,11 +111,6 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(db.psycopg_url(url))
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
 def run_store_bench(
     n: int,
     *,
@@ -131,14 +125,12 @@ def run_store_bench(
         raise ValueError("the bench needs at least one skill")
     server = url or db.database_url()
     name = f"haste_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(db.psycopg_url(server), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    bench_url = db.create_database(server, name)
     try:
-        with db.connection(_with_database(server, name)) as conn:
+        with db.connection(bench_url) as conn:
             return _bench(conn, n, batch=batch, queries=queries, seed=seed, progress=progress)
     finally:
-        with psycopg.connect(db.psycopg_url(server), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        db.drop_database(server, name)
 
 
 def _bench(

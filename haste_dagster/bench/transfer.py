@@ -709,6 +709,7 @@ class TransferReport:
     inventory_before: dict[str, Any] = field(default_factory=dict)
     inventory_after: dict[str, Any] = field(default_factory=dict)
     inventory_skills: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     # ---- selections ----------------------------------------------------------------------
     def arm(self, arm: Arm, slug: str | None = None) -> list[AttemptRecord]:
@@ -941,6 +942,7 @@ class TransferReport:
                 "skills": self.inventory_skills,
             },
             "targets": self.targets(),
+            "failures": self.failures,
             "campaign": [r.as_json() for r in self.campaign],
             "attempts": [r.as_json() for r in self.evaluation],
         }
@@ -1020,7 +1022,44 @@ def run_transfer_benchmark(
     _say(options, f"development: {', '.join(plan.development)}")
     _say(options, f"evaluation: {', '.join(plan.evaluation)}; seeds {plan.seeds}")
 
+    def attempt(
+        conn: psycopg.Connection,
+        database: str,
+        store: Any,
+        slug: str,
+        arm: Arm,
+        loading: Loading,
+        seed: int,
+    ) -> AttemptRecord | None:
+        """One attempt; a failing one is reported (as `haste campaign` does) and skipped."""
+        phase: Literal["campaign", "evaluation"] = "campaign" if arm == "campaign" else "evaluation"
+        try:
+            record = _run_one(
+                conn,
+                database,
+                store,
+                competitions[slug],
+                phase=phase,
+                arm=arm,
+                loading=loading,
+                seed=seed,
+                options=options,
+                plan=plan,
+            )
+        except (HasteError, ValueError, KeyError) as exc:
+            conn.rollback()
+            error = f"{type(exc).__name__}: {exc}"
+            report.failures.append({"arm": arm, "slug": slug, "seed": seed, "error": error})
+            _say(options, f"{arm:<8} {slug} seed {seed}: FAILED {error}")
+            return None
+        (report.campaign if phase == "campaign" else report.evaluation).append(record)
+        extra = f" (+{len(record.new_skills)} skills)" if phase == "campaign" else ""
+        _say(options, _describe(record) + extra)
+        return record
+
     keep = options.keep_databases
+    arms: list[tuple[Arm, Loading]] = [("warm", "tiered")]
+    arms += [(m, m) for m in options.modes if m != "tiered"]  # type: ignore[misc]
     with (
         scratch_database(base, names["inventory"], keep=keep) as inv_url,
         scratch_database(base, names["cold"], keep=keep) as cold_url,
@@ -1028,21 +1067,16 @@ def run_transfer_benchmark(
         with connect(inv_url) as conn:
             store = open_skill_store(conn)
             for slug in plan.development:
-                record = _run_one(
+                attempt(
                     conn,
                     names["inventory"],
                     store,
-                    competitions[slug],
-                    phase="campaign",
-                    arm="campaign",
-                    loading="tiered",
-                    seed=options.campaign_seed,
-                    options=options,
-                    plan=plan,
+                    slug,
+                    "campaign",
+                    "tiered",
+                    options.campaign_seed,
                 )
                 promote(conn, [plan.domains[slug]], store)
-                report.campaign.append(record)
-                _say(options, _describe(record) + f" (+{len(record.new_skills)} skills)")
             report.inventory_before = inventory(conn)
             report.inventory_skills = inventory_listing(conn)
             _say(
@@ -1051,47 +1085,16 @@ def run_transfer_benchmark(
                 f"{report.inventory_before['by_tier']}",
             )
             frozen = FrozenStore(store)
-            arms: list[tuple[Arm, Loading]] = [("warm", "tiered")] + [
-                (m, m)
-                for m in options.modes
-                if m != "tiered"  # type: ignore[misc]
-            ]
             for slug in plan.evaluation:
                 for seed in plan.seeds:
                     for arm, loading in arms:
-                        record = _run_one(
-                            conn,
-                            names["inventory"],
-                            frozen,
-                            competitions[slug],
-                            phase="evaluation",
-                            arm=arm,
-                            loading=loading,
-                            seed=seed,
-                            options=options,
-                            plan=plan,
-                        )
-                        report.evaluation.append(record)
-                        _say(options, _describe(record))
+                        attempt(conn, names["inventory"], frozen, slug, arm, loading, seed)
             report.inventory_after = inventory(conn)
         with connect(cold_url) as conn:
             store = open_skill_store(conn)
             for slug in plan.evaluation:
                 for seed in plan.seeds:
-                    record = _run_one(
-                        conn,
-                        names["cold"],
-                        store,
-                        competitions[slug],
-                        phase="evaluation",
-                        arm="cold",
-                        loading="tiered",
-                        seed=seed,
-                        options=options,
-                        plan=plan,
-                    )
-                    report.evaluation.append(record)
-                    _say(options, _describe(record))
+                    attempt(conn, names["cold"], store, slug, "cold", "tiered", seed)
     _run_peers(report, competitions)
     report.usage = Usage(time.perf_counter() - wall0, cpu_seconds() - cpu0)
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")

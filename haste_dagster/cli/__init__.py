@@ -18,7 +18,8 @@ app.add_typer(competitions.app, name="competitions")
 app.add_typer(skills.app, name="skills")
 app.add_typer(bench.app, name="bench")
 app.add_typer(db.app, name="db")
-solve.register(app)  # solve, campaign, consolidate
+solve.register(app)  # solve, campaign
+app.command("consolidate")(skills.consolidate_command)
 ui.register(app)  # ui
 
 

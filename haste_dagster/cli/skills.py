@@ -66,7 +66,8 @@ def list_command(
         typer.echo(_dump([s.as_json() for s in skills]))
         return
     table = Table(title=f"{len(skills)} skills")
-    for column in ("id", "v", "tier", "scope", "status", "utility", "applied", "kept", "title"):
+    table.add_column("id", no_wrap=True)
+    for column in ("v", "tier", "scope", "status", "utility", "applied", "kept", "title"):
         table.add_column(column, overflow="fold")
     for s in skills:
         table.add_row(
@@ -194,8 +195,7 @@ def import_command(
 
 @app.command("reembed")
 def reembed_command() -> None:
-    """Re-embed every skill with the configured embedder (HASTE_EMBEDDINGS) and make it the
-    store's embedder; needed after switching embedders."""
+    """Re-embed every skill with the configured embedder (after changing HASTE_EMBEDDINGS)."""
     with _store(verify=False) as store:
         count = store.reembed()
     out.print(f"re-embedded {count} skill versions with {store.embedder.name}")

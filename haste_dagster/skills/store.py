@@ -518,15 +518,20 @@ class SkillStore:
             row = self.conn.execute("SELECT count(*) AS n FROM skills WHERE is_current").fetchone()
         return int(row["n"])
 
-    def _nearest(
-        self,
-        vector: np.ndarray,
-        limit: int,
-        tier: str | None,
-        status: str | None,
-    ) -> list[tuple[Skill, float]]:
-        """Current skills nearest to ``vector`` by cosine distance (HNSW index; the partial
-        index ``skills_global_hnsw`` when asking for active global skills)."""
+    def _vector_version_checked(self) -> None:
+        if self._iterative_scan is None:
+            row = self.conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+            ).fetchone()
+            major_minor = tuple(int(x) for x in str(row["extversion"]).split(".")[:2])
+            self._iterative_scan = major_minor >= (0, 8)
+
+    def _nearest_cursor(
+        self, vector: np.ndarray, limit: int, tier: str | None, status: str | None
+    ) -> psycopg.Cursor[Any]:
+        """Send the nearest-neighbour query (HNSW index; the partial ``skills_global_hnsw``
+        when asking for active global skills) without waiting for its rows, so a caller in
+        pipeline mode can batch it with other queries into one round trip."""
         where, params = ["s.is_current"], []
         if tier is not None:
             where.append("s.tier = %s")
@@ -534,29 +539,33 @@ class SkillStore:
         if status is not None:
             where.append("s.status = %s")
             params.append(status)
-        if self._iterative_scan is None:
-            row = self.conn.execute(
-                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-            ).fetchone()
-            major_minor = tuple(int(x) for x in str(row["extversion"]).split(".")[:2])
-            self._iterative_scan = major_minor >= (0, 8)
         # ef_search bounds how many rows one HNSW scan yields: keep it >= LIMIT. Filtered
         # scans keep searching until LIMIT rows pass the filter with iterative scans
-        # (pgvector >= 0.8); without them a rare tier could come back short. One round trip.
+        # (pgvector >= 0.8); without them a rare tier could come back short.
         settings = "set_config('hnsw.ef_search', %s, true)"
         if self._iterative_scan:
             settings += ", set_config('hnsw.iterative_scan', 'relaxed_order', true)"
         self.conn.execute(f"SELECT {settings}", (str(min(1000, max(40, int(limit)))),))
-        rows = self.conn.execute(
+        return self.conn.execute(
             f"""SELECT n.*, st.* FROM (
                     SELECT {_COLUMNS}, s.embedding <=> %s AS distance FROM skills s
                     WHERE {" AND ".join(where)}
                     ORDER BY s.embedding <=> %s LIMIT %s) n
                 {_stats_join("n")}""",
             [vector, *params, vector, limit],
-        ).fetchall()
+        )
+
+    @staticmethod
+    def _nearest_rows(rows: list[dict[str, Any]]) -> list[tuple[Skill, float]]:
         out = [(_row_to_skill(r), 1.0 - float(r["distance"])) for r in rows]
         return sorted(out, key=lambda pair: (-pair[1], pair[0].id or ""))
+
+    def _nearest(
+        self, vector: np.ndarray, limit: int, tier: str | None, status: str | None
+    ) -> list[tuple[Skill, float]]:
+        """Current skills nearest to ``vector`` by cosine distance, with similarities."""
+        self._vector_version_checked()
+        return self._nearest_rows(self._nearest_cursor(vector, limit, tier, status).fetchall())
 
     def similar(
         self, text: str, k: int = 10, *, tier: str | None = None, status: str | None = "active"
@@ -594,17 +603,30 @@ class SkillStore:
         if mode != "tiered":
             raise SkillError(f"loading mode {mode!r}; choose tiered, flat or none")
         query = self.embed([describe_profile(slug, domain, profile)])[0]
-        with self.conn.transaction():
-            self._check_meta(write=False)
-            rows = self.conn.execute(
+        limit = max(4 * top_k_global, 32)
+        if not self._meta_ok or self._iterative_scan is None:
+            with self.conn.transaction():
+                self._check_meta(write=False)
+                self._vector_version_checked()
+        # One round trip for the common case: BEGIN, the scoped query, the HNSW settings and
+        # the global search, COMMIT, all pipelined (each round trip costs a context switch,
+        # which is what makes latency tails on a busy machine).
+        with self.conn.pipeline(), self.conn.transaction():
+            scoped_cursor = self.conn.execute(
                 f"""{_SELECT} WHERE s.is_current AND s.status = 'active'
                     AND ((s.tier = 'competition' AND s.scope_key = %s)
                          OR (s.tier = 'domain' AND s.scope_key = %s))
                     AND skill_conditions_may_hold(s.conditions, %s)""",
                 (slug, domain, _profile_json(profile)),
-            ).fetchall()
-            scoped = [s for s in map(_row_to_skill, rows) if s.conditions_hold(profile)]
-            globals_ = self._top_global(query, profile, top_k_global)
+            )
+            nearest_cursor = (
+                self._nearest_cursor(query, limit, "global", "active") if top_k_global > 0
+                else None
+            )
+            rows = scoped_cursor.fetchall()
+            nearest = self._nearest_rows(nearest_cursor.fetchall()) if nearest_cursor else []
+        scoped = [s for s in map(_row_to_skill, rows) if s.conditions_hold(profile)]
+        globals_ = self._top_global(query, profile, top_k_global, nearest, limit)
 
         def by_utility(s: Skill) -> tuple[Any, ...]:
             return (-s.utility, s.id)
@@ -613,18 +635,25 @@ class SkillStore:
         domain_skills = sorted((s for s in scoped if s.tier == "domain"), key=by_utility)
         return [*competition, *domain_skills, *globals_]
 
-    def _top_global(self, query: np.ndarray, profile: dict[str, Any], k: int) -> list[Skill]:
+    def _top_global(
+        self,
+        query: np.ndarray,
+        profile: dict[str, Any],
+        k: int,
+        found: list[tuple[Skill, float]],
+        limit: int,
+    ) -> list[Skill]:
+        """The ``k`` most relevant applicable globals from ``found`` (the ``limit`` nearest),
+        searching further while too few of them apply."""
         if k <= 0:
             return []
-        limit = max(4 * k, 32)
         while True:
-            # No SQL prefilter here: evaluating it on every visited index entry costs more
-            # than filtering the few candidates in Python (the partial index has only globals).
-            found = self._nearest(query, limit, "global", "active")
             applicable = [(s, sim) for s, sim in found if s.conditions_hold(profile)]
             if len(applicable) >= k or len(found) < limit:
                 break
             limit *= 4  # many nearby globals do not apply here: look further
+            with self.conn.transaction():
+                found = self._nearest(query, limit, "global", "active")
         applicable.sort(key=lambda p: (-round(p[1], 3), -p[0].utility, p[0].id))
         return [s for s, _ in applicable[:k]]
 

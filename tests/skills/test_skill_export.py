@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from skill_helpers import cond, insert_attempt, make_skill, set_action, skill_files
 
@@ -26,11 +25,8 @@ SEEDS = PROJECT_ROOT / "skill_assets"
 @pytest.fixture
 def fresh_store(server_url: str) -> Iterator[SkillStore]:
     """A second, empty database on the same server."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    head, _, tail = server_url.partition("/postgres?")
-    with db.connection(f"{head}/{name}?{tail}") as conn:
+    url = db.create_database(server_url, f"t_{uuid.uuid4().hex[:12]}")
+    with db.connection(url) as conn:
         yield SkillStore(conn, HashingEmbedder())
 
 
