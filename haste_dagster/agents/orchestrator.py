@@ -19,7 +19,7 @@ from haste_dagster.agents.competition_agent import (
     ProgressFn,
     run_attempt,
 )
-from haste_dagster.agents.factory import open_skill_store
+from haste_dagster.agents.factory import make_policy, open_skill_store
 from haste_dagster.agents.submission import make_submission
 from haste_dagster.competitions.grading import Grade
 from haste_dagster.competitions.profile import profile_data
@@ -92,6 +92,64 @@ def extract_skills(
     )
 
 
+def reflect_with_llm(
+    conn: psycopg.Connection, competition: Any, attempt_id: int, store: Any, client: Any
+) -> list[str]:
+    """LLM reflection: the competition agent states 2–5 learnings, the orchestrator labels
+    each (skip | competition | domain | global | conflict) and the evidence rule decides
+    whether a promotion stands. Writes one skill per kept decision; returns their ids.
+    An LLM failure here is logged and costs only the reflection, never the attempt."""
+    from haste_dagster.agents.reflection import AttemptSummary, label_learnings, reflect
+    from haste_dagster.errors import LLMError
+    from haste_dagster.skills.model import Evidence, Skill
+    from haste_dagster.skills.promotion import evidence_allows
+
+    slug, domain = competition.definition.slug, competition.definition.domain
+    try:
+        learnings = reflect(client, AttemptSummary.from_db(conn, attempt_id), attempt_id=attempt_id)
+        existing = store.list(tier="domain", scope_key=domain) + store.list(tier="global")
+        decisions = label_learnings(
+            client,
+            learnings,
+            existing,
+            competition=slug,
+            domain=domain,
+            attempt_id=attempt_id,
+            conn=conn,
+            evidence_allows=evidence_allows,
+        )
+    except LLMError as exc:
+        log.warning("reflection on attempt %s failed: %s", attempt_id, exc)
+        return []
+    written: list[str] = []
+    for decision in decisions:
+        tier = decision.promote_to
+        if tier is None:
+            continue
+        learning = decision.learning
+        when = f"\nWhen: {learning.conditions}" if learning.conditions else ""
+        skill = store.add(
+            Skill(
+                tier=tier,
+                scope_key={"global": None, "domain": domain}.get(tier, slug),
+                domain=None if tier == "global" else domain,
+                title=learning.title,
+                guidance=(decision.abstraction or learning.text) + when,
+                evidence=[Evidence(attempt_id=attempt_id, slug=slug, delta=learning.delta)]
+                if learning.delta is not None
+                else [],
+                created_by="extraction" if tier == "competition" else "promotion",
+                parent_ids=list(decision.related_skill_ids),
+                source_attempt=attempt_id,
+            )
+        )
+        written.append(skill.id)
+        if decision.label == "conflict":
+            for other in decision.related_skill_ids:
+                store.add_edge(skill.id, other, "conflicts_with", reason=decision.reason)
+    return written
+
+
 def promote(conn: psycopg.Connection, domains: Iterable[str], store: Any = None) -> list[Any]:
     """Promote recurring competition skills to their domains, then domain skills to global."""
     from haste_dagster.skills.promotion import promote_domain_skills, promote_global_skills
@@ -128,6 +186,8 @@ def solve(
 ) -> SolveResult:
     competition = load_competition(slug, defs_dir)
     store = open_skill_store(conn)
+    if policy is None:
+        policy = make_policy(config.policy, conn, campaign_id=config.campaign_id)
     resume_id = resumable_attempt(conn, slug) if resume else None
     if resume and resume_id is None:
         log.warning("nothing to resume for %s: starting a new attempt", slug)
@@ -151,6 +211,9 @@ def solve(
     if attempt.policy == "llm":
         from haste_dagster.llm.ledger import TokenLedger
 
+        client = getattr(policy, "client", None)
+        if extract and client is not None:
+            new_skills += reflect_with_llm(conn, competition, attempt.attempt_id, store, client)
         llm = TokenLedger(conn).attempt_totals(attempt.attempt_id).as_json()
     return SolveResult(
         attempt=attempt, grade=grade, new_skills=new_skills, resumed=resume_id is not None, llm=llm

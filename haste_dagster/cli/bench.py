@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="bench commands", no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks that print figures: the skill store, transfer.", no_args_is_help=True
+)
 
 
 def _split_names(values: list[str]) -> list[str]:
@@ -19,18 +21,23 @@ def transfer_command(
         [], "--competitions", help="campaign competitions in order (comma-separated or repeated)"
     ),
     evaluation: list[str] = typer.Option(
-        [], "--eval", help="held-out evaluation competitions (default: the preset's, or the "
-        "last listed competition of every domain with two or more)"
+        [],
+        "--eval",
+        help="held-out evaluation competitions (default: the preset's, or the "
+        "last listed competition of every domain with two or more)",
     ),
     defs: list[Path] = typer.Option(
-        [], "--defs", help="folder of competition YAMLs, searched before the bundled ones "
-        "(repeatable); without --competitions every YAML in it takes part"
+        [],
+        "--defs",
+        help="folder of competition YAMLs, searched before the bundled ones "
+        "(repeatable); without --competitions every YAML in it takes part",
     ),
     seeds: int | None = typer.Option(
         None, "--seeds", help="seeds per evaluation (default 3; --quick 1)"
     ),
     iterations: int | None = typer.Option(
-        None, "--iterations",
+        None,
+        "--iterations",
         help="refinement iterations per attempt (default: each budget; --quick 8)",
     ),
     quick: bool = typer.Option(
@@ -98,7 +105,9 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
     for name, target in report.targets().items():
         met = target["met"]
         table.add_row(
-            name, target["target"], fmt(target["measured"]),
+            name,
+            target["target"],
+            fmt(target["measured"]),
             "—" if met is None else ("[green]yes[/]" if met else "[red]no[/]"),
         )
     out.print(table)
@@ -135,8 +144,7 @@ def store_command(
             console.print(f"inserted {done}/{total}", highlight=False)
 
     try:
-        result = run_store_bench(skills, batch=batch, queries=queries, seed=seed,
-                                 progress=progress)
+        result = run_store_bench(skills, batch=batch, queries=queries, seed=seed, progress=progress)
     except (db.DatabaseError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc

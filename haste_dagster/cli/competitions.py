@@ -12,7 +12,9 @@ from rich.table import Table
 
 from haste_dagster.errors import CompetitionDefError, HasteError
 
-app = typer.Typer(help="competitions commands", no_args_is_help=True)
+app = typer.Typer(
+    help="Competitions: list them, show one with its data profile.", no_args_is_help=True
+)
 
 out = Console()
 

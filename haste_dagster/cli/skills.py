@@ -15,7 +15,9 @@ from rich.table import Table
 
 from haste_dagster.errors import HasteError
 
-app = typer.Typer(help="skills commands", no_args_is_help=True)
+app = typer.Typer(
+    help="Skill inventory: list, show, lineage, export, import, reembed.", no_args_is_help=True
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -71,8 +73,15 @@ def list_command(
         table.add_column(column, overflow="fold")
     for s in skills:
         table.add_row(
-            s.id, str(s.version), s.tier, s.scope_key or "—", s.status, f"{s.utility:.4g}",
-            str(s.stats.applied), str(s.stats.kept), s.title,
+            s.id,
+            str(s.version),
+            s.tier,
+            s.scope_key or "—",
+            s.status,
+            f"{s.utility:.4g}",
+            str(s.stats.applied),
+            str(s.stats.kept),
+            s.title,
         )
     out.print(table)
 
@@ -127,8 +136,10 @@ def lineage_command(
         typer.echo(_dump(lineage))
         return
     root = lineage["skill"]
-    lines = [f"{root['id']} v{root['version']} {root['tier']} {root['scope_key'] or ''}: "
-             f"{root['title']} [{root['status']}]"]
+    lines = [
+        f"{root['id']} v{root['version']} {root['tier']} {root['scope_key'] or ''}: "
+        f"{root['title']} [{root['status']}]"
+    ]
     for label in ("ancestors", "descendants"):
         lines.append(f"{label}:")
         lines += [
@@ -145,10 +156,13 @@ def lineage_command(
         + (f" delta={a['kept_delta']:+.4g}" if a["kept_delta"] is not None else "")
         for a in lineage["attempts"]
     ] or ["  —"]
-    lines.append("source attempts: " + (
-        ", ".join(f"{a['id']} ({a.get('slug') or '?'})" for a in lineage["source_attempts"])
-        or "—"
-    ))
+    lines.append(
+        "source attempts: "
+        + (
+            ", ".join(f"{a['id']} ({a.get('slug') or '?'})" for a in lineage["source_attempts"])
+            or "—"
+        )
+    )
     out.print("\n".join(lines), highlight=False, markup=False)
 
 

@@ -27,6 +27,17 @@ def test_haste_solve_with_llm_policy_records_tokens_per_call(
         text("Sure! Here is my idea: deeper trees."),
         patch_reply(set_op("model.params.max_depth", 3)),
         patch_reply(set_op("model.params.learning_rate", 0.2)),
+        # after the attempt: reflection (2 learnings), then the orchestrator's labels
+        ok({"learnings": [
+            {"title": "Shallow trees on tiny data", "text": "max_depth 3 helped",
+             "proposed_tier": "competition", "iterations": [1]},
+            {"title": "Keep the learning rate", "text": "0.2 did not help",
+             "proposed_tier": "competition", "iterations": [2]},
+        ]}),
+        ok({"decisions": [
+            {"index": 0, "label": "competition", "reason": "seen once"},
+            {"index": 1, "label": "skip", "reason": "no effect"},
+        ]}),
     )
     out = tmp_path / "out.json"
     env = {
@@ -46,6 +57,15 @@ def test_haste_solve_with_llm_policy_records_tokens_per_call(
     assert fake_openai.pending == 0
     with db.connection(db_url) as conn:
         calls = TokenLedger(conn).calls()
-    assert len(calls) == len(fake_openai.requests) == 4
-    assert [c["ok"] for c in calls] == [True, False, True, True]
-    assert sum(c["prompt_tokens"] for c in calls) == 50 + 3 * 11
+    assert len(calls) == len(fake_openai.requests) == 6
+    assert [c["ok"] for c in calls] == [True, False, True, True, True, True]
+    assert [c["purpose"] for c in calls][-2:] == ["reflect", "label_learnings"]
+    assert sum(c["prompt_tokens"] for c in calls) == 50 + 5 * 11
+    assert result["llm"]["calls"] == 6  # the ledger's totals reach the CLI JSON
+    with db.connection(db_url) as conn:
+        reflected = conn.execute(
+            "SELECT tier, title FROM skills WHERE title = 'Shallow trees on tiny data'"
+        ).fetchall()
+        labels = conn.execute("SELECT label FROM promotion_decisions ORDER BY id").fetchall()
+    assert [r["tier"] for r in reflected] == ["competition"]
+    assert [r["label"] for r in labels] == ["competition", "skip"]
