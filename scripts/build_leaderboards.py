@@ -8,7 +8,12 @@ test split):
   among k random specs (k in 5, 10, 20; several independent orderings each), i.e.
   teams that tuned with a small or large budget;
 - `tuned@k`: a team that starts from the default and tunes it with k iterations of the
-  heuristic policy (no skills), in a throwaway database (k in 10, 20; two seeds each).
+  heuristic policy (no skills), in a throwaway database (k in 10 and 20).
+
+Random specs are capped at MAX_ROUNDS trees / boosting rounds: the space allows up to
+thousands (fine for an agent that pays for them), but a leaderboard of 16 competitions
+must build in well under an hour on 2 cores. For the same reason an entrant whose two fits
+take longer than ENTRANT_SECONDS does not enter (a team that ran out of time).
 
 Resumable: each evaluated spec is appended to `<out>/<slug>.entrants.jsonl`; a rerun skips
 specs already there, and competitions whose CSV exists unless `--force`.
@@ -20,13 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 
 from haste_dagster.competitions.grading import score_hidden
 from haste_dagster.competitions.leaderboard import write_leaderboard
@@ -34,11 +42,27 @@ from haste_dagster.competitions.registry import load_competition, load_definitio
 from haste_dagster.config import competition_defs_dir
 from haste_dagster.solution.evaluate import fit_predict
 from haste_dagster.solution.space import default_spec, random_spec
-from haste_dagster.solution.spec import SolutionSpec
+from haste_dagster.solution.spec import SolutionSpec, apply_patch, parse_patch
 
 SEARCH_BUDGETS = (5, 10, 20)
 ORDERINGS = 8
-TUNED = ((10, 101), (10, 102), (20, 103), (20, 104))  # (iterations, seed)
+TUNED = ((10, 101), (20, 103))  # (iterations, seed)
+MAX_ROUNDS = 400
+ENTRANT_SECONDS = 120
+
+
+def affordable(spec: SolutionSpec) -> SolutionSpec:
+    """``spec`` with its tree / boosting-round count capped at MAX_ROUNDS."""
+    params = spec.model.params
+    capped = {k: MAX_ROUNDS for k in ("n_estimators", "max_iter") if params.get(k, 0) > MAX_ROUNDS}
+    if not capped or spec.model.family in ("logistic_regression", "linear_svm"):
+        return spec
+    return apply_patch(
+        spec,
+        parse_patch(
+            {"op": "set_model", "family": spec.model.family, "params": {**params, **capped}}
+        ),
+    )
 
 
 def holdout_split(competition, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -72,6 +96,26 @@ def evaluate_spec(competition, spec: SolutionSpec, seed: int) -> dict:
     return {"valid": valid_score, "test": test_score, "seconds": time.monotonic() - t0}
 
 
+def _evaluate_into(queue: mp.Queue, competition, spec: SolutionSpec) -> None:
+    queue.put(evaluate_spec(competition, spec, 0))
+
+
+def evaluate_in_time(competition, spec: SolutionSpec) -> dict:
+    """evaluate_spec in a child process; an entrant not done in ENTRANT_SECONDS does not
+    enter (a team that ran out of time), so one pathological pipeline cannot stall a build."""
+    t0 = time.monotonic()
+    queue: mp.Queue = mp.get_context("fork").Queue()
+    child = mp.get_context("fork").Process(target=_evaluate_into, args=(queue, competition, spec))
+    child.start()
+    try:
+        return queue.get(timeout=ENTRANT_SECONDS)
+    except Empty:
+        return {"error": f"timed out after {ENTRANT_SECONDS}s", "seconds": time.monotonic() - t0}
+    finally:
+        child.kill()
+        child.join()
+
+
 def tuned_entrant(competition, iterations: int, seed: int, db_url: str) -> dict:
     """Tune the default spec with the heuristic policy, then score it on the hidden test."""
     from haste_dagster import db
@@ -99,7 +143,9 @@ def scratch_database() -> str:
     """A fresh database on the HASTE server for the tuned entrants' attempts."""
     from haste_dagster import db
 
-    return db.create_database(db.database_url(), "haste_leaderboard_build", replace=True)
+    # One per process, so several builders (e.g. on disjoint --only lists) can run at once.
+    name = f"haste_leaderboard_build_{os.getpid()}"
+    return db.create_database(db.database_url(), name, replace=True)
 
 
 def constant_entrant(competition) -> float:
@@ -133,22 +179,30 @@ def build(
             row = json.loads(line)
             done[row["name"]] = row
     rng = np.random.default_rng(20261124)
-    specs = {f"random-{i:03d}": random_spec(competition.problem, rng) for i in range(n_random)}
+    specs = {
+        f"random-{i:03d}": affordable(random_spec(competition.problem, rng))
+        for i in range(n_random)
+    }
     specs["default"] = default_spec(competition.problem)
-    todo = [(name, spec) for name, spec in specs.items() if name not in done]
+    # A cached entrant counts only if it was evaluated with exactly this spec.
+    todo = [
+        (name, spec)
+        for name, spec in specs.items()
+        if done.get(name, {}).get("spec") != spec.model_dump(mode="json")
+    ]
     print(f"{slug}: {len(todo)} entrants to evaluate ({len(done)} cached)", flush=True)
-    results = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(evaluate_spec)(competition, spec, 0) for _, spec in todo
-    )
-    with cache_path.open("a") as cache:
-        for (name, spec), result in zip(todo, results, strict=True):
-            row = {"name": name, "spec": spec.model_dump(mode="json"), **result}
-            done[name] = row
-            cache.write(json.dumps(row) + "\n")
-            cache.flush()
-            status = result.get("error") or f"test {result['test']:.5g}"
-            print(f"  {name}: {status} ({result['seconds']:.1f}s)", flush=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = pool.map(lambda item: evaluate_in_time(competition, item[1]), todo)
+        with cache_path.open("a") as cache:
+            for (name, spec), result in zip(todo, results, strict=True):
+                row = {"name": name, "spec": spec.model_dump(mode="json"), **result}
+                done[name] = row
+                cache.write(json.dumps(row) + "\n")
+                cache.flush()
+                status = result.get("error") or f"test {result['test']:.5g}"
+                print(f"  {name}: {status} ({result['seconds']:.1f}s)", flush=True)
 
+    tuned_names = {f"tuned@{iterations}-{seed}" for iterations, seed in TUNED}
     for iterations, seed in TUNED:
         name = f"tuned@{iterations}-{seed}"
         if name in done:
@@ -162,7 +216,7 @@ def build(
     entrants = [
         {"entrant": name, "kind": name.split("-")[0], "score": row["test"]}
         for name, row in done.items()
-        if "test" in row
+        if "test" in row and (name in specs or name in tuned_names)
     ]
     entrants.append(
         {"entrant": "constant", "kind": "default", "score": constant_entrant(competition)}

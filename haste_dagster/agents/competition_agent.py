@@ -22,6 +22,7 @@ proposal is the same one an uninterrupted run would have made.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -40,9 +41,13 @@ from haste_dagster.agents.policy import (
     touches_validation,
 )
 from haste_dagster.competitions.metrics import get_metric
+from haste_dagster.config import redact
+from haste_dagster.db import DatabaseError
 from haste_dagster.errors import HasteError
 from haste_dagster.solution.evaluate import CVResult, cross_validate
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
+
+log = logging.getLogger(__name__)
 
 Loading = Literal["tiered", "flat", "none"]
 KEEP_Z = 0.5
@@ -237,17 +242,21 @@ class RefinementLoop:
             if row is None:
                 stopped = "exhausted"
                 break
-            records.record_iteration(self.conn, row)
-            if self.record_usage and row.skill_ids:
-                delta = (
-                    0.0
-                    if row.cv_mean is None or best_row.cv_mean is None
-                    else (
-                        (row.cv_mean - best_row.cv_mean)
-                        * (1 if self.metric.higher_is_better else -1)
+            # The iteration and the usage of the skills it applied commit together: a crash
+            # between the two would otherwise leave the iteration recorded (so a resume skips
+            # it) and its usage lost for good.
+            with self.conn.transaction():
+                records.record_iteration(self.conn, row)
+                if self.record_usage and row.skill_ids:
+                    delta = (
+                        0.0
+                        if row.cv_mean is None or best_row.cv_mean is None
+                        else (
+                            (row.cv_mean - best_row.cv_mean)
+                            * (1 if self.metric.higher_is_better else -1)
+                        )
                     )
-                )
-                self.record_usage(attempt.id, idx, row.skill_ids, row.kept, delta)
+                    self.record_usage(attempt.id, idx, row.skill_ids, row.kept, delta)
             self._report(row, budget)
             rows.append(row)
             if row.kept:
@@ -451,6 +460,17 @@ def run_attempt(
     )
     try:
         return loop.run(attempt, config, profile)
+    except psycopg.OperationalError as exc:
+        # The database went away (server stopped, network cut): nothing more can be written,
+        # not even the failure. Every iteration recorded so far is kept and resumable.
+        raise DatabaseError(
+            f"lost the database connection during attempt {attempt.id} ({definition.slug}): "
+            f"{redact(str(exc)).strip()}. The iterations recorded so far are kept; when the "
+            "database is back, rerun with --resume to continue the attempt"
+        ) from exc
     except Exception as exc:
-        records.fail_attempt(conn, attempt.id, f"{type(exc).__name__}: {exc}")
+        try:
+            records.fail_attempt(conn, attempt.id, f"{type(exc).__name__}: {exc}")
+        except psycopg.Error as db_exc:  # keep the original error, not this follow-up
+            log.warning("could not mark attempt %s failed: %s", attempt.id, redact(str(db_exc)))
         raise

@@ -151,14 +151,23 @@ def reflect_with_llm(
 
 
 def promote(conn: psycopg.Connection, domains: Iterable[str], store: Any = None) -> list[Any]:
-    """Promote recurring competition skills to their domains, then domain skills to global."""
+    """Promote recurring competition skills to their domains, then domain skills to global.
+
+    Holds the consolidation advisory lock for the whole promotion: promotion and
+    consolidation write new versions of the same promoted skills, and two of them
+    interleaving fail on the store's unique indexes (a second campaign, or the nightly
+    consolidation, running at the same time). The second one waits and then finds the
+    first one's result."""
+    from haste_dagster.skills.consolidation import CONSOLIDATION_LOCK_KEY
     from haste_dagster.skills.promotion import promote_domain_skills, promote_global_skills
 
     store = store if store is not None else open_skill_store(conn)
     promoted: list[Any] = []
-    for domain in sorted(set(domains)):
-        promoted += promote_domain_skills(store, domain)
-    promoted += promote_global_skills(store)
+    with store.conn.transaction():
+        store.conn.execute("SELECT pg_advisory_xact_lock(%s)", (CONSOLIDATION_LOCK_KEY,))
+        for domain in sorted(set(domains)):
+            promoted += promote_domain_skills(store, domain)
+        promoted += promote_global_skills(store)
     return promoted
 
 
@@ -201,7 +210,9 @@ def solve(
         resume_attempt_id=resume_id,
         progress=progress,
     )
-    grade = make_submission(conn, competition, attempt.attempt_id)
+    # Skills are written before the grade: `--resume` picks an attempt up until it is graded
+    # (resumable_attempt), so a crash while skills are written is finished by resuming
+    # (extraction is idempotent) instead of leaving a graded attempt without its skills.
     new_skills = (
         [s.id for s in extract_skills(conn, competition, attempt.attempt_id, store)]
         if extract
@@ -215,6 +226,7 @@ def solve(
         if extract and client is not None:
             new_skills += reflect_with_llm(conn, competition, attempt.attempt_id, store, client)
         llm = TokenLedger(conn).attempt_totals(attempt.attempt_id).as_json()
+    grade = make_submission(conn, competition, attempt.attempt_id)
     return SolveResult(
         attempt=attempt, grade=grade, new_skills=new_skills, resumed=resume_id is not None, llm=llm
     )

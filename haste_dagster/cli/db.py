@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from haste_dagster import db
 from haste_dagster.config import redact
@@ -14,11 +17,20 @@ app = typer.Typer(
 console = Console()
 
 
+def _fail(exc: Exception) -> NoReturn:
+    # the message is already secret-free (db.DatabaseError); escape: it may quote anything
+    Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}")
+    raise typer.Exit(code=2) from exc
+
+
 @app.command()
 def start() -> None:
     """Start the embedded PostgreSQL (no-op when HASTE_DATABASE_URL is set) and migrate."""
-    with db.connection() as conn:
-        version = db.schema_version(conn)
+    try:
+        with db.connection() as conn:
+            version = db.schema_version(conn)
+    except db.DatabaseError as exc:
+        _fail(exc)
     console.print(f"database ready, schema version {version}")
 
 
@@ -34,8 +46,11 @@ def stop() -> None:
 @app.command()
 def status() -> None:
     """Show which database is used and its schema version."""
-    url = db.database_url()
-    with db.connection(url) as conn:
-        version = db.schema_version(conn)
+    try:
+        url = db.database_url()
+        with db.connection(url) as conn:
+            version = db.schema_version(conn)
+    except db.DatabaseError as exc:
+        _fail(exc)
     kind = "embedded" if db.using_embedded() else "external"
     console.print(f"{kind} database {redact(url)}, schema version {version}")

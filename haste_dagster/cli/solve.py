@@ -7,13 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from haste_dagster import db
 from haste_dagster.agents.competition_agent import AttemptConfig
+from haste_dagster.config import redact
 from haste_dagster.errors import HasteError
 
 console = Console(stderr=True)
@@ -53,8 +56,17 @@ def _write_json(path: Path | None, payload: Any) -> None:
         console.print(f"wrote {path}")
 
 
+def _database_failed(exc: psycopg.Error, then: str) -> db.DatabaseError:
+    """A clear, secret-free message for a database failure outside the attempt loop."""
+    return db.DatabaseError(
+        f"database failure ({type(exc).__name__}): {redact(str(exc)).strip()}. "
+        f"Everything recorded before it is kept; when the database is back, {then}"
+    )
+
+
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    # escape: messages quote data (column names, values) that may look like rich markup
+    console.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(code=2) from exc
 
 
@@ -89,6 +101,8 @@ def solve_command(
             )
     except (HasteError, ValueError, KeyError, db.DatabaseError) as exc:
         _fail(exc)
+    except psycopg.Error as exc:  # e.g. the server stopped while grading or writing skills
+        _fail(_database_failed(exc, "rerun with --resume to finish the attempt"))
     payload = result.as_json()
     _write_json(json_out, payload)
     medal = result.grade.medal
@@ -119,7 +133,7 @@ def campaign_command(
 
     definitions, errors = load_definitions(defs or competition_defs_dir())
     for error in errors:
-        console.print(f"[yellow]skipping broken definition:[/yellow] {error}")
+        console.print(f"[yellow]skipping broken definition:[/yellow] {escape(str(error))}")
     slugs = [d.slug for d in definitions if not only or d.slug in only]
     config = AttemptConfig(policy=policy, loading=loading, iterations=iterations, seed=seed)  # type: ignore[arg-type]
     table = Table(title="HASTE campaign")
@@ -151,6 +165,8 @@ def campaign_command(
             )
     except (HasteError, db.DatabaseError) as exc:
         _fail(exc)
+    except psycopg.Error as exc:
+        _fail(_database_failed(exc, "rerun the campaign"))
     metric_of = {d.slug: d.metric for d in definitions}
     for entry in entries:
         if entry.result is None:
@@ -176,7 +192,7 @@ def campaign_command(
     if any(e.error for e in entries):
         for e in entries:
             if e.error:
-                console.print(f"[red]{e.slug}[/red]: {e.error}")
+                console.print(f"[red]{e.slug}[/red]: {escape(e.error)}")
         sys.exit(1)
 
 

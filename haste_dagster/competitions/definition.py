@@ -25,6 +25,7 @@ from haste_dagster.errors import CompetitionDefError
 
 CLASSIFICATION_TASKS = ("binary", "multiclass", "text_classification")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+MAX_DEFINITION_BYTES = 1_000_000  # the bundled definitions are about 1 kB
 
 
 class SplitDef(BaseModel):
@@ -219,14 +220,31 @@ def load_definition(path: Path | str) -> CompetitionDef:
     """Read and validate one YAML file (no data is read)."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_DEFINITION_BYTES:
+            # PyYAML parses about 2 MB/s: refuse before spending minutes on a wrong file.
+            raise CompetitionDefError(
+                str(path), None,
+                f"the file is {size / 1e6:.1f} MB; a competition definition is a small YAML "
+                f"file (at most {MAX_DEFINITION_BYTES // 1_000_000} MB): keep data in its "
+                "csv/parquet source",
+            )
         # safe_load: a definition is data; no YAML tag may construct Python objects. Reading
         # from the open file lets YAML errors name it with line and column.
         with path.open(encoding="utf-8") as stream:
             data = yaml.safe_load(stream)
     except OSError as exc:
         raise CompetitionDefError(str(path), None, f"cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CompetitionDefError(
+            str(path), None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     except yaml.YAMLError as exc:
         raise CompetitionDefError(str(path), None, f"malformed YAML: {exc}") from None
+    except RecursionError:
+        raise CompetitionDefError(
+            str(path), None, "malformed YAML: nested too deeply for a competition definition"
+        ) from None
     return parse_definition(data, path)
 
 

@@ -184,6 +184,25 @@ def _prepare_target(d: CompetitionDef, target: pd.Series) -> tuple[pd.Series, li
     return target.astype(float), None
 
 
+def _check_finite(d: CompetitionDef, frame: pd.DataFrame, columns: list[str]) -> None:
+    """Refuse ±inf in numeric columns, naming the column: models and metrics would fail on it
+    later with a message that names neither the column nor the row."""
+    for name in columns:
+        values = frame[name]
+        if not ptypes.is_numeric_dtype(values) or ptypes.is_bool_dtype(values):
+            continue
+        infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+        if infinite.any():
+            first = int(frame.loc[infinite, ROW_ID].iloc[0])
+            raise _fail(
+                d,
+                "target" if name == d.target else "source",
+                f"column {name!r} has {int(infinite.sum())} infinite value(s) (the first in "
+                f"row {first} of the data); use finite numbers, or an empty cell for a "
+                "missing value",
+            )
+
+
 def build_competition(definition: CompetitionDef, verify: bool = True) -> Competition:
     """Read, shape, split and check one competition (uncached; see :func:`load_competition`)."""
     d = definition
@@ -220,6 +239,7 @@ def build_competition(definition: CompetitionDef, verify: bool = True) -> Compet
         # A panel's series id is a label, even when it is stored as a number.
         categorical=[*d.categorical, *([d.split.group_column] if d.split.group_column else [])],
     )
+    _check_finite(d, frame, [d.target, *roles.numeric])
     for name in list(roles.date):
         try:
             frame[name] = to_datetime(frame[name])

@@ -274,6 +274,29 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
+class _RedactHTTPLog(logging.Filter):
+    """The HTTP client under ``openai`` (httpx) logs every request URL at INFO, userinfo
+    included: hide URL passwords, and the API keys of the clients made here, in its records
+    before any handler sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        for key in self.keys:
+            clean = clean.replace(key, "***")
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+_HTTP_LOG_FILTER = _RedactHTTPLog()
+for _name in ("httpx", "httpx2"):  # the name depends on the openai release
+    logging.getLogger(_name).addFilter(_HTTP_LOG_FILTER)
+
 _TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
 _FORMAT_REJECTED = (openai.BadRequestError, openai.UnprocessableEntityError)
 
@@ -304,6 +327,8 @@ class LLMClient:
         self._sleep = sleep
         self._spent = 0
         self._mode = "json_schema" if config.response_format == "auto" else config.response_format
+        if len(config.api_key) >= _MIN_SCRUB_LEN:
+            _HTTP_LOG_FILTER.keys.add(config.api_key)
         # Retries are ours (see module doc); the openai client must not retry behind our back.
         self._openai = openai.OpenAI(
             api_key=config.api_key or "not-needed",

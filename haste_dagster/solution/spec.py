@@ -113,7 +113,7 @@ class ModelSpec(BaseModel):
         if unknown:
             raise SpecError(f"model.{sorted(unknown)[0]}: unknown field; allowed: family, params")
         family = data.get("family", "xgboost")
-        if family not in FAMILIES:
+        if not isinstance(family, str) or family not in FAMILIES:  # (a list is unhashable)
             raise SpecError(
                 f"model.family: unknown model family {family!r}; allowed: {', '.join(FAMILIES)}"
             )
@@ -334,7 +334,7 @@ def _apply_op(data: dict[str, Any], op: SetOp | UnsetOp | SetModelOp | AddOp | R
     container, key, param = _field(data, op.path)
     if isinstance(op, SetOp):
         if container is data["model"] and key == "family":
-            if op.value not in FAMILIES:
+            if not isinstance(op.value, str) or op.value not in FAMILIES:  # (unhashable too)
                 raise SpecError(
                     f"model.family: unknown model family {op.value!r}; "
                     f"allowed: {', '.join(FAMILIES)}"
