@@ -26,11 +26,11 @@ run: setup
 	$(BIN)/haste campaign --json out/campaign.json
 
 test: setup system-deps
-	$(BIN)/ruff check haste_dagster tests scripts bench
+	$(BIN)/ruff check haste_dagster tests scripts
 	$(BIN)/pytest -q
 
 lint: setup
-	$(BIN)/ruff check haste_dagster tests scripts bench
+	$(BIN)/ruff check haste_dagster tests scripts
 
 ui: setup
 	$(BIN)/haste ui

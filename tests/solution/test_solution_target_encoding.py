@@ -26,7 +26,8 @@ def test_target_encoding_of_an_integer_regression_target_gives_one_column_per_fe
         numeric=["size"], categorical=["town", "kind"],
     )
     spec = apply_patch(
-        default_spec(problem), parse_patch({"op": "set", "path": "categorical.encoding", "value": "target"})
+        default_spec(problem),
+        parse_patch({"op": "set", "path": "categorical.encoding", "value": "target"}),
     )
     features = build_pipeline(spec, problem)[:-1]
     encoded = features.fit_transform(frame, frame["price"])
