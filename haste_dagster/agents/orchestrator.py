@@ -158,13 +158,16 @@ def promote(conn: psycopg.Connection, domains: Iterable[str], store: Any = None)
     interleaving fail on the store's unique indexes (a second campaign, or the nightly
     consolidation, running at the same time). The second one waits and then finds the
     first one's result."""
-    from haste_dagster.skills.consolidation import CONSOLIDATION_LOCK_KEY
-    from haste_dagster.skills.promotion import promote_domain_skills, promote_global_skills
+    from haste_dagster.skills.promotion import (
+        lock_promotions,
+        promote_domain_skills,
+        promote_global_skills,
+    )
 
     store = store if store is not None else open_skill_store(conn)
     promoted: list[Any] = []
     with store.conn.transaction():
-        store.conn.execute("SELECT pg_advisory_xact_lock(%s)", (CONSOLIDATION_LOCK_KEY,))
+        lock_promotions(store)
         for domain in sorted(set(domains)):
             promoted += promote_domain_skills(store, domain)
         promoted += promote_global_skills(store)

@@ -50,7 +50,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -142,8 +142,8 @@ class TransferOptions:
         return replace(base, **overrides)
 
     def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("log")
+        # Not asdict(): it deep-copies `log`, and a bound logger method cannot be copied.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "log"}
         data["defs_dirs"] = [str(p) for p in self.defs_dirs]
         data["modes"] = list(self.modes)
         data["peers"] = list(self.peers)

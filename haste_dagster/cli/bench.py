@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 app = typer.Typer(
     help="Benchmarks that print figures: the skill store, transfer.", no_args_is_help=True
@@ -38,7 +39,7 @@ def transfer_command(
     iterations: int | None = typer.Option(
         None,
         "--iterations",
-        help="refinement iterations per attempt (default: each budget; --quick 8)",
+        help="refinement iterations per attempt (default: each budget; --quick 10)",
     ),
     quick: bool = typer.Option(
         False, "--quick", help="CI smoke preset: small tabular competitions, 1 seed"
@@ -69,7 +70,7 @@ def transfer_command(
         "modes": tuple(_split_names([modes])),
         "peers": tuple(_split_names([peers])),
         "keep_databases": keep_databases,
-        "log": lambda message: console.print(message, highlight=False),
+        "log": lambda message: console.print(message, highlight=False, markup=False),
     }
     if seeds is not None:
         overrides["seeds"] = seeds
@@ -79,7 +80,7 @@ def transfer_command(
     try:
         report = run_transfer_benchmark(db.database_url(), options)
     except (HasteError, ValueError, db.DatabaseError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:
         console.print(f"wrote {write_json(report, json_out)}")
@@ -146,7 +147,7 @@ def store_command(
     try:
         result = run_store_bench(skills, batch=batch, queries=queries, seed=seed, progress=progress)
     except (db.DatabaseError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

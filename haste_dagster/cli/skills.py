@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from haste_dagster.errors import HasteError
@@ -36,12 +37,12 @@ def _store(*, verify: bool = True) -> Iterator[Any]:
     try:
         conn = db.connect()
     except db.DatabaseError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     try:
         yield SkillStore(conn, default_embedder(), verify=verify)
     except HasteError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=2) from exc
     finally:
         conn.close()

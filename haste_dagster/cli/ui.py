@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from haste_dagster import db
 from haste_dagster.config import PROJECT_ROOT, home_dir, redact
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
         try:
             env = prepare_environment()
         except db.DatabaseError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from exc
         command = dagster_dev_command(host, port)
         console.print(f"Dagster UI on http://{host}:{port}")

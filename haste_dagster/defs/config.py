@@ -19,3 +19,18 @@ class AttemptRunConfig(Config):
         description="Continue the newest unfinished attempt with the same policy, loading and "
         "seed (e.g. after a crashed run) instead of starting over.",
     )
+
+
+class TransferBenchConfig(Config):
+    """The `transfer_benchmark` job's run config: `haste bench transfer`'s options."""
+
+    quick: bool = Field(default=True, description="The CI smoke preset (1 seed, 10 iterations).")
+    competitions: list[str] = Field(default_factory=list, description="Campaign order.")
+    evaluation: list[str] = Field(default_factory=list, description="Held-out competitions.")
+    defs_dirs: list[str] = Field(
+        default_factory=list, description="Folders of YAMLs searched before the bundled ones."
+    )
+    seeds: int | None = Field(default=None, ge=1, description="None: the preset's.")
+    iterations: int | None = Field(default=None, ge=1, description="None: the preset's.")
+    policy: Literal["heuristic", "llm"] = "heuristic"
+    peers: list[str] = Field(default_factory=lambda: ["flaml"])

@@ -26,6 +26,7 @@ from haste_dagster.defs.jobs import (
     promote_domain,
     refresh_skills,
     solve_competition,
+    transfer_benchmark,
 )
 from haste_dagster.defs.partitions import domain_partitions
 from haste_dagster.defs.resources import (
@@ -99,6 +100,7 @@ def build_definitions(domains: Sequence[str] | None = None) -> Definitions:
             refresh_skills,
             build_campaign(domain_keys),
             consolidate_skills,
+            transfer_benchmark,
         ],
         schedules=[consolidate_schedule()],
         sensors=[competition_defs_sensor],

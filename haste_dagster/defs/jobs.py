@@ -8,6 +8,8 @@
   competition; each step records materializations of the same assets and partitions
   (through the same functions as the assets) so lineage and history stay in one place.
 - `consolidate_skills` + nightly schedule (cron from HASTE_CONSOLIDATE_CRON).
+- `transfer_benchmark`: `haste bench transfer` as a job; its figures and plots are recorded
+  on `transfer_report`.
 """
 
 import os
@@ -34,7 +36,7 @@ from dagster import (
 from pydantic import Field
 
 from haste_dagster.defs import steps
-from haste_dagster.defs.config import AttemptRunConfig
+from haste_dagster.defs.config import AttemptRunConfig, TransferBenchConfig
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
 from haste_dagster.defs.resources import (
     ArtifactsResource,
@@ -199,6 +201,34 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
         promote_and_report(campaign_competitions().map(solve_one).collect())
 
     return campaign
+
+
+# --- transfer benchmark ----------------------------------------------------------------------
+
+
+@op(
+    tags=TRAIN_TAGS,
+    description="Cold campaign, warm vs cold, loading ablation and FLAML in throwaway "
+    "databases; records the figures and plots on transfer_report.",
+)
+def transfer_benchmark_op(
+    context: OpExecutionContext,
+    config: TransferBenchConfig,
+    database: DatabaseResource,
+    artifacts: ArtifactsResource,
+) -> None:
+    result = steps.transfer_benchmark_step(
+        config, database, artifacts, context.run_id, log=context.log.info
+    )
+    _emit(context, "transfer_report", result, None)
+
+
+@job(
+    name="transfer_benchmark",
+    description="The transfer benchmark (`haste bench transfer`); quick preset by default.",
+)
+def transfer_benchmark() -> None:
+    transfer_benchmark_op()
 
 
 # --- consolidation --------------------------------------------------------------------------

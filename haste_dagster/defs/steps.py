@@ -21,7 +21,7 @@ from dagster import (
     MetadataValue,
 )
 
-from haste_dagster.defs.config import AttemptRunConfig
+from haste_dagster.defs.config import AttemptRunConfig, TransferBenchConfig
 from haste_dagster.defs.plots import learning_curve_png, markdown_image
 from haste_dagster.defs.resources import (
     ArtifactsResource,
@@ -491,3 +491,59 @@ def transfer_report_step(database: DatabaseResource, artifacts: ArtifactsResourc
         },
         value=rows,
     )
+
+
+def transfer_benchmark_step(
+    config: TransferBenchConfig,
+    database: DatabaseResource,
+    artifacts: ArtifactsResource,
+    run_id: str,
+    log: Log,
+) -> StepResult:
+    """Run the transfer benchmark in throwaway databases; the report's figures, JSON and
+    plots become `transfer_report` metadata next to the latest-attempts table."""
+    from pathlib import Path
+
+    from haste_dagster.bench.plots import write_plots
+    from haste_dagster.bench.transfer import TransferOptions, run_transfer_benchmark, write_json
+
+    overrides: dict[str, Any] = {
+        "competitions": config.competitions,
+        "evaluation": config.evaluation,
+        "defs_dirs": [Path(d) for d in config.defs_dirs],
+        "policy": config.policy,
+        "peers": tuple(config.peers),
+        "log": log,
+    }
+    if config.seeds is not None:
+        overrides["seeds"] = config.seeds
+    if config.iterations is not None:
+        overrides["iterations"] = config.iterations
+    options = (
+        TransferOptions.quick_preset(**overrides)
+        if config.quick
+        else TransferOptions(**overrides)
+    )
+    report = run_transfer_benchmark(database.url(), options)
+    json_path = write_json(report, artifacts.path("transfer_bench", run_id, "transfer.json"))
+    pngs = write_plots(report, json_path.parent)
+    result = transfer_report_step(database, artifacts)
+    targets = report.targets()
+    result.metadata.update(
+        {
+            "bench_json_path": MetadataValue.path(str(json_path)),
+            "warm_cold_iteration_ratio": report.warm_cold_iteration_ratio(),
+            "targets": MetadataValue.json(targets),
+            "targets_met": sum(1 for t in targets.values() if t["met"]),
+            "ablation_medal_rate": MetadataValue.json(
+                {mode: s["medal_rate"] for mode, s in report.ablation().items()}
+            ),
+            "flaml": MetadataValue.json(report.peer_summary().get("flaml", {})),
+            **{
+                f"plot_{png.stem}": MetadataValue.md(markdown_image(png, png.stem))
+                for png in pngs
+            },
+        }
+    )
+    result.value = {"json": str(json_path), "plots": [str(p) for p in pngs]}
+    return result

@@ -26,13 +26,13 @@ from haste_dagster.skills.model import Skill
 from haste_dagster.skills.promotion import (
     action_signature,
     compatible,
+    lock_promotions,
     numeric_values,
     promote_domain,
     promote_global,
 )
 from haste_dagster.skills.store import SkillStore
 
-CONSOLIDATION_LOCK_KEY = 0x5C111  # advisory lock id shared by every consolidating process
 MAX_PASSES = 5
 
 
@@ -192,7 +192,7 @@ def consolidate(
     """Merge near-duplicates, retire poor skills, promote; see the module doc."""
     report = ConsolidationReport()
     with store.conn.transaction():
-        store.conn.execute("SELECT pg_advisory_xact_lock(%s)", (CONSOLIDATION_LOCK_KEY,))
+        lock_promotions(store)
         for _ in range(MAX_PASSES):
             report.passes += 1
             merged = _merge_near_duplicates(store, similarity_threshold, report)

@@ -380,15 +380,29 @@ def _conflict(store: SkillStore, a: Skill, b: Skill, result: PromotionResult) ->
     result.conflicts.append((a.id or "", b.id or ""))
 
 
+# One advisory lock for every writer of promoted skills (promotion from any caller, and
+# consolidation): they write new versions of the same skills, and two interleaving would fail
+# on the store's unique indexes. The second waits, then reads the first one's result.
+# Transaction-scoped and re-entrant, so nested callers may take it again.
+PROMOTION_LOCK_KEY = 0x5C111
+
+
+def lock_promotions(store: SkillStore) -> None:
+    """Wait for the promotion lock; held until the caller's transaction ends."""
+    store.conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROMOTION_LOCK_KEY,))
+
+
 def promote_domain(store: SkillStore, domain: str) -> PromotionResult:
-    sources = store.list(tier="competition", status="active", domain=domain)
     with store.conn.transaction():
+        lock_promotions(store)
+        sources = store.list(tier="competition", status="active", domain=domain)
         return _promote(store, "domain", domain, sources, "competitions")
 
 
 def promote_global(store: SkillStore) -> PromotionResult:
-    sources = store.list(tier="domain", status="active")
     with store.conn.transaction():
+        lock_promotions(store)
+        sources = store.list(tier="domain", status="active")
         return _promote(store, "global", None, sources, "domains")
 
 

@@ -154,25 +154,40 @@ def test_four_partitions_solved_at_once_by_the_multiprocess_executor_lose_and_du
     instance.dispose()
 
 
+def promote_as(promoter: str, conn: Any, store: Any) -> None:
+    """Promotion as a campaign runs it (`orchestrator`) or as the Dagster `domain_skills` and
+    `global_skills` assets do (`assets`: one call per domain, then global, no outer lock)."""
+    from haste_dagster.agents.orchestrator import promote
+    from haste_dagster.skills.promotion import promote_domain, promote_global
+
+    if promoter == "orchestrator":
+        promote(conn, ["tab_a", "tab_b"], store)
+    else:
+        promote_domain(store, "tab_a")
+        promote_domain(store, "tab_b")
+        promote_global(store)
+
+
 # Two processes, released at the same instant: one promotes then consolidates, the other
 # consolidates then promotes.
 PROMOTE_AND_CONSOLIDATE = r"""
 import json, os, sys, time
 from pathlib import Path
 from haste_dagster import db
-from haste_dagster.agents.orchestrator import promote
 from haste_dagster.skills.consolidation import consolidate
 from haste_dagster.skills.embeddings import HashingEmbedder
 from haste_dagster.skills.store import SkillStore
+sys.path.insert(0, os.path.dirname(sys.argv[6]))
+from test_reliability_concurrency import promote_as
 
-url, order, ready, go = sys.argv[1:5]
+url, order, ready, go, promoter = sys.argv[1:6]
 conn = db.connect(url)
 store = SkillStore(conn, HashingEmbedder())
 Path(ready).touch()
 while not Path(go).exists():
     time.sleep(0.001)
 steps = {
-    "promote": lambda: promote(conn, ["tab_a", "tab_b"], store),
+    "promote": lambda: promote_as(promoter, conn, store),
     "consolidate": lambda: consolidate(store),
 }
 for name in order.split(","):
@@ -216,10 +231,10 @@ def _skill_state(url: str) -> dict[str, Any]:
     return {"skills": shot["skills"], "edges": shot["edges"]}
 
 
+@pytest.mark.parametrize("promoter", ["orchestrator", "assets"])
 def test_promotion_and_consolidation_from_two_processes_at_once_end_as_a_serial_order_would(
-    server_url: str, tmp_path: Path, tally: Counter
+    server_url: str, tmp_path: Path, tally: Counter, promoter: str
 ) -> None:
-    from haste_dagster.agents.orchestrator import promote
     from haste_dagster.skills.consolidation import consolidate
     from haste_dagster.skills.embeddings import HashingEmbedder
     from haste_dagster.skills.store import SkillStore
@@ -238,7 +253,7 @@ def test_promotion_and_consolidation_from_two_processes_at_once_end_as_a_serial_
             store = SkillStore(conn, HashingEmbedder())
             for step in order.split(","):
                 if step == "promote":
-                    promote(conn, ["tab_a", "tab_b"], store)
+                    promote_as(promoter, conn, store)
                 else:
                     consolidate(store)
         serial[order] = _skill_state(copy)
@@ -249,7 +264,7 @@ def test_promotion_and_consolidation_from_two_processes_at_once_end_as_a_serial_
     for i, order in enumerate(("promote,consolidate", "consolidate,promote")):
         procs.append(subprocess.Popen(
             [sys.executable, "-c", PROMOTE_AND_CONSOLIDATE, url, order,
-             str(tmp_path / f"ready{i}"), str(tmp_path / "go")],
+             str(tmp_path / f"ready{i}"), str(tmp_path / "go"), promoter, __file__],
             env=child_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
     deadline = time.monotonic() + 120
@@ -273,3 +288,39 @@ def test_promotion_and_consolidation_from_two_processes_at_once_end_as_a_serial_
     with db.connection(url) as conn:
         assert SkillStore(conn, HashingEmbedder()).validate_all() == []
 
+
+
+def test_two_asset_promotions_at_once_write_each_promoted_skill_once(
+    server_url: str, tmp_path: Path, tally: Counter
+) -> None:
+    """Two `domain_skills`/`global_skills` materializations racing on the same evidence (e.g. a
+    campaign's and a backfill's): the promotion lock makes the second find the first's
+    skills instead of failing on the store's unique indexes."""
+    from haste_dagster.skills.embeddings import HashingEmbedder
+    from haste_dagster.skills.store import SkillStore
+
+    url = fresh_db(server_url)
+    _seed_promotion_evidence(url)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROMOTE_AND_CONSOLIDATE, url, "promote",
+             str(tmp_path / f"ready{i}"), str(tmp_path / "go"), "assets", __file__],
+            env=child_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    tally["faults_injected"] += 1
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    got = _skill_state(url)
+    tally["rows_checked"] += len(got["skills"]) + len(got["edges"])
+    assert duplicate_skills(url) == []
+    assert any(s[0] == "global" for s in got["skills"])
+    with db.connection(url) as conn:
+        assert SkillStore(conn, HashingEmbedder()).validate_all() == []
