@@ -139,7 +139,7 @@ def skill_views(skills: list[Any], utility: Callable[[str], float]) -> list[Skil
     ]
 
 
-def _history(rows: list[records.IterationRow]) -> list[IterationRecord]:
+def policy_history(rows: list[records.IterationRow]) -> list[IterationRecord]:
     return [
         IterationRecord(
             idx=r.idx,
@@ -154,7 +154,7 @@ def _history(rows: list[records.IterationRow]) -> list[IterationRecord]:
     ]
 
 
-def _replay(
+def replay_incumbent(
     initial: SolutionSpec, rows: list[records.IterationRow]
 ) -> tuple[SolutionSpec, records.IterationRow]:
     """The incumbent spec and its scored row after the recorded iterations."""
@@ -215,8 +215,8 @@ class RefinementLoop:
         else:
             initial = SolutionSpec.model_validate(attempt.initial_spec)
 
-        incumbent, best_row = _replay(initial, rows)
-        since_kept = _since_last_kept(rows)
+        incumbent, best_row = replay_incumbent(initial, rows)
+        since_kept = iterations_since_kept(rows)
         stopped = "budget"
         idx = rows[-1].idx + 1
         while idx <= budget:
@@ -231,7 +231,7 @@ class RefinementLoop:
                 profile=profile,
                 incumbent=incumbent,
                 incumbent_score=best_row.cv_mean,
-                history=_history(rows),
+                history=policy_history(rows),
                 skills=self.views,
                 iteration=idx,
                 budget=budget,
@@ -278,7 +278,7 @@ class RefinementLoop:
             best_spec=incumbent.model_dump(mode="json"),
             best_cv=best_row.cv_mean,
             kept_rate=kept / len(scored) if scored else 0.0,
-            iterations=[_iteration_json(r) for r in rows],
+            iterations=[iteration_json(r) for r in rows],
             skills_loaded=self.skills_loaded,
             prompt_tokens=sum(r.prompt_tokens for r in rows),
             completion_tokens=sum(r.completion_tokens for r in rows),
@@ -371,7 +371,7 @@ class RefinementLoop:
             self.progress(row.idx, budget, row)
 
 
-def _since_last_kept(rows: list[records.IterationRow]) -> int:
+def iterations_since_kept(rows: list[records.IterationRow]) -> int:
     n = 0
     for r in reversed(rows):
         if r.kept:
@@ -380,7 +380,7 @@ def _since_last_kept(rows: list[records.IterationRow]) -> int:
     return n
 
 
-def _iteration_json(r: records.IterationRow) -> dict[str, Any]:
+def iteration_json(r: records.IterationRow) -> dict[str, Any]:
     return {
         "idx": r.idx,
         "score": r.cv_mean,

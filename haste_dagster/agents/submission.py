@@ -24,13 +24,22 @@ def predictions_from_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def make_submission(conn: psycopg.Connection, competition: Any, attempt_id: int) -> Grade:
+def make_submission(
+    conn: psycopg.Connection, competition: Any, attempt_id: int, device: str = "cpu"
+) -> Grade:
+    """Fit the attempt's best spec on all training data (XGBoost on ``device``), predict the
+    hidden test split, grade it and store the graded submission."""
     attempt = records.get_attempt(conn, attempt_id)
     if attempt.best_spec is None:
         raise ValueError(f"attempt {attempt_id} has no best spec yet (status {attempt.status})")
     spec = SolutionSpec.model_validate(attempt.best_spec)
     predictions = fit_predict(
-        spec, competition.problem, competition.train, competition.test_features, attempt.seed
+        spec,
+        competition.problem,
+        competition.train,
+        competition.test_features,
+        attempt.seed,
+        device=device,
     )
     result = grade(competition, predictions)
     records.record_grade(

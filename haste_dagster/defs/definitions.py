@@ -1,10 +1,9 @@
 """The one place that assembles HASTE's Dagster `Definitions` (loaded by workspace.yaml)."""
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
+from dagster import Definitions
 
 from haste_dagster.defs.assets.competition import (
     attempt,
@@ -19,6 +18,8 @@ from haste_dagster.defs.assets.skills import (
     skill_inventory,
     skills_valid_with_resolvable_lineage,
 )
+from haste_dagster.defs.distributed import build_distributed_attempt_job, job_shape_from_env
+from haste_dagster.defs.executors import executor_from_env
 from haste_dagster.defs.jobs import (
     build_campaign,
     consolidate_schedule,
@@ -38,8 +39,6 @@ from haste_dagster.defs.resources import (
 )
 from haste_dagster.defs.sensors import competition_defs_sensor
 
-EXECUTOR_ENV = "HASTE_DAGSTER_EXECUTOR"
-
 
 def default_resources() -> dict[str, Any]:
     database = DatabaseResource()
@@ -51,28 +50,6 @@ def default_resources() -> dict[str, Any]:
         "llm": LLMResource(),
         "artifacts": ArtifactsResource(),
     }
-
-
-def executor_from_env() -> ExecutorDefinition:
-    """`multiprocess` (default), `in_process`, `celery` (dagster-celery) or `k8s` (dagster-k8s).
-
-    Steps that fit models carry the tag ``haste/workload=train`` for routing on Celery queues
-    or Kubernetes node pools.
-    """
-    name = os.environ.get(EXECUTOR_ENV, "multiprocess")
-    if name == "multiprocess":
-        return multiprocess_executor
-    if name == "in_process":
-        return in_process_executor
-    if name == "celery":
-        from dagster_celery import celery_executor
-
-        return celery_executor
-    if name == "k8s":
-        from dagster_k8s import k8s_job_executor
-
-        return k8s_job_executor
-    raise ValueError(f"{EXECUTOR_ENV}={name!r}: choose multiprocess, in_process, celery or k8s")
 
 
 def build_definitions(domains: Sequence[str] | None = None) -> Definitions:
@@ -101,6 +78,7 @@ def build_definitions(domains: Sequence[str] | None = None) -> Definitions:
             build_campaign(domain_keys),
             consolidate_skills,
             transfer_benchmark,
+            build_distributed_attempt_job(*job_shape_from_env()),
         ],
         schedules=[consolidate_schedule()],
         sensors=[competition_defs_sensor],

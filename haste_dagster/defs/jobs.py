@@ -37,6 +37,7 @@ from pydantic import Field
 
 from haste_dagster.defs import steps
 from haste_dagster.defs.config import AttemptRunConfig, TransferBenchConfig
+from haste_dagster.defs.executors import training_tags
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
 from haste_dagster.defs.resources import (
     ArtifactsResource,
@@ -48,7 +49,8 @@ from haste_dagster.defs.resources import (
 CONSOLIDATE_CRON_ENV = "HASTE_CONSOLIDATE_CRON"
 CONSOLIDATE_TZ_ENV = "HASTE_CONSOLIDATE_TZ"
 DEFAULT_CONSOLIDATE_CRON = "0 3 * * *"
-TRAIN_TAGS = {"haste/workload": "train"}
+# Fitting steps: Celery GPU queue / Kubernetes GPU resources when configured (executors.py).
+TRAIN_TAGS = training_tags()
 COMPETITION_CHAIN = ("competition_data", "attempt", "submission", "competition_skills")
 
 # Partitions are inferred from the selected assets (competition / domain).

@@ -217,10 +217,12 @@ def attempt_step(
 
 def submission_step(slug: str, attempt_id: int, database: DatabaseResource) -> StepResult:
     from haste_dagster.agents.submission import make_submission, regrade_stored
+    from haste_dagster.solution.compile import detect_device
 
     competition = load_competition(slug)
+    device = detect_device()  # where this step runs: a GPU worker trains on CUDA
     with database.connection() as conn:
-        grade = make_submission(conn, competition, attempt_id)
+        grade = make_submission(conn, competition, attempt_id, device=device)
         # Read the predictions back from the database and grade them again.
         fresh, stored = regrade_stored(conn, competition, attempt_id)
     stored_score = float(stored["score"])
@@ -230,6 +232,7 @@ def submission_step(slug: str, attempt_id: int, database: DatabaseResource) -> S
         "attempt_id": attempt_id,
         "score": float(grade.score),
         "medal": str(grade.medal),
+        "device": device,
         "n_teams": int(grade.n_teams),
         "bootstrap_se": float(grade.bootstrap_se),
         "thresholds": MetadataValue.json(grade.thresholds.model_dump(mode="json")),

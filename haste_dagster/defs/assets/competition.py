@@ -11,6 +11,7 @@ from dagster import AssetCheckSpec, AssetExecutionContext, MaterializeResult, as
 
 from haste_dagster.defs import steps
 from haste_dagster.defs.config import AttemptRunConfig
+from haste_dagster.defs.executors import training_tags
 from haste_dagster.defs.lineage import latest_attempt_id
 from haste_dagster.defs.partitions import competition_partitions
 from haste_dagster.defs.resources import (
@@ -22,7 +23,8 @@ from haste_dagster.defs.resources import (
 
 GROUP = "competition"
 # Executors (Celery, Kubernetes) can route on this tag; these steps fit and cross-validate.
-TRAIN_TAGS = {"haste/workload": "train"}
+# Fitting steps: Celery GPU queue / Kubernetes GPU resources when configured (executors.py).
+TRAIN_TAGS = training_tags()
 
 
 @asset(
