@@ -164,7 +164,13 @@ def constant_entrant(competition) -> float:
 
 
 def build(
-    slug: str, out_dir: Path, n_random: int, jobs: int, force: bool, db_url: str
+    slug: str,
+    out_dir: Path,
+    n_random: int,
+    jobs: int,
+    force: bool,
+    db_url: str,
+    reuse_cached: bool = False,
 ) -> Path | None:
     csv_path = out_dir / f"{slug}.leaderboard.csv"
     if csv_path.exists() and not force:
@@ -184,11 +190,13 @@ def build(
         for i in range(n_random)
     }
     specs["default"] = default_spec(competition.problem)
-    # A cached entrant counts only if it was evaluated with exactly this spec.
+    # A cached entrant counts only if it was evaluated with exactly this spec (unless
+    # reuse_cached: then every cached entrant stands as evaluated, its spec in the cache).
     todo = [
         (name, spec)
         for name, spec in specs.items()
-        if done.get(name, {}).get("spec") != spec.model_dump(mode="json")
+        if not (reuse_cached and name in done)
+        and done.get(name, {}).get("spec") != spec.model_dump(mode="json")
     ]
     print(f"{slug}: {len(todo)} entrants to evaluate ({len(done)} cached)", flush=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -254,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--defs", type=Path, default=None)
+    parser.add_argument(
+        "--reuse-cached",
+        action="store_true",
+        help="keep every cached entrant as evaluated even if the generator now draws another "
+        "spec under its name (before 2026-11-30 random_spec depended on PYTHONHASHSEED)",
+    )
     args = parser.parse_args(argv)
     defs_dir = args.defs or competition_defs_dir()
     definitions, errors = load_definitions(defs_dir)
@@ -263,7 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     for definition in definitions:
         if args.only and definition.slug not in args.only:
             continue
-        build(definition.slug, defs_dir, args.random, args.jobs, args.force, db_url)
+        build(
+            definition.slug,
+            defs_dir,
+            args.random,
+            args.jobs,
+            args.force,
+            db_url,
+            reuse_cached=args.reuse_cached,
+        )
     return 0
 
 

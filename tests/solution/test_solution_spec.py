@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -249,6 +252,16 @@ def test_problem_checks_reject_families_and_validation_that_do_not_fit() -> None
             ),
             text,
         )
+    with pytest.raises(SpecError, match="model.params.l1_ratio: > 0 needs the saga solver"):
+        check_spec_for_problem(
+            SolutionSpec.model_validate(
+                {
+                    "model": {"family": "logistic_regression", "params": {"l1_ratio": 0.5}},
+                    "validation": {"kind": "stratified"},
+                }
+            ),
+            text,
+        )
     forecast = synthetic.make_forecast(n=60, horizon=7).problem
     with pytest.raises(SpecError, match="validation.kind: 'kfold' on a forecast"):
         check_spec_for_problem(SolutionSpec(), forecast)
@@ -289,3 +302,26 @@ def test_specs_are_frozen_and_accept_step_objects() -> None:
     assert spec.numeric.scale == "robust" and spec.model.params == {"alpha": 1.0}
     with pytest.raises(ValidationError):
         spec.numeric.scale = "none"  # type: ignore[misc]
+
+
+def test_random_specs_do_not_depend_on_the_string_hash_seed() -> None:
+    """Leaderboard entrants are drawn with random_spec: a rebuild must draw the same ones."""
+    script = (
+        "import numpy as np\n"
+        "from haste_dagster.solution.space import random_spec\n"
+        "from haste_dagster.solution import synthetic\n"
+        "problem = synthetic.make_text(n=40).problem\n"
+        "rng = np.random.default_rng(7)\n"
+        "print([random_spec(problem, rng).model_dump_json() for _ in range(5)])\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(outputs) == 1
