@@ -395,6 +395,59 @@ def iteration_json(r: records.IterationRow) -> dict[str, Any]:
     }
 
 
+def open_attempt(
+    conn: psycopg.Connection,
+    competition: Any,
+    config: AttemptConfig,
+    policy: Policy,
+    *,
+    dagster_run_id: str | None = None,
+    resume_attempt_id: int | None = None,
+) -> records.AttemptRow:
+    """A new attempt row, or ``resume_attempt_id`` (checked to be this competition's); an
+    LLM policy is bound to it so its ledger rows carry the attempt."""
+    definition = competition.definition
+    if resume_attempt_id is not None:
+        attempt = records.get_attempt(conn, resume_attempt_id)
+        if attempt.slug != definition.slug:
+            raise ValueError(
+                f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}"
+            )
+    else:
+        attempt_id = records.create_attempt(
+            conn,
+            slug=definition.slug,
+            policy=policy.name,
+            loading=config.loading,
+            seed=config.seed,
+            budget_iterations=config.iterations or definition.budget.iterations,
+            label=config.label,
+            dagster_run_id=dagster_run_id,
+        )
+        attempt = records.get_attempt(conn, attempt_id)
+    if hasattr(policy, "bind_attempt"):  # the LLM policy tags its ledger rows
+        policy.bind_attempt(attempt.id)
+    return attempt
+
+
+def load_attempt_skills(
+    store: Any, attempt: records.AttemptRow, definition: Any, profile: dict
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(skills, loaded entries) of the attempt: scoped and recorded as loaded when it starts,
+    read back from ``skills_loaded`` when it resumes. Utilities are frozen at the start so
+    a resumed attempt (or a round on another machine) sees what the first run saw."""
+    if attempt.initial_spec is None:
+        skills = store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading)
+        store.record_loaded(attempt.id, skills)
+        loaded = [
+            {"id": s.id, "version": s.version, "tier": s.tier, "utility": store.utility(s.id)}
+            for s in skills
+        ]
+        return skills, loaded
+    loaded = list(attempt.skills_loaded)
+    return [store.get(entry["id"], entry["version"]) for entry in loaded], loaded
+
+
 def run_attempt(
     conn: psycopg.Connection,
     competition: Any,
@@ -418,37 +471,15 @@ def run_attempt(
     )
     definition = competition.definition
     profile = profile_data(competition).as_dict()
-    if resume_attempt_id is not None:
-        attempt = records.get_attempt(conn, resume_attempt_id)
-        if attempt.slug != definition.slug:
-            raise ValueError(
-                f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}"
-            )
-    else:
-        attempt_id = records.create_attempt(
-            conn,
-            slug=definition.slug,
-            policy=policy.name,
-            loading=config.loading,
-            seed=config.seed,
-            budget_iterations=config.iterations or definition.budget.iterations,
-            label=config.label,
-            dagster_run_id=dagster_run_id,
-        )
-        attempt = records.get_attempt(conn, attempt_id)
-    if hasattr(policy, "bind_attempt"):  # the LLM policy tags its ledger rows
-        policy.bind_attempt(attempt.id)
-    if attempt.initial_spec is None:
-        skills = store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading)
-        store.record_loaded(attempt.id, skills)
-        # Utilities are frozen at the start so a resumed attempt sees what the first run saw.
-        loaded = [
-            {"id": s.id, "version": s.version, "tier": s.tier, "utility": store.utility(s.id)}
-            for s in skills
-        ]
-    else:
-        loaded = list(attempt.skills_loaded)
-        skills = [store.get(entry["id"], entry["version"]) for entry in loaded]
+    attempt = open_attempt(
+        conn,
+        competition,
+        config,
+        policy,
+        dagster_run_id=dagster_run_id,
+        resume_attempt_id=resume_attempt_id,
+    )
+    skills, loaded = load_attempt_skills(store, attempt, definition, profile)
     loop = RefinementLoop(
         conn,
         competition,

@@ -38,14 +38,14 @@ from haste_dagster.agents.competition_agent import (
     AttemptResult,
     iteration_json,
     iterations_since_kept,
+    load_attempt_skills,
+    open_attempt,
     policy_history,
     replay_incumbent,
     should_keep,
     skill_views,
 )
 from haste_dagster.agents.policy import IterationRecord, Policy, PolicyContext, touches_validation
-from haste_dagster.agents.submission import make_submission
-from haste_dagster.competitions.grading import Grade
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.errors import HasteError
 from haste_dagster.solution.evaluate import cross_validate
@@ -123,8 +123,13 @@ def attempt_views(store: Any, attempt: records.AttemptRow) -> tuple[list[Any], l
     """
     loaded = list(attempt.skills_loaded)
     skills = [store.get(entry["id"], entry["version"]) for entry in loaded]
+    return skills, frozen_views(skills, loaded)
+
+
+def frozen_views(skills: list[Any], loaded: list[dict[str, Any]]) -> list[Any]:
+    """Policy views of ``skills`` with the utilities frozen in their ``loaded`` entries."""
     utility = {entry["id"]: entry.get("utility", 0.0) for entry in loaded}
-    return skills, skill_views(skills, lambda skill_id: utility.get(skill_id, 0.0))
+    return skill_views(skills, lambda skill_id: utility.get(skill_id, 0.0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,44 +155,23 @@ def start_attempt(
     skills, recorded loads, initial spec and iteration 0, so both forms of an attempt
     start identically.
     """
-    definition = competition.definition
-    if resume_attempt_id is not None:
-        attempt = records.get_attempt(conn, resume_attempt_id)
-        if attempt.slug != definition.slug:
-            raise ValueError(
-                f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}"
-            )
-    else:
-        attempt_id = records.create_attempt(
-            conn,
-            slug=definition.slug,
-            policy=policy.name,
-            loading=config.loading,
-            seed=config.seed,
-            budget_iterations=config.iterations or definition.budget.iterations,
-            label=config.label,
-            dagster_run_id=dagster_run_id,
-        )
-        attempt = records.get_attempt(conn, attempt_id)
-    if hasattr(policy, "bind_attempt"):  # the LLM policy tags its ledger rows
-        policy.bind_attempt(attempt.id)
+    attempt = open_attempt(
+        conn,
+        competition,
+        config,
+        policy,
+        dagster_run_id=dagster_run_id,
+        resume_attempt_id=resume_attempt_id,
+    )
     if records.load_iterations(conn, attempt.id):
         return attempt, False
+    skills, loaded = load_attempt_skills(store, attempt, competition.definition, profile)
+    views = frozen_views(skills, loaded)
+    initial, applied = policy.initial_spec(competition.problem, profile, views)
     if attempt.initial_spec is None:
-        skills = store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading)
-        store.record_loaded(attempt.id, skills)
-        loaded = [
-            {"id": s.id, "version": s.version, "tier": s.tier, "utility": store.utility(s.id)}
-            for s in skills
-        ]
-        utility = {entry["id"]: entry["utility"] for entry in loaded}
-        views = skill_views(skills, lambda skill_id: utility.get(skill_id, 0.0))
-        initial, applied = policy.initial_spec(competition.problem, profile, views)
         records.set_attempt_start(conn, attempt.id, initial.model_dump(mode="json"), loaded)
     else:  # crashed before the baseline was scored: keep what was recorded
-        _skills, views = attempt_views(store, attempt)
         initial = SolutionSpec.model_validate(attempt.initial_spec)
-        _spec, applied = policy.initial_spec(competition.problem, profile, views)
     t0 = time.monotonic()
     cv = cross_validate(
         initial, competition.problem, competition.train, attempt.seed, device=device
@@ -474,11 +458,3 @@ def finish_attempt(
         result={k: v for k, v in result.as_json().items() if k != "iterations"},
     )
     return result
-
-
-def train_final_model(
-    conn: psycopg.Connection, competition: Any, attempt_id: int, device: str = "cpu"
-) -> Grade:
-    """Fit the attempt's best spec on all training data on ``device``, predict the hidden
-    test split, grade it and store the graded submission."""
-    return make_submission(conn, competition, attempt_id, device=device)

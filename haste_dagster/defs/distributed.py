@@ -393,26 +393,15 @@ def select_round(
 
 def _record_attempt_asset(context: OpExecutionContext, state: dict, result: Any) -> None:
     slug = state["slug"]
-    metadata: dict[str, Any] = {
-        "attempt_id": result.attempt_id,
-        "policy": result.policy,
-        "loading": result.loading,
-        "seed": result.seed,
-        "iterations": len(result.iterations),
-        "kept_rate": float(result.kept_rate),
-        "stopped": result.stopped,
-        "rounds": state["rounds"],
-        "candidates_per_round": state["candidates"],
-        "skills_loaded": MetadataValue.json([e["id"] for e in result.skills_loaded]),
-        "skills_loaded_versions": MetadataValue.json(
-            {e["id"]: e.get("version") for e in result.skills_loaded}
-        ),
-        "tokens": int(result.prompt_tokens + result.completion_tokens),
-        "iteration_table": MetadataValue.md(_iteration_table(result.iterations)),
-        "resumed": bool(state.get("resumed")),
-    }
-    if result.best_cv is not None:
-        metadata["best_cv"] = float(result.best_cv)
+    metadata = steps.attempt_metadata(result)
+    metadata.update(
+        {
+            "rounds": state["rounds"],
+            "candidates_per_round": state["candidates"],
+            "iteration_table": MetadataValue.md(_iteration_table(result.iterations)),
+            "resumed": bool(state.get("resumed")),
+        }
+    )
     _ensure_partition(context, slug)
     _emit(context, "attempt", steps.StepResult(metadata=metadata), slug)
 
@@ -425,36 +414,13 @@ def _record_attempt_asset(context: OpExecutionContext, state: dict, result: Any)
 def train_final_model(
     context: OpExecutionContext, state: dict, database: DatabaseResource
 ) -> Output[dict]:
-    from haste_dagster.agents import rounds as batch
-    from haste_dagster.agents.submission import regrade_stored
-
     slug, attempt_id = state["slug"], state["attempt_id"]
-    competition = steps.load_competition(slug)
     device = _device(context)
-    with database.connection() as conn:
-        grade = batch.train_final_model(conn, competition, attempt_id, device)
-        fresh, stored = regrade_stored(conn, competition, attempt_id)
-    stored_score = float(stored["score"])
-    same = abs(float(fresh.score) - stored_score) <= 1e-9 * max(1.0, abs(stored_score))
-    same = same and fresh.medal == stored["medal"]
-    metadata: dict[str, Any] = {
-        "attempt_id": attempt_id,
-        "score": float(grade.score),
-        "medal": str(grade.medal),
-        "n_teams": int(grade.n_teams),
-        "bootstrap_se": float(grade.bootstrap_se),
-        "thresholds": MetadataValue.json(grade.thresholds.model_dump(mode="json")),
-        "device": device,
-    }
-    if grade.rank is not None:
-        metadata["rank"] = int(grade.rank)
-    check = steps.CheckOutcome(
-        "grade_reproducible",
-        passed=same,
-        metadata={"stored_score": stored_score, "regraded_score": float(fresh.score)},
-    )
+    # The same step as the `submission` asset: fit, grade, store, re-grade the stored copy.
+    result = steps.submission_step(slug, attempt_id, database, device=device)
+    grade = result.value
     _ensure_partition(context, slug)
-    _emit(context, "submission", steps.StepResult(metadata=metadata, checks=[check]), slug)
+    _emit(context, "submission", result, slug)
     return Output(
         {
             "attempt_id": attempt_id,

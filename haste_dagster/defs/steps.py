@@ -187,7 +187,22 @@ def attempt_step(
         title=f"{slug} · attempt {result.attempt_id} ({result.policy}, {result.loading})",
         higher_is_better=competition.metric.higher_is_better,
     )
-    loaded_ids = [entry["id"] for entry in result.skills_loaded]
+    metadata = attempt_metadata(result)
+    metadata.update(
+        {
+            "learning_curve": MetadataValue.md(markdown_image(png, f"learning curve of {slug}")),
+            "learning_curve_path": MetadataValue.path(str(png)),
+            "resumed": resume_id is not None,
+        }
+    )
+    if cfg.policy == "llm":
+        metadata["llm"] = MetadataValue.json(llm.describe())  # endpoint and model, never the key
+    return StepResult(metadata=metadata, value=result.attempt_id)
+
+
+def attempt_metadata(result: Any) -> dict[str, Any]:
+    """What the `attempt` asset records of a finished attempt (an AttemptResult), by
+    whichever path ran it: the asset, the campaign step or the distributed job."""
     by_tier = Counter(str(entry.get("tier", "?")) for entry in result.skills_loaded)
     metadata: dict[str, Any] = {
         "attempt_id": result.attempt_id,
@@ -197,30 +212,30 @@ def attempt_step(
         "iterations": len(result.iterations),
         "kept_rate": float(result.kept_rate),
         "stopped": result.stopped,
-        "skills_loaded": MetadataValue.json(loaded_ids),
+        "skills_loaded": MetadataValue.json([entry["id"] for entry in result.skills_loaded]),
         # Skills are versioned: record exactly which version each loaded id was.
         "skills_loaded_versions": MetadataValue.json(
             {entry["id"]: entry.get("version") for entry in result.skills_loaded}
         ),
         "skills_loaded_by_tier": MetadataValue.json(dict(by_tier)),
         "tokens": int(result.prompt_tokens + result.completion_tokens),
-        "learning_curve": MetadataValue.md(markdown_image(png, f"learning curve of {slug}")),
-        "learning_curve_path": MetadataValue.path(str(png)),
-        "resumed": resume_id is not None,
     }
     if result.best_cv is not None:
         metadata["best_cv"] = float(result.best_cv)
-    if cfg.policy == "llm":
-        metadata["llm"] = MetadataValue.json(llm.describe())  # endpoint and model, never the key
-    return StepResult(metadata=metadata, value=result.attempt_id)
+    return metadata
 
 
-def submission_step(slug: str, attempt_id: int, database: DatabaseResource) -> StepResult:
+def submission_step(
+    slug: str, attempt_id: int, database: DatabaseResource, device: str | None = None
+) -> StepResult:
+    """Fit the best spec on all training data, grade it, check the stored grade reproduces.
+
+    ``device`` None: detected where this step runs (a GPU worker trains on CUDA)."""
     from haste_dagster.agents.submission import make_submission, regrade_stored
     from haste_dagster.solution.compile import detect_device
 
     competition = load_competition(slug)
-    device = detect_device()  # where this step runs: a GPU worker trains on CUDA
+    device = device or detect_device()
     with database.connection() as conn:
         grade = make_submission(conn, competition, attempt_id, device=device)
         # Read the predictions back from the database and grade them again.

@@ -207,11 +207,11 @@ def test_an_unscorable_candidate_is_passed_through_with_its_error(setup: dict[st
     assert out.error == candidate.error and out.cv_mean is None and out.device == "cpu"
 
 
-def test_the_final_model_grades_as_the_sequential_submission_does(
+def test_the_final_fit_of_a_rounds_attempt_is_graded_stored_and_reproducible(
     setup: dict[str, Any],
 ) -> None:
     result = _run_rounds(setup, rounds=1, k=2, seed=1)
-    graded = batch.train_final_model(setup["conn"], setup["competition"], result.attempt_id, "cpu")
+    graded = make_submission(setup["conn"], setup["competition"], result.attempt_id, "cpu")
     stored = records.get_attempt(setup["conn"], result.attempt_id)
     assert stored.test_score == pytest.approx(graded.score) and stored.medal == graded.medal
     again = make_submission(setup["conn"], setup["competition"], result.attempt_id)
