@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import yaml
 from psycopg.rows import dict_row
+from tiny_competitions import write_tiny_regression
 
 from haste_dagster import db
 from haste_dagster.bench.measure import Stopwatch, Usage
@@ -35,27 +36,7 @@ from haste_dagster.bench.transfer import (
 
 
 def _write_regression(folder: Path, slug: str, coef: float, seed: int, rows: int = 300) -> Path:
-    rng = np.random.default_rng(seed)
-    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
-    colour = rng.choice(["red", "green", "blue"], size=rows)
-    y = coef * x1 - 2 * x2**2 + (colour == "red") * 1.5 + rng.normal(scale=0.3, size=rows)
-    frame = pd.DataFrame({"x1": x1, "x2": x2, "colour": colour, "y": y})
-    frame.to_csv(folder / f"{slug}.csv", index=False)
-    definition = {
-        "slug": slug,
-        "title": f"Tiny regression {slug}",
-        "domain": "tabular_regression",
-        "task": "regression",
-        "source": f"csv:{slug}.csv",
-        "target": "y",
-        "metric": "rmse",
-        "split": {"test_fraction": 0.25, "seed": 0},
-        "budget": {"iterations": 6, "seconds": 600},
-        "medals": {"gold": 0.45, "silver": 0.6, "bronze": 0.9},
-    }
-    path = folder / f"{slug}.yaml"
-    path.write_text(yaml.safe_dump(definition, sort_keys=False))
-    return path
+    return write_tiny_regression(folder, slug, seed, rows, coef=coef)
 
 
 @pytest.fixture

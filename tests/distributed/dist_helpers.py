@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import yaml
+from tiny_competitions import write_tiny_regression
 
 SLUG = "tiny_distributed"
 # Routing and executor variables a developer's shell may hold; tests set what they need.
@@ -30,30 +28,8 @@ ROUTING_ENV = (
 
 
 def write_competition(folder: Path, slug: str = SLUG, rows: int = 240) -> Path:
-    """A regression CSV + YAML: 3-fold CV of the default spec takes well under a second."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(5)
-    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
-    colour = rng.choice(["red", "green", "blue"], size=rows)
-    y = 3 * x1 - 2 * x2**2 + (colour == "red") * 1.5 + rng.normal(scale=0.3, size=rows)
-    pd.DataFrame({"x1": x1, "x2": x2, "colour": colour, "y": y}).to_csv(
-        folder / f"{slug}.csv", index=False
-    )
-    definition = {
-        "slug": slug,
-        "title": "Tiny synthetic regression for distributed runs",
-        "domain": "tabular_regression",
-        "task": "regression",
-        "source": f"csv:{slug}.csv",
-        "target": "y",
-        "metric": "rmse",
-        "split": {"test_fraction": 0.25, "seed": 0},
-        "budget": {"iterations": 4, "seconds": 600},
-        "medals": {"gold": 0.45, "silver": 0.6, "bronze": 0.9},
-    }
-    path = folder / f"{slug}.yaml"
-    path.write_text(yaml.safe_dump(definition, sort_keys=False))
-    return path
+    """3-fold CV of the default spec on it takes well under a second."""
+    return write_tiny_regression(folder, slug, seed=5, rows=rows, iterations=4)
 
 
 def run_config(slug: str = SLUG, seed: int = 0, label: str | None = None) -> dict[str, Any]:

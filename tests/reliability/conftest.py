@@ -21,11 +21,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import psycopg
 import pytest
-import yaml
+from tiny_competitions import write_tiny_regression
 
 from haste_dagster import db
 
@@ -105,29 +103,7 @@ def write_competition(
     domain: str = DOMAIN,
 ) -> Path:
     """A CSV regression competition small enough to solve in about a second."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
-    colour = rng.choice(["red", "green", "blue"], size=rows)
-    y = 3 * x1 - 2 * x2**2 + (colour == "red") * 1.5 + rng.normal(scale=0.3, size=rows)
-    pd.DataFrame({"x1": x1, "x2": x2, "colour": colour, "y": y}).to_csv(
-        folder / f"{slug}.csv", index=False
-    )
-    definition = {
-        "slug": slug,
-        "title": f"Tiny regression {slug}",
-        "domain": domain,
-        "task": "regression",
-        "source": f"csv:{slug}.csv",
-        "target": "y",
-        "metric": "rmse",
-        "split": {"test_fraction": 0.25, "seed": 0},
-        "budget": {"iterations": iterations, "seconds": 600},
-        "medals": {"gold": 0.45, "silver": 0.6, "bronze": 0.9},
-    }
-    path = folder / f"{slug}.yaml"
-    path.write_text(yaml.safe_dump(definition, sort_keys=False))
-    return path
+    return write_tiny_regression(folder, slug, seed, rows, iterations=iterations, domain=domain)
 
 
 def set_action(path: str, value: Any) -> dict[str, Any]:
