@@ -177,7 +177,8 @@ from haste_dagster import db
 from haste_dagster.skills.consolidation import consolidate
 from haste_dagster.skills.embeddings import HashingEmbedder
 from haste_dagster.skills.store import SkillStore
-sys.path.insert(0, os.path.dirname(sys.argv[6]))
+here = os.path.dirname(sys.argv[6])
+sys.path[:0] = [here, os.path.dirname(here)]  # this test module, and tests/ for its helpers
 from test_reliability_concurrency import promote_as
 
 url, order, ready, go, promoter = sys.argv[1:6]
