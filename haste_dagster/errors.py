@@ -28,3 +28,7 @@ class SkillError(HasteError):
 
 class LLMError(HasteError):
     """The LLM endpoint failed or replied with something unusable after all retries."""
+
+
+class BudgetExceeded(HasteError):
+    """An evaluation ran past the attempt's time budget and was stopped."""

@@ -190,8 +190,10 @@ class RefinementLoop:
         self.progress = progress
         self.metric = get_metric(competition.problem.metric)
 
-    def _evaluate(self, spec: SolutionSpec, seed: int) -> CVResult:
-        return cross_validate(spec, self.competition.problem, self.competition.train, seed)
+    def _evaluate(self, spec: SolutionSpec, seed: int, deadline: float | None = None) -> CVResult:
+        return cross_validate(
+            spec, self.competition.problem, self.competition.train, seed, deadline=deadline
+        )
 
     def run(
         self, attempt: records.AttemptRow, config: AttemptConfig, profile: dict
@@ -238,7 +240,9 @@ class RefinementLoop:
                 seed=attempt.seed,
                 higher_is_better=self.metric.higher_is_better,
             )
-            row = self._iterate(attempt, idx, ctx, incumbent, best_row)
+            # A candidate still running when the budget ends is stopped (BudgetExceeded) and
+            # recorded as a failed iteration; the baseline above always completes.
+            row = self._iterate(attempt, idx, ctx, incumbent, best_row, started + seconds)
             if row is None:
                 stopped = "exhausted"
                 break
@@ -322,6 +326,7 @@ class RefinementLoop:
         ctx: PolicyContext,
         incumbent: SolutionSpec,
         best_row: records.IterationRow,
+        deadline: float | None = None,
     ) -> records.IterationRow | None:
         t0 = time.monotonic()
         proposal = self.policy.propose(ctx)
@@ -349,7 +354,7 @@ class RefinementLoop:
         if row.error is None and proposal.patch is not None:
             try:
                 candidate = apply_patch(incumbent, proposal.patch)
-                cv = self._evaluate(candidate, attempt.seed)
+                cv = self._evaluate(candidate, attempt.seed, deadline)
             except HasteError as exc:
                 row.error = f"{type(exc).__name__}: {exc}"
             else:

@@ -18,7 +18,9 @@ group, so each of its rows has its features from training data only.
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 import warnings
 from functools import lru_cache
 from typing import Any
@@ -53,7 +55,7 @@ from sklearn.svm import LinearSVC, LinearSVR
 
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.competitions.problem import Problem
-from haste_dagster.errors import SpecError
+from haste_dagster.errors import BudgetExceeded, SpecError
 from haste_dagster.solution.space import check_spec_for_problem, effective_lag, task_kind
 from haste_dagster.solution.spec import SolutionSpec
 
@@ -506,6 +508,30 @@ def _features(spec: SolutionSpec, problem: Problem, kind: str, seed: int) -> Col
     )
 
 
+@functools.cache
+def _stop_at_deadline() -> type:
+    """The XGBoost callback class (built on first use: importing XGBoost costs a second)."""
+    from xgboost.callback import TrainingCallback
+
+    class StopAtDeadline(TrainingCallback):
+        """Stop a fit that runs past ``deadline`` (a `time.monotonic` value): boosting
+        rounds are where one evaluation can take many minutes (hundreds of rounds on a
+        wide TF-IDF matrix), so the attempt's time budget is enforced between rounds."""
+
+        def __init__(self, deadline: float) -> None:
+            super().__init__()
+            self.deadline = deadline
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            if time.monotonic() > self.deadline:
+                raise BudgetExceeded(
+                    f"the attempt's time budget ran out during boosting round {epoch + 1}"
+                )
+            return False
+
+    return StopAtDeadline
+
+
 def make_model(
     family: str,
     params: dict[str, Any],
@@ -515,8 +541,12 @@ def make_model(
     device: str = "cpu",
     n_jobs: int = 1,
     needs_proba: bool = False,
+    deadline: float | None = None,
 ) -> Any:
-    """The scikit-learn/XGBoost estimator of one model family with the spec's parameters."""
+    """The scikit-learn/XGBoost estimator of one model family with the spec's parameters.
+
+    ``deadline`` (a `time.monotonic` value) stops an XGBoost fit that runs past it with
+    `BudgetExceeded`."""
     p = dict(params)
     classify = kind == "classification"
     if "class_weight" in p:
@@ -527,8 +557,15 @@ def make_model(
         import xgboost
 
         cls = xgboost.XGBClassifier if classify else xgboost.XGBRegressor
+        callbacks = [_stop_at_deadline()(deadline)] if deadline is not None else None
         return cls(
-            **p, tree_method="hist", device=device, n_jobs=n_jobs, random_state=seed, verbosity=0
+            **p,
+            tree_method="hist",
+            device=device,
+            n_jobs=n_jobs,
+            random_state=seed,
+            verbosity=0,
+            callbacks=callbacks,
         )
     if family == "logistic_regression":
         solver = "saga" if p["l1_ratio"] > 0 else "lbfgs"  # lbfgs cannot do L1
@@ -569,6 +606,7 @@ def build_pipeline(
     device: str = "cpu",
     seed: int = 0,
     n_jobs: int = 1,
+    deadline: float | None = None,
 ) -> Any:
     """An unfitted estimator for ``spec`` on ``problem`` (fit(X, y) / predict / predict_proba).
 
@@ -586,6 +624,7 @@ def build_pipeline(
         device=device,
         n_jobs=n_jobs,
         needs_proba=needs_proba,
+        deadline=deadline,
     )
     steps: list[tuple[str, Any]] = [("features", _features(spec, problem, kind, seed))]
     if problem.text and spec.model.family in ("logistic_regression", "linear_svm", "ridge"):

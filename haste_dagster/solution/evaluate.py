@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from haste_dagster.competitions.metrics import Metric, get_metric
 from haste_dagster.competitions.problem import Problem
-from haste_dagster.errors import SpecError
+from haste_dagster.errors import BudgetExceeded, SpecError
 from haste_dagster.solution.compile import build_pipeline, parse_time
 from haste_dagster.solution.space import check_spec_for_problem, task_kind
 from haste_dagster.solution.spec import SolutionSpec
@@ -152,8 +152,11 @@ def _fit_and_predict(
     seed: int,
     device: str,
     n_jobs: int,
+    deadline: float | None = None,
 ) -> np.ndarray:
-    estimator = build_pipeline(spec, problem, device=device, seed=seed, n_jobs=n_jobs)
+    estimator = build_pipeline(
+        spec, problem, device=device, seed=seed, n_jobs=n_jobs, deadline=deadline
+    )
     try:
         # OpenMP/BLAS pools (HistGradientBoosting, numpy) would take every core otherwise;
         # the orchestrator runs several evaluations side by side
@@ -161,7 +164,7 @@ def _fit_and_predict(
             warnings.simplefilter("ignore", ConvergenceWarning)
             estimator.fit(X_fit, y_fit)
             pred = _predict(estimator, X_new, metric)
-    except SpecError:
+    except (SpecError, BudgetExceeded):
         raise
     except _FIT_ERRORS as exc:
         raise SpecError(f"fitting {spec.model.family} failed: {type(exc).__name__}: {exc}") from exc
@@ -183,8 +186,12 @@ def cross_validate(
     *,
     device: str = "cpu",
     n_jobs: int = 1,
+    deadline: float | None = None,
 ) -> CVResult:
-    """Score ``spec`` with the competition metric on ``spec.validation`` folds of ``train_df``."""
+    """Score ``spec`` with the competition metric on ``spec.validation`` folds of ``train_df``.
+
+    ``deadline`` (a `time.monotonic` value): raise `BudgetExceeded` once it has passed,
+    checked before every fold and between XGBoost's boosting rounds."""
     wall, cpu = time.perf_counter(), time.process_time()
     check_spec_for_problem(spec, problem)
     metric = get_metric(problem.metric)
@@ -192,7 +199,9 @@ def cross_validate(
     problem = with_classes(problem, train_df[problem.target])
     X, y = _features(problem, train_df), _target(problem, train_df)
     scores = []
-    for train_idx, valid_idx in make_folds(spec, problem, train_df, seed):
+    for fold, (train_idx, valid_idx) in enumerate(make_folds(spec, problem, train_df, seed)):
+        if deadline is not None and time.monotonic() > deadline:
+            raise BudgetExceeded(f"the attempt's time budget ran out before fold {fold + 1}")
         pred = _fit_and_predict(
             spec,
             problem,
@@ -203,6 +212,7 @@ def cross_validate(
             seed=seed,
             device=device,
             n_jobs=n_jobs,
+            deadline=deadline,
         )
         try:
             score = metric(y[valid_idx], pred, problem.classes)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from haste_dagster.competitions.metrics import get_metric
-from haste_dagster.errors import SpecError
+from haste_dagster.errors import BudgetExceeded, SpecError
 from haste_dagster.solution import synthetic
 from haste_dagster.solution.compile import build_pipeline, detect_device
 from haste_dagster.solution.evaluate import cross_validate, fit_predict, make_folds
@@ -237,3 +239,20 @@ def test_xgboost_runs_on_cpu_unless_told_otherwise() -> None:
     gpu = build_pipeline(_spec(case), case.problem, device="cuda").estimator.named_steps["model"]
     assert gpu.get_params()["device"] == "cuda"
     assert detect_device() in ("cpu", "cuda")
+
+
+def test_an_evaluation_past_its_deadline_stops_with_budget_exceeded() -> None:
+    case = synthetic.make_regression(n=300)
+    spec = apply_patch(default_spec(case.problem), Patch.model_validate({"ops": [SMALL_XGB]}))
+    with pytest.raises(BudgetExceeded, match="before fold 1"):
+        cross_validate(spec, case.problem, case.train, deadline=time.monotonic() - 1)
+    # Inside a fit: XGBoost stops between boosting rounds, so one slow candidate cannot
+    # overrun the attempt's budget by the length of a whole fit.
+    model = build_pipeline(spec, case.problem, deadline=time.monotonic() - 1)
+    X = case.train.drop(columns=[case.problem.target])
+    with pytest.raises(BudgetExceeded, match="boosting round 1"):
+        model.fit(X, case.train[case.problem.target])
+    # No deadline, or one in the future: the same evaluation completes.
+    assert np.isfinite(
+        cross_validate(spec, case.problem, case.train, deadline=time.monotonic() + 600).mean
+    )
