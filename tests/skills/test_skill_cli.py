@@ -85,3 +85,12 @@ def test_bench_store_reports_rates_and_latencies(
     with psycopg.connect(server_url) as conn:  # the throwaway database was dropped
         names = [r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
     assert not [n for n in names if n.startswith("haste_bench_")]
+
+
+def test_an_error_that_quotes_rich_markup_prints_as_plain_text(cli_env: str) -> None:
+    # The id is user input echoed in the error; unescaped, rich would parse "[/red]" as a
+    # closing tag and crash with MarkupError instead of printing the error.
+    result = runner.invoke(skills_app, ["show", "[/red]no-such-skill"])
+    assert result.exit_code != 0
+    assert type(result.exception).__name__ != "MarkupError", result.exception
+    assert "[/red]no-such-skill" in result.output
