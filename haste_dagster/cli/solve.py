@@ -153,6 +153,9 @@ def campaign_command(
             def on_done(entry: Any) -> None:
                 progress.advance(overall)
                 progress.update(current["task"], status="done" if entry.result else "[red]failed")
+                # An attempt that stopped early (stagnation, time) leaves its bar short of the
+                # budget; stop its clock so the elapsed column shows its own duration.
+                progress.stop_task(current["task"])
 
             entries = campaign(
                 conn,
