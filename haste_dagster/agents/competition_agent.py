@@ -302,19 +302,7 @@ class RefinementLoop:
     ) -> records.IterationRow:
         t0 = time.monotonic()
         cv = self._evaluate(initial, attempt.seed)
-        base = records.IterationRow(
-            attempt_id=attempt.id,
-            idx=0,
-            patch=None,
-            rationale="initial spec",
-            skill_ids=applied,
-            cv_mean=cv.mean,
-            cv_std=cv.std,
-            fold_scores=list(cv.fold_scores),
-            kept=True,
-            incumbent_before=None,
-            seconds=time.monotonic() - t0,
-        )
+        base = baseline_row(attempt.id, applied, cv, time.monotonic() - t0)
         records.record_iteration(self.conn, base)
         self._report(base, budget)
         return base
@@ -398,6 +386,25 @@ def iteration_json(r: records.IterationRow) -> dict[str, Any]:
         "error": r.error,
         "tokens": r.prompt_tokens + r.completion_tokens,
     }
+
+
+def baseline_row(
+    attempt_id: int, applied: list[str], cv: CVResult, seconds: float
+) -> records.IterationRow:
+    """Iteration 0: the initial spec (shaped by the ``applied`` skills), kept by definition."""
+    return records.IterationRow(
+        attempt_id=attempt_id,
+        idx=0,
+        patch=None,
+        rationale="initial spec",
+        skill_ids=applied,
+        cv_mean=cv.mean,
+        cv_std=cv.std,
+        fold_scores=list(cv.fold_scores),
+        kept=True,
+        incumbent_before=None,
+        seconds=seconds,
+    )
 
 
 def open_attempt(

@@ -36,6 +36,7 @@ from haste_dagster.agents import records
 from haste_dagster.agents.competition_agent import (
     AttemptConfig,
     AttemptResult,
+    baseline_row,
     iteration_json,
     iterations_since_kept,
     load_attempt_skills,
@@ -176,22 +177,7 @@ def start_attempt(
     cv = cross_validate(
         initial, competition.problem, competition.train, attempt.seed, device=device
     )
-    records.record_iteration(
-        conn,
-        records.IterationRow(
-            attempt_id=attempt.id,
-            idx=0,
-            patch=None,
-            rationale="initial spec",
-            skill_ids=applied,
-            cv_mean=cv.mean,
-            cv_std=cv.std,
-            fold_scores=list(cv.fold_scores),
-            kept=True,
-            incumbent_before=None,
-            seconds=time.monotonic() - t0,
-        ),
-    )
+    records.record_iteration(conn, baseline_row(attempt.id, applied, cv, time.monotonic() - t0))
     return records.get_attempt(conn, attempt.id), True
 
 
