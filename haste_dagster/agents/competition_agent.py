@@ -271,31 +271,9 @@ class RefinementLoop:
                 since_kept += 1
             idx += 1
 
-        scored = rows[1:]
-        kept = sum(r.kept for r in scored)
-        result = AttemptResult(
-            attempt_id=attempt.id,
-            slug=attempt.slug,
-            policy=attempt.policy,
-            loading=attempt.loading,
-            seed=attempt.seed,
-            best_spec=incumbent.model_dump(mode="json"),
-            best_cv=best_row.cv_mean,
-            kept_rate=kept / len(scored) if scored else 0.0,
-            iterations=[iteration_json(r) for r in rows],
-            skills_loaded=self.skills_loaded,
-            prompt_tokens=sum(r.prompt_tokens for r in rows),
-            completion_tokens=sum(r.completion_tokens for r in rows),
-            stopped=stopped,
+        return record_finished_attempt(
+            self.conn, attempt, rows, incumbent, best_row, self.skills_loaded, stopped
         )
-        records.finish_attempt(
-            self.conn,
-            attempt.id,
-            best_spec=result.best_spec,
-            best_cv=result.best_cv,
-            result={k: v for k, v in result.as_json().items() if k != "iterations"},
-        )
-        return result
 
     def _baseline(
         self, attempt: records.AttemptRow, initial: SolutionSpec, applied: list[str], budget: int
@@ -386,6 +364,44 @@ def iteration_json(r: records.IterationRow) -> dict[str, Any]:
         "error": r.error,
         "tokens": r.prompt_tokens + r.completion_tokens,
     }
+
+
+def record_finished_attempt(
+    conn: psycopg.Connection,
+    attempt: records.AttemptRow,
+    rows: list[records.IterationRow],
+    incumbent: SolutionSpec,
+    best_row: records.IterationRow,
+    skills_loaded: list[dict[str, Any]],
+    stopped: str,
+    extra: dict[str, Any] | None = None,
+) -> AttemptResult:
+    """The attempt's result from its recorded ``rows``, stored as finished."""
+    scored = rows[1:]
+    result = AttemptResult(
+        attempt_id=attempt.id,
+        slug=attempt.slug,
+        policy=attempt.policy,
+        loading=attempt.loading,
+        seed=attempt.seed,
+        best_spec=incumbent.model_dump(mode="json"),
+        best_cv=best_row.cv_mean,
+        kept_rate=sum(r.kept for r in scored) / len(scored) if scored else 0.0,
+        iterations=[iteration_json(r) for r in rows],
+        skills_loaded=list(skills_loaded),
+        prompt_tokens=sum(r.prompt_tokens for r in rows),
+        completion_tokens=sum(r.completion_tokens for r in rows),
+        stopped=stopped,
+        extra=dict(extra or {}),
+    )
+    records.finish_attempt(
+        conn,
+        attempt.id,
+        best_spec=result.best_spec,
+        best_cv=result.best_cv,
+        result={k: v for k, v in result.as_json().items() if k != "iterations"},
+    )
+    return result
 
 
 def baseline_row(

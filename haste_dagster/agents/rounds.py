@@ -37,11 +37,11 @@ from haste_dagster.agents.competition_agent import (
     AttemptConfig,
     AttemptResult,
     baseline_row,
-    iteration_json,
     iterations_since_kept,
     load_attempt_skills,
     open_attempt,
     policy_history,
+    record_finished_attempt,
     replay_incumbent,
     should_keep,
     skill_views,
@@ -419,28 +419,6 @@ def finish_attempt(
     if not rows or attempt.initial_spec is None:
         raise ValueError(f"attempt {attempt_id} has no scored baseline: start it first")
     incumbent, best = replay_incumbent(SolutionSpec.model_validate(attempt.initial_spec), rows)
-    scored = rows[1:]
-    result = AttemptResult(
-        attempt_id=attempt.id,
-        slug=attempt.slug,
-        policy=attempt.policy,
-        loading=attempt.loading,
-        seed=attempt.seed,
-        best_spec=incumbent.model_dump(mode="json"),
-        best_cv=best.cv_mean,
-        kept_rate=sum(r.kept for r in scored) / len(scored) if scored else 0.0,
-        iterations=[iteration_json(r) for r in rows],
-        skills_loaded=list(attempt.skills_loaded),
-        prompt_tokens=sum(r.prompt_tokens for r in rows),
-        completion_tokens=sum(r.completion_tokens for r in rows),
-        stopped=stopped,
-        extra=dict(extra or {}),
+    return record_finished_attempt(
+        conn, attempt, rows, incumbent, best, attempt.skills_loaded, stopped, extra
     )
-    records.finish_attempt(
-        conn,
-        attempt.id,
-        best_spec=result.best_spec,
-        best_cv=result.best_cv,
-        result={k: v for k, v in result.as_json().items() if k != "iterations"},
-    )
-    return result
