@@ -128,9 +128,6 @@ def _fail(definition: CompetitionDef, field: str | None, message: str) -> Compet
 
 def _check_columns(d: CompetitionDef, columns: pd.Index) -> None:
     present = set(columns)
-    if d.split.id_column is not None and d.split.id_column not in present:
-        name = d.split.id_column
-        raise _fail(d, "split.id_column", f"column {name!r} is not in the training data")
     if ROW_ID in present:
         raise _fail(
             d, "source", f"the data has a column named {ROW_ID!r}, a name reserved for row ids"
@@ -269,7 +266,8 @@ def _presplit_frame(d: CompetitionDef) -> tuple[pd.DataFrame, np.ndarray, pd.Ser
     train = _load(d, "source", d.source)
     test = _load(d, "split.test", d.split.test)
     answers = _load(d, "split.answers", d.split.answers)
-    _ids(d, train, "source")
+    if d.split.id_column in train.columns:
+        _ids(d, train, "source")
     test_ids = _ids(d, test, "split.test")
     present = [t for t in d.targets if t in test.columns]
     if present:
@@ -297,7 +295,7 @@ def _presplit_frame(d: CompetitionDef) -> tuple[pd.DataFrame, np.ndarray, pd.Ser
             gaps = int(pd.isna(values).sum())
             raise _fail(d, "split.answers", f"{gaps} answer(s) of {target!r} are missing")
         test[target] = values
-    extra = [c for c in test.columns if c not in train.columns]
+    extra = [c for c in test.columns if c not in train.columns and c != d.split.id_column]
     if extra:
         raise _fail(d, "split.test", f"column(s) {extra} are not in the training data")
     # Columns only the training file has (often leaky by-products of the target) cannot be
