@@ -501,7 +501,10 @@ def load_competition(slug: str, defs_dir: Path | str | None = None) -> Competiti
     if not path.is_file():
         known = ", ".join(p.stem for p in definition_paths(folder)) or "none"
         raise CompetitionDefError(
-            str(path), "slug", f"no definition for {slug!r} in {folder}; known: {known}"
+            str(path),
+            "slug",
+            f"no definition for {slug!r} in {folder}; known: {known} (competitions elsewhere: "
+            "pass --defs DIR, or set HASTE_COMPETITION_DEFS)",
         )
     return load_competition_path(path)
 

@@ -250,8 +250,9 @@ def submission_step(
         "device": device,
         "n_teams": int(grade.n_teams),
         "bootstrap_se": float(grade.bootstrap_se),
-        "thresholds": MetadataValue.json(grade.thresholds.model_dump(mode="json")),
     }
+    if grade.thresholds is not None:  # None: an ungraded competition (no medals, no board)
+        metadata["thresholds"] = MetadataValue.json(grade.thresholds.model_dump(mode="json"))
     if grade.rank is not None:
         metadata["rank"] = int(grade.rank)
     return StepResult(
