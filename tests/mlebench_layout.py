@@ -118,7 +118,9 @@ def write_layout(
     }
     (registry / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (registry / "description.md").write_text("Predict the target.\n")
-    (registry / "grade.py").write_text("def grade(submission, answers):\n    raise NotImplementedError\n")
+    (registry / "grade.py").write_text(
+        "def grade(submission, answers):\n    raise NotImplementedError\n"
+    )
     lower = kind != "binary"
     scores = np.linspace(0.55, 0.95, n_teams)
     scores = scores if lower else scores[::-1]  # Kaggle order: best first
