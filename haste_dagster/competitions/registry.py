@@ -311,24 +311,28 @@ def _presplit_frame(d: CompetitionDef) -> tuple[pd.DataFrame, np.ndarray, pd.Ser
 
 
 # Names that say a number is a code, not a quantity (zip codes, ids, product codes).
-_CODE_NAME = re.compile(r"(^|_)(id|zip|zipcode|postcode|postal|code|fips)$|_id$|id$", re.I)
+_CODE_NAME = re.compile(r"(^|_)(id|zip|zipcode|postcode|postal|code|fips)$|_(id|code)$", re.I)
+_CODE_CAMEL = re.compile(r"[a-z0-9](Id|ID|Code)$")  # customerId, PassengerID, RegionCode
 FEW_DISTINCT = 10
 
 
 def categorical_warnings(frame: pd.DataFrame, numeric: list[str]) -> list[str]:
-    """Numeric columns that are probably labels: an id-like name, or few distinct whole
-    numbers. A warning only: the definition's ``categorical:`` decides."""
+    """Numeric columns that are probably labels: an id-like name, or a few distinct whole
+    numbers spread over a range with gaps (10115, 20095, 80331: codes), unlike the dense
+    small ranges of counts (0–4 bathrooms). A warning only: ``categorical:`` decides."""
     out = []
     for name in numeric:
         values = frame[name].dropna()
         if ptypes.is_bool_dtype(values) or values.empty:
             continue
-        whole = bool(np.all(np.mod(values.to_numpy(dtype=float), 1) == 0))
+        numbers = values.to_numpy(dtype=float)
+        whole = bool(np.all(np.mod(numbers, 1) == 0))
         distinct = int(values.nunique())
-        if _CODE_NAME.search(str(name)):
+        span = float(numbers.max() - numbers.min()) + 1
+        if _CODE_NAME.search(str(name)) or _CODE_CAMEL.search(str(name)):
             why = "its name looks like a code or an id"
-        elif whole and 2 < distinct <= FEW_DISTINCT and len(values) >= 5 * distinct:
-            why = f"it has only {distinct} distinct whole-number values"
+        elif whole and 2 < distinct <= FEW_DISTINCT and span > 2 * distinct:
+            why = f"it has only {distinct} distinct whole numbers, spread like codes"
         else:
             continue
         out.append(

@@ -69,8 +69,9 @@ def test_numeric_codes_and_few_distinct_values_warn_to_list_them_categorical(
         {
             "zip": rng.choice([10115, 20095, 80331, 50667, 1067, 70173], rows),
             "store_id": rng.integers(1, 40, rows),
-            "rating": rng.integers(1, 6, rows),  # 5 distinct whole numbers
-            "amount": rng.normal(size=rows).round(3),
+            "region": rng.choice([3, 17, 42, 96], rows),  # few whole numbers, far apart
+            "bathrooms": rng.integers(0, 5, rows),  # a count: dense small range, no warning
+            "paid": rng.normal(size=rows).round(3),  # ends in "id" but is no id
             "y": ["a", "b"] * (rows // 2),
         }
     )
@@ -78,14 +79,14 @@ def test_numeric_codes_and_few_distinct_values_warn_to_list_them_categorical(
     with caplog.at_level(logging.WARNING):
         competition = load_competition("codes", path.parent)
     flagged = {note.split("'")[1] for note in competition.warnings}
-    assert flagged == {"zip", "store_id", "rating"}
+    assert flagged == {"zip", "store_id", "region"}
     assert all("categorical:" in note for note in competition.warnings)
-    assert "rating" in caplog.text
+    assert "region" in caplog.text
     # Listing them as categorical silences the warning (and changes their role).
-    path = write_def("codes_ok", frame=frame, drop=[], categorical=["zip", "store_id", "rating"])
+    path = write_def("codes_ok", frame=frame, drop=[], categorical=["zip", "store_id", "region"])
     listed = load_competition("codes_ok", path.parent)
     assert listed.warnings == []
-    assert set(listed.problem.categorical) >= {"zip", "store_id", "rating"}
+    assert set(listed.problem.categorical) >= {"zip", "store_id", "region"}
 
 
 def test_presplit_definition_needs_answers_and_id_and_takes_no_split_fraction(
