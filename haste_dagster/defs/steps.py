@@ -153,8 +153,13 @@ def attempt_step(
     log: Log,
 ) -> StepResult:
     from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+    from haste_dagster.competitions.grading import competition_thresholds
+    from haste_dagster.competitions.registry import check_solvable
 
     competition = load_competition(slug)
+    # Fail before the budget is spent, as `haste solve` does.
+    check_solvable(competition)
+    competition_thresholds(competition)
 
     def progress(idx: int, budget: int, row: Any) -> None:
         mark = "kept" if row.kept else ("error" if row.error else "reverted")
