@@ -3,7 +3,8 @@
 Reads ``<data-dir>/<id>/prepared/public/`` (train, test, sample submission, description),
 checks ``prepared/private/`` holds the answers, and, from the registry folder
 ``mle-bench/mlebench/competitions/<id>/``, ``config.yaml`` (metric from ``grader.name``, the
-answers and sample submission files) and ``leaderboard.csv``. It writes
+answers and sample submission files), ``checksums.yaml`` (MD5 of the prepared files) and
+``leaderboard.csv``. It writes
 ``<out>/<id>.yaml`` (public train = training data, public test = hidden-test features,
 private answers = hidden answers, matched by the sample submission's id column; nothing is
 re-split) and ``<out>/<id>.leaderboard.csv``.
@@ -16,6 +17,7 @@ is written, so a bad input leaves no file behind.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -101,6 +103,40 @@ def _read_config(registry: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise MLEBenchImportError(path, "expected a mapping of fields")
     return config
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksums(registry: Path, prepared: Path) -> int:
+    """Check the prepared files against the registry's ``checksums.yaml`` (MD5 of the
+    top-level public/private files); returns how many were checked (0 without the file)."""
+    path = registry / "checksums.yaml"
+    if not path.is_file():
+        return 0
+    try:
+        sums = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise MLEBenchImportError(path, f"cannot read: {exc}") from None
+    checked = 0
+    for section in ("public", "private"):
+        for name, expected in (sums.get(section) or {}).items():
+            file = prepared / section / str(name)
+            if not file.is_file():
+                raise MLEBenchImportError(file, f"listed in {path} but missing: re-run prepare")
+            if _md5(file) != str(expected):
+                raise MLEBenchImportError(
+                    file,
+                    f"MD5 differs from {path}: the prepared data changed or is incomplete; "
+                    "re-run `mlebench prepare`",
+                )
+            checked += 1
+    return checked
 
 
 def _csv_head(path: Path, what: str) -> pd.DataFrame:
@@ -203,6 +239,7 @@ def import_mlebench(
             where, f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}"
         )
     if registry_dir is not None:
+        verify_checksums(registry_dir, competition_dir / "prepared")
         board_path = registry_dir / "leaderboard.csv"
         if board_path.is_file():
             board = read_leaderboard(board_path, require=("score",))

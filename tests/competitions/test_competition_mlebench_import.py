@@ -221,3 +221,24 @@ def test_submission_with_nan_scores_is_refused(imported) -> None:
     predictions = read_submission(competition, _write(tmp_path, frame))
     with pytest.raises(PredictionError, match="NaN"):
         grade(competition, predictions)
+
+
+def test_prepared_files_that_differ_from_checksums_yaml_are_refused(tmp_path: Path) -> None:
+    import hashlib
+
+    layout = write_layout(tmp_path)
+    prepared = layout.data_dir / "prepared"
+    sums = {
+        section: {
+            name: hashlib.md5((prepared / section / name).read_bytes()).hexdigest()
+            for name in names
+        }
+        for section, names in (("public", ["train.csv", "test.csv"]), ("private", ["test.csv"]))
+    }
+    (layout.registry / "checksums.yaml").write_text(yaml.safe_dump(sums))
+    import_mlebench(layout.data_dir, tmp_path / "ok", registry=layout.registry)  # they match
+    with (layout.public / "train.csv").open("a") as stream:
+        stream.write("1,0.1,0.2,red,1\n")
+    with pytest.raises(MLEBenchImportError, match="MD5 differs"):
+        import_mlebench(layout.data_dir, tmp_path / "defs", registry=layout.registry)
+    _assert_nothing_written(tmp_path / "defs")
