@@ -176,7 +176,7 @@ def build(
     if csv_path.exists() and not force:
         print(f"{slug}: {csv_path.name} exists (use --force to rebuild)")
         return None
-    competition = load_competition(slug)
+    competition = load_competition(slug, out_dir)  # the --defs folder, not the default
     higher = competition.metric.higher_is_better
     cache_path = out_dir / f"{slug}.entrants.jsonl"
     done: dict[str, dict] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from haste_dagster.competitions.grading import medal_for, medal_thresholds
 from haste_dagster.competitions.leaderboard import read_leaderboard
@@ -19,8 +20,8 @@ from haste_dagster.competitions.registry import load_definitions
 from haste_dagster.config import competition_defs_dir
 
 
-def summarise() -> list[dict]:
-    definitions, _errors = load_definitions(competition_defs_dir())
+def summarise(defs_dir: Path | None = None) -> list[dict]:
+    definitions, _errors = load_definitions(defs_dir or competition_defs_dir())
     rows = []
     for d in definitions:
         if not d.leaderboard_path.is_file():
@@ -39,8 +40,9 @@ def summarise() -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--defs", type=Path, default=None, help="definitions folder")
     args = parser.parse_args(argv)
-    rows = summarise()
+    rows = summarise(args.defs)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -65,6 +65,15 @@ class AttemptConfig:
     seconds: float | None = None  # None: the competition's budget
     campaign_id: str | None = None  # groups LLM token budgets and ledger rows
 
+    def __post_init__(self) -> None:
+        # Refused here, whichever entry point built it: 0 or -1 would record nothing.
+        for name in ("iterations", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"seconds must be positive, got {self.seconds}")
+
 
 @dataclass
 class AttemptResult:

@@ -21,9 +21,9 @@ from haste_dagster.agents.competition_agent import (
 )
 from haste_dagster.agents.factory import make_policy, open_skill_store
 from haste_dagster.agents.submission import make_submission
-from haste_dagster.competitions.grading import Grade
+from haste_dagster.competitions.grading import Grade, competition_thresholds
 from haste_dagster.competitions.profile import profile_data
-from haste_dagster.competitions.registry import load_competition
+from haste_dagster.competitions.registry import check_solvable, load_competition
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,10 @@ class SolveResult:
             "rank": self.grade.rank,
             "n_teams": self.grade.n_teams,
             "bootstrap_se": self.grade.bootstrap_se,
-            "thresholds": self.grade.thresholds.model_dump(mode="json"),
+            "thresholds": (
+                self.grade.thresholds.model_dump(mode="json") if self.grade.thresholds else None
+            ),
+            "above_median": self.grade.above_median,
             "resumed": self.resumed,
             "new_skills": self.new_skills,
             **self.attempt.as_json(),
@@ -197,6 +200,11 @@ def solve(
     policy: Any = None,
 ) -> SolveResult:
     competition = load_competition(slug, defs_dir)
+    # Everything that would fail after the budget is spent fails here, before any compute:
+    # what the solver cannot model, and a broken leaderboard (an ungraded competition, with
+    # neither medals nor a leaderboard, is fine: it is scored with medal None).
+    check_solvable(competition)
+    competition_thresholds(competition)
     store = open_skill_store(conn)
     if policy is None:
         policy = make_policy(config.policy, conn, campaign_id=config.campaign_id)

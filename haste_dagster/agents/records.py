@@ -184,7 +184,7 @@ def record_grade(
     attempt_id: int,
     *,
     test_score: float,
-    medal: str,
+    medal: str | None,  # None: an ungraded competition
     predictions: bytes,
     grade: dict,
 ) -> None:

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from haste_dagster.cli import bench, competitions, db, skills, solve, ui
+from haste_dagster.cli import bench, competitions, db, grade, skills, solve, ui
 
 app = typer.Typer(
     name="haste",
@@ -19,6 +19,7 @@ app.add_typer(skills.app, name="skills")
 app.add_typer(bench.app, name="bench")
 app.add_typer(db.app, name="db")
 solve.register(app)  # solve, campaign
+grade.register(app)  # grade
 app.command("consolidate")(skills.consolidate_command)
 ui.register(app)  # ui
 

@@ -34,11 +34,12 @@ def transfer_command(
         "(repeatable); without --competitions every YAML in it takes part",
     ),
     seeds: int | None = typer.Option(
-        None, "--seeds", help="seeds per evaluation (default 3; --quick 1)"
+        None, "--seeds", min=1, help="seeds per evaluation (default 3; --quick 1)"
     ),
     iterations: int | None = typer.Option(
         None,
         "--iterations",
+        min=1,
         help="refinement iterations per attempt (default: each budget; --quick 10)",
     ),
     quick: bool = typer.Option(

@@ -8,13 +8,16 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from haste_dagster.errors import CompetitionDefError, HasteError
 
 app = typer.Typer(
-    help="Competitions: list them, show one with its data profile.", no_args_is_help=True
+    help="Competitions: list them, show one with its data profile, import from MLE-bench.",
+    no_args_is_help=True,
 )
+DEFS_HELP = "folder of competition YAMLs (default: HASTE_COMPETITION_DEFS or competition_defs/)"
 
 out = Console()
 
@@ -34,6 +37,7 @@ def _summary(competition: Any) -> dict[str, Any]:
         "features": len(competition.problem.feature_columns),
         "frozen": competition.frozen,
         "leaderboard": d.leaderboard_path.is_file() or d.medals is not None,
+        "warnings": competition.warnings,
     }
 
 
@@ -47,7 +51,7 @@ def _report(errors: list[CompetitionDefError]) -> None:
 @app.command("list")
 def list_command(
     as_json: bool = typer.Option(False, "--json", help="print a JSON array"),
-    defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
+    defs: Path | None = typer.Option(None, help=DEFS_HELP),
 ) -> None:
     """List competitions; broken definitions are reported on stderr with file and field."""
     from haste_dagster.competitions.definition import load_definitions
@@ -94,10 +98,8 @@ def _detail(slug: str, defs: Path | None) -> dict[str, Any]:
         "profile": profile_data(competition).as_dict(),
         "thresholds": None,
     }
-    try:
-        detail["thresholds"] = competition_thresholds(competition)[0].model_dump(mode="json")
-    except CompetitionDefError:
-        pass  # no leaderboard yet: showing the competition is still useful
+    thresholds = competition_thresholds(competition)[0]
+    detail["thresholds"] = thresholds.model_dump(mode="json") if thresholds else None
     return detail
 
 
@@ -105,7 +107,7 @@ def _detail(slug: str, defs: Path | None) -> dict[str, Any]:
 def show_command(
     slug: str = typer.Argument(..., help="competition slug"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
-    defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
+    defs: Path | None = typer.Option(None, help=DEFS_HELP),
 ) -> None:
     """Show one competition: definition, column roles and the data profile."""
     try:
@@ -137,9 +139,11 @@ def show_command(
         steps = f"last {problem['horizon']} steps of {problem['time_column']}{group}"
         facts.add_row("horizon", steps)
     thresholds = detail["thresholds"]
+    for note in detail["warnings"]:
+        facts.add_row("warning", escape(note))
     facts.add_row(
         "medals",
-        "no leaderboard yet (scripts/build_leaderboards.py)"
+        "ungraded: no medals: in the YAML and no leaderboard (medal null)"
         if thresholds is None
         else f"gold {thresholds['gold']:.5g}, silver {thresholds['silver']:.5g}, "
         f"bronze {thresholds['bronze']:.5g} ({thresholds['n_teams']} teams)",
@@ -151,3 +155,40 @@ def show_command(
     for key, value in detail["profile"].items():
         profile.add_row(key, "—" if value is None else str(value))
     out.print(profile)
+
+
+@app.command("import-mlebench")
+def import_mlebench_command(
+    competition_dir: Path = typer.Argument(
+        ..., help="<data-dir>/<competition-id> as `mlebench prepare` left it"
+    ),
+    registry: Path | None = typer.Option(
+        None,
+        "--registry",
+        help="<mle-bench checkout>/mlebench/competitions/<id> (config.yaml, leaderboard.csv)",
+    ),
+    out: Path | None = typer.Option(None, "--out", help=f"where to write the YAML; {DEFS_HELP}"),
+    metric: str | None = typer.Option(
+        None, "--metric", help="native metric name (default: from config.yaml's grader.name)"
+    ),
+) -> None:
+    """Write a pre-split definition for an MLE-bench competition (nothing is copied)."""
+    from haste_dagster.competitions.mlebench import import_mlebench
+    from haste_dagster.config import competition_defs_dir
+
+    folder = out or competition_defs_dir()
+    try:
+        result = import_mlebench(competition_dir, folder, registry=registry, metric=metric)
+    except HasteError as exc:
+        typer.echo(f"error ({type(exc).__name__}): {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"wrote {result.definition}")
+    if result.leaderboard is not None:
+        typer.echo(f"wrote {result.leaderboard}")
+    for note in result.warnings:
+        typer.echo(f"warning: {note}", err=True)
+    defs_arg = "" if out is None else f" --defs {folder}"
+    typer.echo(
+        f"next: haste solve {result.slug}{defs_arg} --submission submission.csv, then "
+        f"haste grade {result.slug} submission.csv{defs_arg}"
+    )

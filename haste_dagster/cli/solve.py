@@ -70,17 +70,36 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2) from exc
 
 
+DEFS_HELP = "folder of competition YAMLs (default: HASTE_COMPETITION_DEFS or competition_defs/)"
+
+
+def _result_line(slug: str, result: Any) -> str:
+    g = result.grade
+    if g.medal is None:
+        graded = "[dim]ungraded (no medals: or leaderboard)[/]"
+    else:
+        graded = f"(rank {g.rank}/{g.n_teams}) [{MEDAL_STYLE.get(g.medal, '')}]{g.medal}[/]"
+    return (
+        f"[bold]{slug}[/bold]: test {g.score:.5g} {graded} · cv {result.attempt.best_cv:.5g} · "
+        f"kept {result.attempt.kept_rate:.0%} · attempt {result.attempt.attempt_id}"
+        + (" (resumed)" if result.resumed else "")
+    )
+
+
 def solve_command(
-    slug: str = typer.Argument(..., help="competition slug (a YAML in competition_defs/)"),
+    slug: str = typer.Argument(..., help="competition slug (a YAML in the --defs folder)"),
     policy: str = typer.Option("heuristic", help="heuristic | llm"),
     loading: str = typer.Option("tiered", help="skill loading mode: tiered | flat | none"),
     iterations: int | None = typer.Option(
-        None, help="refinement iterations (default: the competition budget)"
+        None, min=1, help="refinement iterations (default: the competition budget)"
     ),
     seed: int = typer.Option(0, help="random seed (folds and search)"),
     resume: bool = typer.Option(False, "--resume", help="continue the last unfinished attempt"),
     json_out: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
-    defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
+    submission: Path | None = typer.Option(
+        None, "--submission", help="write the hidden-test predictions here as a submission CSV"
+    ),
+    defs: Path | None = typer.Option(None, help=DEFS_HELP),
 ) -> None:
     """Solve one competition: refine a spec, grade it on the hidden test, extract skills."""
     from haste_dagster.agents.orchestrator import solve
@@ -104,27 +123,41 @@ def solve_command(
     except psycopg.Error as exc:  # e.g. the server stopped while grading or writing skills
         _fail(_database_failed(exc, "rerun with --resume to finish the attempt"))
     payload = result.as_json()
+    if submission is not None:
+        try:
+            _write_submission(slug, defs, result.attempt.attempt_id, submission)
+        except (HasteError, ValueError) as exc:
+            _fail(exc)
+        payload["submission"] = str(submission)
     _write_json(json_out, payload)
-    medal = result.grade.medal
-    console.print(
-        f"[bold]{slug}[/bold]: test {result.grade.score:.5g} "
-        f"(rank {result.grade.rank}/{result.grade.n_teams}) "
-        f"[{MEDAL_STYLE.get(medal, '')}]{medal}[/] · cv {result.attempt.best_cv:.5g} · "
-        f"kept {result.attempt.kept_rate:.0%} · attempt {result.attempt.attempt_id}"
-        + (" (resumed)" if result.resumed else "")
-    )
+    console.print(_result_line(slug, result))
+
+
+def _write_submission(slug: str, defs: Path | None, attempt_id: int, path: Path) -> None:
+    """The attempt's stored hidden-test predictions, in the sample submission's format."""
+    from haste_dagster.agents.records import load_submission
+    from haste_dagster.agents.submission import predictions_from_bytes
+    from haste_dagster.competitions.registry import load_competition
+    from haste_dagster.competitions.submission_file import write_submission
+
+    with db.connection() as conn:
+        stored = load_submission(conn, attempt_id)
+    if stored is None:
+        raise ValueError(f"attempt {attempt_id} has no stored predictions")
+    write_submission(load_competition(slug, defs), predictions_from_bytes(stored[0]), path)
+    console.print(f"wrote {path}")
 
 
 def campaign_command(
     policy: str = typer.Option("heuristic", help="heuristic | llm"),
     loading: str = typer.Option("tiered", help="tiered | flat | none"),
     iterations: int | None = typer.Option(
-        None, help="iterations per competition (default: each budget)"
+        None, min=1, help="iterations per competition (default: each budget)"
     ),
     seed: int = typer.Option(0),
     only: list[str] = typer.Option([], "--only", help="solve only these slugs (repeatable)"),
     json_out: Path | None = typer.Option(None, "--json", help="write all results as JSON here"),
-    defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
+    defs: Path | None = typer.Option(None, help=DEFS_HELP),
 ) -> None:
     """Solve every bundled competition in order, promoting skills after each; print a table."""
     from haste_dagster.agents.orchestrator import campaign
@@ -135,6 +168,10 @@ def campaign_command(
     for error in errors:
         console.print(f"[yellow]skipping broken definition:[/yellow] {escape(str(error))}")
     slugs = [d.slug for d in definitions if not only or d.slug in only]
+    unknown = sorted(set(only) - {d.slug for d in definitions})
+    if unknown:
+        folder = defs or competition_defs_dir()
+        _fail(ValueError(f"--only names no definition in {folder}: {unknown} (see --defs)"))
     config = AttemptConfig(policy=policy, loading=loading, iterations=iterations, seed=seed)  # type: ignore[arg-type]
     table = Table(title="HASTE campaign")
     for column in ("competition", "metric", "cv", "test", "rank", "medal", "kept", "skills"):
@@ -183,13 +220,13 @@ def campaign_command(
             metric_of[entry.slug],
             f"{r.attempt.best_cv:.4g}",
             f"{g.score:.4g}",
-            f"{g.rank}/{g.n_teams}",
-            f"[{MEDAL_STYLE.get(g.medal, '')}]{g.medal}[/]",
+            f"{g.rank}/{g.n_teams}" if g.rank is not None else "—",
+            f"[{MEDAL_STYLE.get(g.medal, '')}]{g.medal}[/]" if g.medal else "ungraded",
             f"{r.attempt.kept_rate:.0%}",
             str(len(r.attempt.skills_loaded)),
         )
     Console().print(table)
-    medals = sum(1 for e in entries if e.result and e.result.grade.medal != "none")
+    medals = sum(1 for e in entries if e.result and e.result.grade.medal not in (None, "none"))
     Console().print(f"medals: {medals}/{len(entries)}")
     _write_json(json_out, [e.as_json() for e in entries])
     if any(e.error for e in entries):

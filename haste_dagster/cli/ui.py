@@ -47,10 +47,15 @@ def register(app: typer.Typer) -> None:
             "127.0.0.1", help="Interface to bind; keep it local unless proxied."
         ),
         port: int = typer.Option(3000, help="Port of the Dagster webserver."),
+        defs: Path | None = typer.Option(
+            None, help="folder of competition YAMLs (default: HASTE_COMPETITION_DEFS)"
+        ),
     ) -> None:
         """Start the Dagster UI (webserver + daemon) with its storage on the HASTE PostgreSQL."""
         try:
             env = prepare_environment()
+            if defs is not None:  # the sensor and every step read competitions from here
+                env["HASTE_COMPETITION_DEFS"] = str(defs.resolve())
         except db.DatabaseError as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from exc

@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from haste_dagster.competitions.metrics import METRICS
 from haste_dagster.competitions.prepare import PREPARE
 from haste_dagster.competitions.problem import Task
-from haste_dagster.competitions.sources import SourceError, source_files, split_source
+from haste_dagster.competitions.sources import (
+    FILE_SCHEMES,
+    SourceError,
+    source_files,
+    split_source,
+)
 from haste_dagster.config import competition_defs_dir
 from haste_dagster.errors import CompetitionDefError
 
@@ -29,7 +34,13 @@ MAX_DEFINITION_BYTES = 1_000_000  # the bundled definitions are about 1 kB
 
 
 class SplitDef(BaseModel):
-    """How the hidden test split is cut, and the checksum of its answers."""
+    """How the hidden test split is cut, and the checksum of its answers.
+
+    Pre-split mode (``test`` given, e.g. an imported MLE-bench competition): ``source`` is
+    the training data, ``test`` the hidden-test features and ``answers`` the hidden answers,
+    matched by ``id_column``; nothing is re-split, so ``test_fraction``/``seed``/``stratify``
+    do not apply.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -41,6 +52,25 @@ class SplitDef(BaseModel):
     horizon: int | None = Field(None, gt=0)
     group_column: str | None = None
     answers_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    test: str | None = None
+    answers: str | None = None
+    id_column: str | None = None
+
+    @field_validator("test", "answers")
+    @classmethod
+    def _file_source(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                scheme, _ = split_source(value)
+            except SourceError as exc:
+                raise ValueError(str(exc)) from None
+            if scheme not in FILE_SCHEMES:
+                raise ValueError(f"must be a csv: or parquet: file, got {value!r}")
+        return value
+
+    @property
+    def presplit(self) -> bool:
+        return self.test is not None
 
 
 class Budget(BaseModel):
@@ -69,7 +99,7 @@ class CompetitionDef(BaseModel):
     task: Task
     source: str
     prepare: str | None = None
-    target: str
+    target: str | list[str] = Field(union_mode="left_to_right")
     features: list[str] | None = None
     drop: list[str] = Field(default_factory=list)
     text_columns: list[str] = Field(default_factory=list)
@@ -79,6 +109,9 @@ class CompetitionDef(BaseModel):
     split: SplitDef = Field(default_factory=SplitDef)
     budget: Budget = Field(default_factory=Budget)
     medals: Medals | None = None
+    # A CSV whose header (id column, then prediction columns) `haste solve --submission`
+    # writes and `haste grade` reads; relative paths are resolved beside the YAML.
+    sample_submission: str | None = None
     description: str = ""
 
     # Where the YAML lives: csv/parquet sources and the leaderboard are resolved beside it.
@@ -128,6 +161,34 @@ class CompetitionDef(BaseModel):
         return self.base_dir / f"{self.slug}.leaderboard.csv"
 
     @property
+    def targets(self) -> list[str]:
+        """The target column(s): one, or several for a multi-target metric."""
+        return list(self.target) if isinstance(self.target, list) else [self.target]
+
+    @property
+    def is_multi_target(self) -> bool:
+        return isinstance(self.target, list)
+
+    @property
+    def id_column(self) -> str:
+        """The column that names a test row in submission files."""
+        return self.split.id_column or "row_id"
+
+    @property
+    def sample_submission_path(self) -> Path | None:
+        if self.sample_submission is None:
+            return None
+        return (self.base_dir / self.sample_submission).resolve()
+
+    def data_files(self) -> list[Path]:
+        """Every local file the competition reads (training, pre-split test and answers)."""
+        files = source_files(self.source, self.base_dir)
+        for extra in (self.split.test, self.split.answers):
+            if extra is not None:
+                files += source_files(extra, self.base_dir)
+        return files
+
+    @property
     def is_classification(self) -> bool:
         return self.task in CLASSIFICATION_TASKS
 
@@ -139,18 +200,40 @@ class CompetitionDef(BaseModel):
 def _consistency_problem(d: CompetitionDef) -> tuple[str, str] | None:
     """First cross-field inconsistency as (field, message), or None."""
     metric = METRICS[d.metric]
-    if d.is_classification and metric.prediction == "value":
+    if isinstance(d.target, list) and len(d.target) < 2:
+        return "target", "a list of targets needs at least 2 columns (else give one name)"
+    if metric.multi_target != d.is_multi_target:
+        if metric.multi_target:
+            return "target", f"{d.metric} scores several targets: give target as a list"
+        return "metric", f"several targets need a multi-target metric, not {d.metric}"
+    if metric.prediction == "multilabel" and d.task != "binary":
+        return "task", f"{d.metric} scores 0/1 targets: task must be binary"
+    if d.is_classification and metric.prediction in ("value", "values"):
         return (
             "metric",
             f"{d.metric} scores numeric values; task {d.task} needs a classification metric",
         )
-    if not d.is_classification and metric.prediction != "value":
+    if not d.is_classification and metric.prediction not in ("value", "values"):
         return (
             "metric",
             f"{d.metric} scores class predictions; task {d.task} needs a regression metric",
         )
     s = d.split
-    if d.is_forecast:
+    if s.presplit:
+        if s.answers is None:
+            return "split.answers", "a pre-split competition (split.test) needs its answers file"
+        if s.id_column is None:
+            return "split.id_column", "a pre-split competition needs the column that ids a row"
+        given = {"test_fraction", "seed", "stratify", "time_column", "horizon", "group_column"}
+        clash = sorted(given & s.model_fields_set)
+        if clash:
+            return f"split.{clash[0]}", "a pre-split competition (split.test) is not re-split"
+        if d.is_forecast:
+            return "split.test", "forecast competitions are split by time, not pre-split"
+    elif s.answers is not None or s.id_column is not None:
+        field = "split.answers" if s.answers is not None else "split.id_column"
+        return field, "only a pre-split competition (with split.test) takes this field"
+    elif d.is_forecast:
         if s.time_column is None:
             return "split.time_column", "a forecast needs the column that orders time"
         if s.horizon is None:
@@ -163,10 +246,11 @@ def _consistency_problem(d: CompetitionDef) -> tuple[str, str] | None:
                 return f"split.{name}", f"only forecast competitions take {name} (task is {d.task})"
         if s.stratify and not d.is_classification:
             return "split.stratify", f"stratify needs classes; task {d.task} has none"
-    if d.target in d.drop:
-        return "drop", f"the target {d.target!r} cannot be dropped"
-    if d.features is not None and d.target in d.features:
-        return "features", f"the target {d.target!r} cannot be a feature"
+    for target in d.targets:
+        if target in d.drop:
+            return "drop", f"the target {target!r} cannot be dropped"
+        if d.features is not None and target in d.features:
+            return "features", f"the target {target!r} cannot be a feature"
     if d.medals is not None:
         m = d.medals
         ordered = (
@@ -210,9 +294,17 @@ def parse_definition(data: Any, path: Path) -> CompetitionDef:
     if problem is not None:
         raise CompetitionDefError(where, *problem)
     definition._path = path.resolve()
-    for file in source_files(definition.source, definition.base_dir):
-        if not file.is_file():
-            raise CompetitionDefError(where, "source", f"data file not found: {file}")
+    checks = [("source", definition.source), ("split.test", definition.split.test)]
+    checks.append(("split.answers", definition.split.answers))
+    for field, source in checks:
+        if source is None:
+            continue
+        for file in source_files(source, definition.base_dir):
+            if not file.is_file():
+                raise CompetitionDefError(where, field, f"data file not found: {file}")
+    sample = definition.sample_submission_path
+    if sample is not None and not sample.is_file():
+        raise CompetitionDefError(where, "sample_submission", f"file not found: {sample}")
     return definition
 
 
@@ -280,22 +372,48 @@ def load_definitions(
 
 _SPLIT_LINE = re.compile(r"^split:\s*(#.*)?$", re.M)
 _SHA_LINE = re.compile(r"^(?P<indent>[ \t]+)answers_sha256:[^\n]*$", re.M)
+# `split: {test_fraction: 0.25, seed: 0}` on one line, optionally followed by a comment.
+_FLOW_SPLIT = re.compile(r"^split:[ \t]*\{(?P<body>[^{}\n]*)\}[ \t]*(?P<tail>#[^\n]*)?$", re.M)
+_FLOW_SHA = re.compile(r"answers_sha256:\s*[0-9a-fA-F]*")
+_BLOCK_HINT = (
+    "write `split:` as a block mapping to freeze its checksum, one field a line, e.g.\n"
+    "split:\n  test_fraction: 0.25\n  seed: 0"
+)
+
+
+def _with_flow_sha(text: str, sha256: str) -> str | None:
+    """The text with ``answers_sha256`` set inside a one-line ``split: {...}``, or None."""
+    match = _FLOW_SPLIT.search(text)
+    if match is None:
+        return None
+    body = match.group("body")
+    if _FLOW_SHA.search(body):
+        body = _FLOW_SHA.sub(f"answers_sha256: {sha256}", body, count=1)
+    else:
+        body = f"{body.rstrip()}, answers_sha256: {sha256}" if body.strip() else (
+            f"answers_sha256: {sha256}"
+        )
+    tail = f"  {match.group('tail')}" if match.group("tail") else ""
+    return text[: match.start()] + f"split: {{{body.strip()}}}{tail}" + text[match.end() :]
 
 
 def write_answers_sha256(path: Path | str, sha256: str) -> bool:
     """Set ``split.answers_sha256`` in the YAML text, keeping comments and layout.
 
-    Returns True when the file changed.
+    Block and one-line flow mappings (``split: {seed: 1}``) are edited in place; any other
+    layout raises :class:`CompetitionDefError` saying how to write it. Returns True when
+    the file changed.
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    if _SHA_LINE.search(text):
+    if re.search(r"^split:[ \t]*[^\s#]", text, re.M):
+        new = _with_flow_sha(text, sha256)
+        if new is None:
+            raise CompetitionDefError(str(path), "split", _BLOCK_HINT)
+    elif _SHA_LINE.search(text):
         new = _SHA_LINE.sub(lambda m: f"{m.group('indent')}answers_sha256: {sha256}", text, count=1)
     else:
         match = _SPLIT_LINE.search(text)
-        if match is None and re.search(r"^split:", text, re.M):
-            # Flow style (`split: {seed: 1}`): a text edit could break it; ask for block style.
-            raise ValueError(f"{path}: write `split:` as a block mapping to freeze its checksum")
         if match is None:
             new = text.rstrip("\n") + f"\nsplit:\n  answers_sha256: {sha256}\n"
         else:
@@ -303,6 +421,11 @@ def write_answers_sha256(path: Path | str, sha256: str) -> bool:
             indent = re.match(r"\n([ \t]+)", rest)
             pad = indent.group(1) if indent else "  "
             new = text[: match.end()] + f"\n{pad}answers_sha256: {sha256}" + rest
+    # The edit is textual: prove it changed nothing but the checksum before writing it.
+    before, after = yaml.safe_load(text) or {}, yaml.safe_load(new) or {}
+    expected = {**before, "split": {**(before.get("split") or {}), "answers_sha256": sha256}}
+    if after != expected:
+        raise CompetitionDefError(str(path), "split", _BLOCK_HINT)
     if new == text:
         return False
     path.write_text(new, encoding="utf-8")

@@ -14,7 +14,22 @@ teams           gold                   silver             bronze
 ==============  =====================  =================  ================
 
 and a score earns a medal when it is at least as good as the threshold (gold checked
-first). The median is the leaderboard's median score; "above median" is strict.
+first). The median is the leaderboard's median score; "above median" is strict. As in
+MLE-bench's ``Grader.__call__``, the submission's score is rounded to 5 decimals
+(:data:`SCORE_DECIMALS`) before it is ranked; the leaderboard's scores are used as written.
+
+Two deliberate differences from MLE-bench's code:
+
+- Direction comes from the metric (``Metric.higher_is_better``); MLE-bench infers it from the
+  board (first row < last row means lower is better). They disagree only when the first and
+  last rows are equal (one team, or an all-tied board) and the metric is lower-is-better:
+  MLE-bench then treats higher as better (an RMSE of 0.3 against a board of 0.5s gets no
+  medal), this module gives gold.
+- The board is sorted here, best first by the metric's direction; MLE-bench takes the
+  positions in file order and so assumes a Kaggle-sorted file. On sorted files both agree.
+
+A competition with neither ``medals:`` in its YAML nor a leaderboard is *ungraded*: it is
+scored on the hidden test as usual, and its medal, rank and thresholds are None.
 """
 
 from __future__ import annotations
@@ -30,11 +45,12 @@ from sklearn.exceptions import UndefinedMetricWarning
 
 from haste_dagster.competitions.leaderboard import read_leaderboard
 from haste_dagster.competitions.registry import Competition, load_competition
-from haste_dagster.errors import CompetitionDefError, HasteError
+from haste_dagster.errors import HasteError
 
 Medal = Literal["gold", "silver", "bronze", "none"]
 N_BOOTSTRAP = 200
 BOOTSTRAP_SEED = 0
+SCORE_DECIMALS = 5  # MLE-bench rounds a submission's score to 5 decimals before ranking
 
 
 class PredictionError(HasteError, ValueError):
@@ -51,11 +67,11 @@ class Thresholds(BaseModel):
 
 class Grade(BaseModel):
     slug: str
-    score: float
+    score: float  # the metric on the hidden test, unrounded (ranking uses 5 decimals)
     rank: int | None  # 1-based position among the leaderboard entrants plus this one
     n_teams: int  # leaderboard entrants plus this one (0 without a leaderboard)
-    medal: Medal
-    thresholds: Thresholds
+    medal: Medal | None  # None: the competition is ungraded (no medals, no leaderboard)
+    thresholds: Thresholds | None  # None: ungraded
     above_median: bool | None
     bootstrap_se: float  # standard error of `score` over bootstrap resamples of the test rows
 
@@ -92,6 +108,30 @@ def medal_thresholds(scores: Sequence[float], higher_is_better: bool) -> Thresho
     )
 
 
+def rank_score(
+    score: float,
+    thresholds: Thresholds,
+    board_scores: Sequence[float] | None,
+    higher_is_better: bool,
+) -> tuple[Medal, bool | None, int | None]:
+    """(medal, above median, rank) of ``score`` rounded to :data:`SCORE_DECIMALS`.
+
+    ``rank`` is the 1-based position among the board plus this submission (ties share the
+    better position, as on Kaggle); None without a board, as is ``above_median`` without a
+    median.
+    """
+    ranked = round(float(score), SCORE_DECIMALS)
+    rank = None
+    if board_scores is not None:
+        others = np.asarray(board_scores, dtype=float)
+        better = others > ranked if higher_is_better else others < ranked
+        rank = int(better.sum()) + 1
+    above = None
+    if thresholds.median is not None:
+        above = ranked > thresholds.median if higher_is_better else ranked < thresholds.median
+    return medal_for(ranked, thresholds, higher_is_better), above, rank
+
+
 def medal_for(score: float, thresholds: Thresholds, higher_is_better: bool) -> Medal:
     def at_least(threshold: float) -> bool:
         return score >= threshold if higher_is_better else score <= threshold
@@ -125,10 +165,11 @@ def align_predictions(competition: Competition, predictions: object) -> np.ndarr
                 f"(e.g. {list(missing[:3])}), {len(extra)} unknown (e.g. {list(extra[:3])})"
             )
         predictions = predictions.loc[row_ids]
-        if isinstance(predictions, pd.DataFrame) and competition.problem.classes is not None:
-            classes = competition.problem.classes
-            if set(predictions.columns) == set(classes):
-                predictions = predictions[classes]  # probability columns in classes order
+        if isinstance(predictions, pd.DataFrame):
+            # Probability columns in classes order; target columns in the definition's order.
+            order = competition.problem.classes or competition.problem.targets
+            if order is not None and set(predictions.columns) == set(order):
+                predictions = predictions[order]
     kind = competition.metric.prediction
     array = np.asarray(predictions, dtype=object if kind == "label" else float)
     if array.ndim == 0 or array.shape[0] != n:
@@ -154,6 +195,19 @@ def align_predictions(competition: Competition, predictions: object) -> np.ndarr
         raise PredictionError(
             f"{int((~np.isfinite(array)).sum())} prediction value(s) are NaN or infinite"
         )
+    if kind in ("multilabel", "values"):
+        targets = competition.problem.targets or []
+        if array.ndim != 2 or array.shape[1] != len(targets):
+            raise PredictionError(
+                f"expected ({n}, {len(targets)}) predictions, one column per target "
+                f"{targets}, got {array.shape}"
+            )
+        if kind == "values" and competition.metric.name == "mean_columnwise_rmsle":
+            if (array < 0).any():
+                raise PredictionError(
+                    f"{int((array < 0).sum())} prediction(s) are negative; RMSLE needs values ≥ 0"
+                )
+        return array
     if kind == "value":
         if array.ndim != 1:
             raise PredictionError(
@@ -198,21 +252,6 @@ def score_hidden(competition: Competition, predictions: object) -> float:
     return competition.metric(y, p, classes)
 
 
-def bootstrap_scores(
-    competition: Competition,
-    predictions: object,
-    n_resamples: int = N_BOOTSTRAP,
-    seed: int = BOOTSTRAP_SEED,
-) -> np.ndarray:
-    """The test score on ``n_resamples`` resamples (with replacement) of the test rows.
-
-    The same seed draws the same resamples for every submission, so scores of two
-    submissions are paired.
-    """
-    y, p, classes = _encoded(competition, align_predictions(competition, predictions))
-    return _bootstrap(competition, y, [p], classes, n_resamples, seed)[0]
-
-
 def paired_bootstrap(
     competition: Competition,
     predictions_a: object,
@@ -255,19 +294,23 @@ def _bootstrap(
     return [np.asarray(r, dtype=float) for r in results]
 
 
-def competition_thresholds(competition: Competition) -> tuple[Thresholds, pd.DataFrame | None]:
-    """Medal thresholds (YAML medals win over the leaderboard rule) and the leaderboard."""
+def is_graded(competition: Competition) -> bool:
+    """True when the competition awards medals: YAML ``medals:`` or a leaderboard file."""
+    d = competition.definition
+    return d.medals is not None or d.leaderboard_path.is_file()
+
+
+def competition_thresholds(
+    competition: Competition,
+) -> tuple[Thresholds | None, pd.DataFrame | None]:
+    """Medal thresholds (YAML medals win over the leaderboard rule) and the leaderboard;
+    (None, None) for an ungraded competition. A broken leaderboard raises here, so call it
+    before spending compute."""
     d = competition.definition
     higher = competition.metric.higher_is_better
     board = read_leaderboard(d.leaderboard_path) if d.leaderboard_path.is_file() else None
     if board is None and d.medals is None:
-        raise CompetitionDefError(
-            str(d.path),
-            "medals",
-            f"no leaderboard at {d.leaderboard_path} and no medals in the YAML: run "
-            f"`python scripts/build_leaderboards.py --only {d.slug}` "
-            "(or give medals: gold/silver/bronze in the YAML)",
-        )
+        return None, None
     if d.medals is not None:
         median = float(board["score"].median()) if board is not None else None
         n_teams = len(board) if board is not None else 0
@@ -284,7 +327,8 @@ def grade(
 ) -> Grade:
     """Score, rank, medal and bootstrap standard error of a submission on the hidden split.
 
-    ``competition`` may be a slug (loaded from the configured definitions folder).
+    ``competition`` may be a slug (loaded from the configured definitions folder). An
+    ungraded competition gets its score with medal, rank and thresholds None.
     """
     if isinstance(competition, str):
         competition = load_competition(competition)
@@ -292,25 +336,24 @@ def grade(
     array = align_predictions(competition, predictions)
     y, p, classes = _encoded(competition, array)
     score = competition.metric(y, p, classes)
+    if not np.isfinite(score):
+        raise PredictionError(f"{competition.metric.name} of these predictions is {score}")
     higher = competition.metric.higher_is_better
     resampled = _bootstrap(competition, y, [p], classes, n_resamples, seed)[0]
     se = float(resampled.std(ddof=1)) if resampled.size > 1 else float("nan")
 
-    rank = n_teams = None
-    above_median = None
-    if board is not None:
-        others = board["score"].to_numpy(dtype=float)
-        better = others > score if higher else others < score
-        rank = int(better.sum()) + 1  # ties share the better position, as on Kaggle
-        n_teams = len(others) + 1
-    if thresholds.median is not None:
-        above_median = score > thresholds.median if higher else score < thresholds.median
+    medal = above_median = rank = None
+    n_teams = 0
+    if thresholds is not None:
+        scores = board["score"].tolist() if board is not None else None
+        medal, above_median, rank = rank_score(score, thresholds, scores, higher)
+        n_teams = len(board) + 1 if board is not None else 0
     return Grade(
         slug=competition.slug,
         score=score,
         rank=rank,
-        n_teams=n_teams or 0,
-        medal=medal_for(score, thresholds, higher),
+        n_teams=n_teams,
+        medal=medal,
         thresholds=thresholds,
         above_median=above_median,
         bootstrap_se=se,

@@ -1,4 +1,10 @@
-"""Competition metrics: name → function, direction, and the kind of prediction scored."""
+"""Competition metrics: name → function, direction, and the kind of prediction scored.
+
+Kinds: ``proba`` (class probabilities), ``label`` (one class per row), ``value`` (one number
+per row), and the multi-target kinds ``multilabel`` ((n, k) probabilities, one column per
+0/1 target) and ``values`` ((n, k) numbers, one column per target). Multi-target
+competitions can be imported and graded; solving them is not supported yet.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from typing import Literal
 import numpy as np
 from sklearn import metrics as skm
 
-PredictionKind = Literal["proba", "label", "value"]
+PredictionKind = Literal["proba", "label", "value", "multilabel", "values"]
+MULTI_TARGET_KINDS = ("multilabel", "values")
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,11 @@ class Metric:
 
     def __call__(self, y_true, y_pred, classes: list | None = None) -> float:
         return float(self.fn(np.asarray(y_true), np.asarray(y_pred), classes))
+
+    @property
+    def multi_target(self) -> bool:
+        """True when the metric scores several target columns at once."""
+        return self.prediction in MULTI_TARGET_KINDS
 
     def better(self, a: float, b: float) -> bool:
         """True when score ``a`` is strictly better than ``b``."""
@@ -42,6 +54,24 @@ def _log_loss(y, p, classes):
 
 def _rmsle(y, p, classes):
     return float(np.sqrt(np.mean((np.log1p(np.clip(p, 0, None)) - np.log1p(y)) ** 2)))
+
+
+def _qwk(y, p, classes):
+    # Labels arrive as codes of the sorted classes, so code distance is the ordinal distance.
+    return skm.cohen_kappa_score(y, p, weights="quadratic")
+
+
+def _mean_columnwise_roc_auc(y, p, classes):
+    """Mean over target columns of each column's ROC AUC (Kaggle's multi-label metric)."""
+    return float(np.mean([skm.roc_auc_score(y[:, j], p[:, j]) for j in range(y.shape[1])]))
+
+
+def _mean_columnwise_rmsle(y, p, classes):
+    """Mean over target columns of each column's RMSLE (negative values are refused, as
+    scikit-learn's ``root_mean_squared_log_error`` does)."""
+    return float(
+        np.mean([skm.root_mean_squared_log_error(y[:, j], p[:, j]) for j in range(y.shape[1])])
+    )
 
 
 def _mape(y, p, classes):
@@ -66,6 +96,9 @@ METRICS: dict[str, Metric] = {
         Metric("rmsle", False, "value", _rmsle),
         Metric("mape", False, "value", _mape),
         Metric("r2", True, "value", lambda y, p, c: skm.r2_score(y, p)),
+        Metric("qwk", True, "label", _qwk),
+        Metric("mean_columnwise_roc_auc", True, "multilabel", _mean_columnwise_roc_auc),
+        Metric("mean_columnwise_rmsle", False, "values", _mean_columnwise_rmsle),
     ]
 }
 

@@ -18,6 +18,7 @@ class Problem(BaseModel):
     task: Task
     metric: str
     target: str
+    targets: list[str] | None = None  # several target columns (multi-target metrics only)
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     text: list[str] = Field(default_factory=list)

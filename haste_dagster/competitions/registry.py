@@ -9,7 +9,9 @@ copy-on-write), so a caller that changes them cannot corrupt the cache.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ from haste_dagster.errors import CompetitionDefError
 __all__ = [
     "Competition",
     "build_competition",
+    "check_solvable",
     "freeze_split",
     "load_competition",
     "load_competition_path",
@@ -48,6 +51,7 @@ __all__ = [
 ]
 
 ROW_ID = "row_id"
+log = logging.getLogger(__name__)
 
 
 class Competition:
@@ -64,15 +68,25 @@ class Competition:
         problem: Problem,
         train: pd.DataFrame,
         test_features: pd.DataFrame,
-        answers: pd.Series,
+        answers: pd.Series | pd.DataFrame,
         answers_sha256: str,
+        test_ids: pd.Series | None = None,
+        warnings: list[str] | None = None,
     ) -> None:
         self.definition = definition
         self.problem = problem
         self._train = train
         self._test_features = test_features
-        self._answers = answers  # indexed by row_id, in test_features order
+        # Indexed by row_id, in test_features order; a frame (one column a target) when the
+        # metric scores several targets.
+        self._answers = answers
         self.answers_sha256 = answers_sha256
+        # The id a submission file names each test row by (split.id_column), by row_id.
+        ids = test_features[ROW_ID] if test_ids is None else test_ids
+        self.test_ids = pd.Series(
+            ids.to_numpy(), index=pd.Index(test_features[ROW_ID], name=ROW_ID), name="id"
+        )
+        self.warnings = list(warnings or [])
 
     @property
     def slug(self) -> str:
@@ -118,12 +132,13 @@ def _check_columns(d: CompetitionDef, columns: pd.Index) -> None:
         raise _fail(
             d, "source", f"the data has a column named {ROW_ID!r}, a name reserved for row ids"
         )
-    if d.target not in present:
-        raise _fail(
-            d,
-            "target",
-            f"column {d.target!r} is not in the data; columns: {', '.join(map(str, columns))}",
-        )
+    for target in d.targets:
+        if target not in present:
+            raise _fail(
+                d,
+                "target",
+                f"column {target!r} is not in the data; columns: {', '.join(map(str, columns))}",
+            )
     listed = {
         "drop": d.drop,
         "features": d.features or [],
@@ -139,7 +154,7 @@ def _check_columns(d: CompetitionDef, columns: pd.Index) -> None:
             raise _fail(d, field, f"column(s) {missing} are not in the data")
     dropped = set(d.drop)
     for field in ("features", "text_columns", "date_columns", "categorical"):
-        clash = [n for n in listed[field] if n in dropped or n == d.target]
+        clash = [n for n in listed[field] if n in dropped or n in d.targets]
         if clash:
             raise _fail(d, field, f"column(s) {clash} are dropped or the target")
 
@@ -148,7 +163,9 @@ def _feature_columns(d: CompetitionDef, columns: pd.Index) -> list[str]:
     if d.features is not None:
         features = list(d.features)
     else:
-        excluded = {d.target, ROW_ID, *d.drop}
+        # The id column names rows; it is carried beside the features, never learnt from.
+        id_column = [d.split.id_column] if d.split.id_column else []
+        excluded = {*d.targets, ROW_ID, *d.drop, *id_column}
         features = [c for c in columns if c not in excluded]
     # A forecaster needs to see time and series identity whatever the feature list says.
     for name in (d.split.time_column, d.split.group_column):
@@ -170,16 +187,18 @@ def _prepare_target(d: CompetitionDef, target: pd.Series) -> tuple[pd.Series, li
             )
         if d.task == "binary" and len(classes) != 2:
             raise _fail(
-                d, "task", f"binary needs exactly 2 classes; {d.target!r} has {len(classes)}"
+                d, "task", f"binary needs exactly 2 classes; {target.name!r} has {len(classes)}"
             )
         if d.task == "multiclass" and len(classes) < 3:
             raise _fail(
-                d, "task", f"multiclass needs at least 3 classes; {d.target!r} has 2 (use binary)"
+                d, "task", f"multiclass needs 3+ classes; {target.name!r} has 2 (use binary)"
             )
+        if d.is_multi_target and not set(classes) <= {0, 1}:
+            raise _fail(d, "target", f"{target.name!r} must hold 0/1 labels, has {classes[:5]}")
         return target, classes
     if not ptypes.is_numeric_dtype(target) or ptypes.is_bool_dtype(target):
         raise _fail(
-            d, "target", f"task {d.task} needs a numeric target; {d.target!r} is {target.dtype}"
+            d, "target", f"task {d.task} needs a numeric target; {target.name!r} is {target.dtype}"
         )
     return target.astype(float), None
 
@@ -196,38 +215,167 @@ def _check_finite(d: CompetitionDef, frame: pd.DataFrame, columns: list[str]) ->
             first = int(frame.loc[infinite, ROW_ID].iloc[0])
             raise _fail(
                 d,
-                "target" if name == d.target else "source",
+                "target" if name in d.targets else "source",
                 f"column {name!r} has {int(infinite.sum())} infinite value(s) (the first in "
                 f"row {first} of the data); use finite numbers, or an empty cell for a "
                 "missing value",
             )
 
 
+def _load(d: CompetitionDef, field: str, source: str) -> pd.DataFrame:
+    try:
+        frame = load_source(source, d.base_dir)
+    except SourceError as exc:
+        raise _fail(d, field, str(exc)) from None
+    if frame.empty or len(frame.columns) == 0:
+        raise _fail(d, field, "the data set is empty")
+    return frame
+
+
+def _ids(d: CompetitionDef, frame: pd.DataFrame, field: str) -> pd.Series:
+    name = d.split.id_column
+    assert name is not None
+    if name not in frame.columns:
+        raise _fail(d, field, f"column {name!r} (split.id_column) is not in the file")
+    ids = frame[name].astype(str)
+    if ids.duplicated().any():
+        raise _fail(d, field, f"id {ids[ids.duplicated()].iloc[0]!r} appears twice")
+    return ids
+
+
+def _decoded_answers(d: CompetitionDef, answers: pd.DataFrame, classes: list) -> pd.DataFrame:
+    """Answers given one-hot (one 0/1 column per class, as Kaggle's log-loss answers are)
+    decoded into the label column the training data has."""
+    target = d.targets[0]
+    names = {str(c): c for c in classes}
+    columns = [c for c in answers.columns if c != d.split.id_column]
+    if target in columns or not columns or not set(columns) <= set(names):
+        return answers
+    onehot = answers[columns].to_numpy(dtype=float)
+    if not np.isin(onehot, (0.0, 1.0)).all() or not (onehot.sum(axis=1) == 1).all():
+        raise _fail(d, "split.answers", "class columns must hold exactly one 1 per row")
+    out = answers[[d.split.id_column]].copy()
+    out[target] = [names[columns[j]] for j in onehot.argmax(axis=1)]
+    return out
+
+
+def _presplit_frame(d: CompetitionDef) -> tuple[pd.DataFrame, np.ndarray, pd.Series]:
+    """(training rows then test rows with their answers, test mask, test ids) of a
+    pre-split competition; row_id is the position in that order."""
+    assert d.split.test is not None and d.split.answers is not None
+    train = _load(d, "source", d.source)
+    test = _load(d, "split.test", d.split.test)
+    answers = _load(d, "split.answers", d.split.answers)
+    if d.split.id_column in train.columns:
+        _ids(d, train, "source")
+    test_ids = _ids(d, test, "split.test")
+    present = [t for t in d.targets if t in test.columns]
+    if present:
+        raise _fail(d, "split.test", f"the test features hold the target(s) {present}")
+    if d.is_classification and not d.is_multi_target and d.targets[0] in train.columns:
+        labels = sorted_labels(pd.unique(train[d.targets[0]].dropna()))
+        answers = _decoded_answers(d, answers, labels)
+    missing = [t for t in d.targets if t not in answers.columns]
+    if missing:
+        raise _fail(d, "split.answers", f"the answers lack the target column(s) {missing}")
+    answer_ids = _ids(d, answers, "split.answers")
+    unknown = sorted(set(answer_ids) ^ set(test_ids))
+    if unknown:
+        raise _fail(
+            d,
+            "split.answers",
+            f"{len(unknown)} id(s) are in only one of the test features and the answers "
+            f"(e.g. {unknown[:3]})",
+        )
+    lookup = answers.set_index(answer_ids)[d.targets]
+    test = test.copy()
+    for target in d.targets:
+        values = lookup[target].reindex(test_ids.to_numpy()).to_numpy()
+        if pd.isna(values).any():
+            gaps = int(pd.isna(values).sum())
+            raise _fail(d, "split.answers", f"{gaps} answer(s) of {target!r} are missing")
+        test[target] = values
+    extra = [c for c in test.columns if c not in train.columns and c != d.split.id_column]
+    if extra:
+        raise _fail(d, "split.test", f"column(s) {extra} are not in the training data")
+    # Columns only the training file has (often leaky by-products of the target) cannot be
+    # features: the test rows do not have them.
+    train_only = [c for c in train.columns if c not in test.columns and c not in d.targets]
+    if train_only:
+        log.warning("%s: training-only column(s) %s are not used", d.path, train_only)
+        train = train.drop(columns=train_only)
+    shared = [c for c in train.columns if c in test.columns]
+    frame = pd.concat([train, test[shared]], ignore_index=True)
+    is_test = np.r_[np.zeros(len(train), dtype=bool), np.ones(len(test), dtype=bool)]
+    return frame, is_test, pd.Series(test_ids.to_numpy(), index=np.flatnonzero(is_test))
+
+
+# Names that say a number is a code, not a quantity (zip codes, ids, product codes).
+_CODE_NAME = re.compile(r"(^|_)(id|zip|zipcode|postcode|postal|code|fips)$|_(id|code)$", re.I)
+_CODE_CAMEL = re.compile(r"[a-z0-9](Id|ID|Code)$")  # customerId, PassengerID, RegionCode
+FEW_DISTINCT = 10
+
+
+def categorical_warnings(frame: pd.DataFrame, numeric: list[str]) -> list[str]:
+    """Numeric columns that are probably labels: an id-like name, or a few distinct whole
+    numbers spread over a range with gaps (10115, 20095, 80331: codes), unlike the dense
+    small ranges of counts (0–4 bathrooms). A warning only: ``categorical:`` decides."""
+    out = []
+    for name in numeric:
+        values = frame[name].dropna()
+        if ptypes.is_bool_dtype(values) or values.empty:
+            continue
+        numbers = values.to_numpy(dtype=float)
+        whole = bool(np.all(np.mod(numbers, 1) == 0))
+        distinct = int(values.nunique())
+        span = float(numbers.max() - numbers.min()) + 1
+        if _CODE_NAME.search(str(name)) or _CODE_CAMEL.search(str(name)):
+            why = "its name looks like a code or an id"
+        elif whole and 2 < distinct <= FEW_DISTINCT and span > 2 * distinct:
+            why = f"it has only {distinct} distinct whole numbers, spread like codes"
+        else:
+            continue
+        out.append(
+            f"column {name!r} is read as a number but {why}; if it is a label, list it under "
+            "`categorical:` in the YAML"
+        )
+    return out
+
+
 def build_competition(definition: CompetitionDef, verify: bool = True) -> Competition:
     """Read, shape, split and check one competition (uncached; see :func:`load_competition`)."""
     d = definition
-    try:
-        frame = load_source(d.source, d.base_dir)
-    except SourceError as exc:
-        raise _fail(d, "source", str(exc)) from None
-    if d.prepare is not None:
-        try:
-            frame = get_prepare(d.prepare)(frame)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise _fail(d, "prepare", f"{d.prepare!r} failed: {exc}") from None
-    if frame.empty or len(frame.columns) == 0:
-        raise _fail(d, "source", "the data set is empty")
+    if d.split.presplit:
+        if d.prepare is not None:
+            raise _fail(d, "prepare", "a pre-split competition takes no preparation")
+        frame, presplit_test, presplit_ids = _presplit_frame(d)
+    else:
+        frame = _load(d, "source", d.source)
+        presplit_test = presplit_ids = None
+        if d.prepare is not None:
+            try:
+                frame = get_prepare(d.prepare)(frame)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise _fail(d, "prepare", f"{d.prepare!r} failed: {exc}") from None
+        if frame.empty or len(frame.columns) == 0:
+            raise _fail(d, "source", "the data set is empty")
     _check_columns(d, frame.columns)
 
     # row_id is the position in the shaped source data, assigned before any row is
     # dropped, so it stays the same as long as the data does.
     frame = frame.reset_index(drop=True)
     frame.insert(0, ROW_ID, np.arange(len(frame), dtype=np.int64))
-    frame = frame.loc[frame[d.target].notna()].reset_index(drop=True)
+    labelled = frame[d.targets].notna().all(axis=1)
+    if presplit_test is not None:
+        presplit_test = presplit_test[labelled.to_numpy()]
+    frame = frame.loc[labelled].reset_index(drop=True)
     if len(frame) < 2:
         raise _fail(d, "target", f"only {len(frame)} row(s) have a value for {d.target!r}")
-    target, classes = _prepare_target(d, frame[d.target])
-    frame[d.target] = target
+    classes = None
+    for target in d.targets:
+        frame[target], classes = _prepare_target(d, frame[target])
+    if d.is_multi_target:
+        classes = None  # each 0/1 column is scored on its own
 
     features = _feature_columns(d, frame.columns)
     date_listed = [*d.date_columns, *([d.split.time_column] if d.split.time_column else [])]
@@ -239,7 +387,7 @@ def build_competition(definition: CompetitionDef, verify: bool = True) -> Compet
         # A panel's series id is a label, even when it is stored as a number.
         categorical=[*d.categorical, *([d.split.group_column] if d.split.group_column else [])],
     )
-    _check_finite(d, frame, [d.target, *roles.numeric])
+    _check_finite(d, frame, [*d.targets, *roles.numeric])
     for name in list(roles.date):
         try:
             frame[name] = to_datetime(frame[name])
@@ -251,13 +399,19 @@ def build_competition(definition: CompetitionDef, verify: bool = True) -> Compet
                 continue
             field = "split.time_column" if name == d.split.time_column else "date_columns"
             raise _fail(d, field, f"column {name!r}: {exc}") from None
+    notes = categorical_warnings(frame, roles.numeric)
+    for note in notes:
+        log.warning("%s: %s", d.path, note)
 
     try:
-        if d.is_forecast:
+        if presplit_test is not None:
+            is_test = presplit_test
+        elif d.is_forecast:
             groups = frame[d.split.group_column] if d.split.group_column else None
             is_test = forecast_split(frame[d.split.time_column], d.split.horizon or 0, groups)
         else:
-            strata = frame[d.target] if d.split.stratify else None
+            target = frame[d.targets[0]]
+            strata = target if d.split.stratify else None
             is_test = random_split(len(frame), d.split.test_fraction, d.split.seed, strata)
     except SplitError as exc:
         raise _fail(d, "split", str(exc)) from None
@@ -267,12 +421,18 @@ def build_competition(definition: CompetitionDef, verify: bool = True) -> Compet
         frame = frame.iloc[np.argsort(frame[d.split.time_column].to_numpy(), kind="stable")]
         is_test = is_test[frame.index.to_numpy()]
         frame = frame.reset_index(drop=True)
-    train = frame.loc[~is_test, [ROW_ID, *features, d.target]].reset_index(drop=True)
-    test = frame.loc[is_test, [ROW_ID, *features, d.target]].reset_index(drop=True)
-    answers = pd.Series(
-        test[d.target].to_numpy(), index=pd.Index(test[ROW_ID], name=ROW_ID), name=d.target
-    )
-    test_features = test.drop(columns=[d.target])
+    train = frame.loc[~is_test, [ROW_ID, *features, *d.targets]].reset_index(drop=True)
+    test = frame.loc[is_test, [ROW_ID, *features, *d.targets]].reset_index(drop=True)
+    index = pd.Index(test[ROW_ID], name=ROW_ID)
+    answers: pd.Series | pd.DataFrame
+    if d.is_multi_target:
+        answers = test[d.targets].set_axis(index)
+    else:
+        answers = pd.Series(test[d.target].to_numpy(), index=index, name=d.target)
+    test_features = test.drop(columns=d.targets)
+    test_ids = None
+    if presplit_ids is not None:
+        test_ids = pd.Series(presplit_ids.reindex(test[ROW_ID]).to_numpy(), index=index)
 
     checksum = answers_checksum(answers)
     expected = d.split.answers_sha256
@@ -289,7 +449,8 @@ def build_competition(definition: CompetitionDef, verify: bool = True) -> Compet
         slug=d.slug,
         task=d.task,
         metric=d.metric,
-        target=d.target,
+        target=d.targets[0],
+        targets=d.targets if d.is_multi_target else None,
         numeric=roles.numeric,
         categorical=roles.categorical,
         text=roles.text,
@@ -299,7 +460,19 @@ def build_competition(definition: CompetitionDef, verify: bool = True) -> Compet
         horizon=d.split.horizon,
         classes=classes,
     )
-    return Competition(d, problem, train, test_features, answers, checksum)
+    return Competition(d, problem, train, test_features, answers, checksum, test_ids, notes)
+
+
+def check_solvable(competition: Competition) -> None:
+    """Refuse, before any compute, what the solver cannot do yet (several targets)."""
+    d = competition.definition
+    if d.is_multi_target:
+        raise _fail(
+            d,
+            "target",
+            f"{len(d.targets)} targets ({d.metric}): multi-target competitions can be imported "
+            "and graded (`haste grade`) but not solved yet: the solution spec models one target",
+        )
 
 
 def _mtime_ns(path: Path) -> int:
@@ -319,6 +492,9 @@ def load_competition_path(path: Path | str, verify: bool = True) -> Competition:
     path = Path(path).resolve()
     definition = load_definition(path)
     version = source_version(definition.source, definition.base_dir)
+    for extra in (definition.split.test, definition.split.answers):
+        if extra is not None:
+            version += source_version(extra, definition.base_dir)
     return _cached_build(str(path), _mtime_ns(path), version, verify)
 
 
@@ -329,7 +505,10 @@ def load_competition(slug: str, defs_dir: Path | str | None = None) -> Competiti
     if not path.is_file():
         known = ", ".join(p.stem for p in definition_paths(folder)) or "none"
         raise CompetitionDefError(
-            str(path), "slug", f"no definition for {slug!r} in {folder}; known: {known}"
+            str(path),
+            "slug",
+            f"no definition for {slug!r} in {folder}; known: {known} (competitions elsewhere: "
+            "pass --defs DIR, or set HASTE_COMPETITION_DEFS)",
         )
     return load_competition_path(path)
 

@@ -72,16 +72,23 @@ def forecast_split(times: pd.Series, horizon: int, groups: pd.Series | None = No
     return (from_end <= horizon).to_numpy()
 
 
-def answers_checksum(answers: pd.Series) -> str:
-    """sha256 of the hidden answers: one ``row_id<TAB>value`` line per row, by row_id.
+def _cell(value: object) -> str:
+    return repr(float(value)) if isinstance(value, float | np.floating) else str(value)
+
+
+def answers_checksum(answers: pd.Series | pd.DataFrame) -> str:
+    """sha256 of the hidden answers: one ``row_id<TAB>value`` line per row, by row_id
+    (several targets: their values tab-separated in column order).
 
     Floats are written with ``repr`` (shortest round-trip form), so the text and its hash
     are the same on every platform.
     """
-    lines = []
-    for row_id, value in sorted(zip(answers.index.tolist(), answers.tolist(), strict=True)):
-        text = repr(float(value)) if isinstance(value, float | np.floating) else str(value)
-        lines.append(f"{int(row_id)}\t{text}")
+    frame = answers.to_frame() if isinstance(answers, pd.Series) else answers
+    rows = zip(frame.index.tolist(), frame.itertuples(index=False, name=None), strict=True)
+    lines = [
+        f"{int(row_id)}\t" + "\t".join(_cell(v) for v in values)
+        for row_id, values in sorted(rows, key=lambda r: r[0])
+    ]
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 

@@ -153,8 +153,13 @@ def attempt_step(
     log: Log,
 ) -> StepResult:
     from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+    from haste_dagster.competitions.grading import competition_thresholds
+    from haste_dagster.competitions.registry import check_solvable
 
     competition = load_competition(slug)
+    # Fail before the budget is spent, as `haste solve` does.
+    check_solvable(competition)
+    competition_thresholds(competition)
 
     def progress(idx: int, budget: int, row: Any) -> None:
         mark = "kept" if row.kept else ("error" if row.error else "reverted")
@@ -250,8 +255,9 @@ def submission_step(
         "device": device,
         "n_teams": int(grade.n_teams),
         "bootstrap_se": float(grade.bootstrap_se),
-        "thresholds": MetadataValue.json(grade.thresholds.model_dump(mode="json")),
     }
+    if grade.thresholds is not None:  # None: an ungraded competition (no medals, no board)
+        metadata["thresholds"] = MetadataValue.json(grade.thresholds.model_dump(mode="json"))
     if grade.rank is not None:
         metadata["rank"] = int(grade.rank)
     return StepResult(

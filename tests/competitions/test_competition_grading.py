@@ -19,7 +19,6 @@ from haste_dagster.competitions.grading import (
     score_hidden,
 )
 from haste_dagster.competitions.registry import load_competition
-from haste_dagster.errors import CompetitionDefError
 
 
 def _leaderboard(n: int) -> list[float]:
@@ -142,14 +141,19 @@ def test_yaml_medals_grade_without_leaderboard(write_def, tmp_path: Path) -> Non
     assert result.rank is None and result.above_median is None
 
 
-def test_missing_leaderboard_and_medals_tells_to_build_leaderboards(write_def, tmp_path) -> None:
+def test_competition_without_leaderboard_or_medals_is_scored_with_medal_none(
+    write_def, tmp_path
+) -> None:
     write_def("tiny", medals=None)
     competition = load_competition("tiny", tmp_path)
-    with pytest.raises(CompetitionDefError) as caught:
-        grade(competition, _oracle(competition))
-    assert caught.value.field == "medals"
-    assert "scripts/build_leaderboards.py" in str(caught.value)
-    assert "tiny.yaml" in str(caught.value)
+    result = grade(competition, _oracle(competition))
+    assert result.score == 1.0
+    assert (result.medal, result.thresholds, result.rank, result.above_median) == (
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def test_series_predictions_are_matched_by_row_id(write_def, tmp_path: Path) -> None:
