@@ -3,39 +3,51 @@
 `haste skills lineage ID` tells one skill's story in the terminal; these helpers put the
 same facts on the asset pages: where each skill came from (parents, source attempts, the
 run that wrote it), which attempts loaded it and what it did there (applied, kept, delta).
-Skill ids appear as plain text in the Markdown, so the browser's find and the asset's
-event history show them. Skill text is data: every cell is escaped, so a title cannot
-inject links, images or table breaks into the page.
+The tables are Dagster table metadata (shown inline on the asset page, cells as plain
+text, so skill text, which is data, cannot inject markup); skill ids are also listed as
+plain text, so the browser's find on the asset page and its event history show them.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from dagster import AssetObservation, MetadataValue
+from dagster import AssetObservation, MetadataValue, TableColumn, TableRecord, TableSchema
 
-# The UI renders Markdown metadata inline; a few hundred rows stay readable and small.
+# Tables render inline in the UI; a few hundred rows stay readable and small.
 MAX_ROWS = 300
 SKILL_COLUMNS = (
     "id",
+    "version",
     "tier",
     "scope",
     "title",
     "status",
     "parents",
-    "source attempts",
+    "source_attempts",
     "loaded",
     "applied",
     "kept",
-    "mean Δ",
+    "mean_delta",
     "utility",
-    "created by",
+    "created_by",
+    "run",
 )
-OUTCOME_COLUMNS = ("id", "tier", "title", "applied", "kept", "Δ kept", "mean Δ", "iterations")
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+OUTCOME_COLUMNS = (
+    "id",
+    "version",
+    "tier",
+    "title",
+    "applied",
+    "kept",
+    "kept_delta",
+    "mean_delta",
+    "iterations",
+)
+_INT_COLUMNS = {"version", "loaded", "applied", "kept"}
+_FLOAT_COLUMNS = {"mean_delta", "utility", "kept_delta"}
 
 
 def rounded(value: Any, digits: int = 5) -> float | None:
@@ -48,25 +60,9 @@ def rounded(value: Any, digits: int = 5) -> float | None:
     return float(f"{number:.{digits}g}")
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, limit: int = 160) -> str:
     text = " ".join(str(value).split())
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-
-
-def _number(value: Any) -> str:
-    number = rounded(value, 4)
-    return "—" if number is None else f"{number:g}"
-
-
-def _ids(ids: Iterable[str]) -> str:
-    return ", ".join(f"`{i}`" for i in ids if re.fullmatch(r"sk_[0-9a-f]{16}", str(i))) or "—"
-
-
-def run_link(run_id: str | None) -> str:
-    """A link to the run's page in the UI (relative, so it works behind any host)."""
-    if not run_id or not re.fullmatch(r"[0-9a-f-]{8,64}", run_id):
-        return "—"
-    return f"[{run_id[:8]}](/runs/{run_id})"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def source_attempts(skill: Any) -> list[tuple[int, str | None]]:
@@ -81,79 +77,90 @@ def source_attempts(skill: Any) -> list[tuple[int, str | None]]:
     return sorted(found.items())
 
 
-def _attempts_cell(skill: Any) -> str:
-    return ", ".join(f"{a} ({_text(slug)})" if slug else str(a) for a, slug in
-                     source_attempts(skill)) or "—"
-
-
-def skill_row(skill: Any) -> dict[str, str]:
+def skill_row(skill: Any) -> dict[str, Any]:
     stats = skill.stats
     return {
-        "id": f"`{skill.id}` v{skill.version}",
+        "id": str(skill.id),
+        "version": int(skill.version),
         "tier": skill.tier,
-        "scope": _text(skill.scope_key or "—"),
+        "scope": skill.scope_key or "—",
         "title": _text(skill.title),
         "status": skill.status,
-        "parents": _ids(skill.parent_ids),
-        "source attempts": _attempts_cell(skill),
-        "loaded": str(stats.loaded),
-        "applied": str(stats.applied),
-        "kept": str(stats.kept),
-        "mean Δ": _number(stats.mean_delta),
-        "utility": _number(skill.utility),
-        "created by": f"{skill.created_by} {run_link(skill.dagster_run_id)}",
+        "parents": ", ".join(skill.parent_ids) or "—",
+        "source_attempts": ", ".join(
+            f"{a} ({slug})" if slug else str(a) for a, slug in source_attempts(skill)
+        )
+        or "—",
+        "loaded": int(stats.loaded),
+        "applied": int(stats.applied),
+        "kept": int(stats.kept),
+        "mean_delta": rounded(stats.mean_delta, 4),
+        "utility": rounded(skill.utility, 4),
+        "created_by": skill.created_by,
+        "run": skill.dagster_run_id or "—",
     }
 
 
-def markdown_rows(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "".join("| " + " | ".join(r[c] for c in columns) + " |\n" for r in rows)
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> MetadataValue:
+    """A Dagster table (the UI shows it inline, whatever its size); None cells stay empty."""
+    schema = TableSchema(
+        columns=[
+            TableColumn(
+                name,
+                "int" if name in _INT_COLUMNS else "float" if name in _FLOAT_COLUMNS else "string",
+            )
+            for name in columns
+        ]
+    )
+    records = [
+        TableRecord({c: r[c] for c in columns if r[c] is not None}) for r in rows[:MAX_ROWS]
+    ]
+    return MetadataValue.table(records=records, schema=schema)
 
 
-def skills_table_metadata(skills: Sequence[Any], *, empty: str) -> dict[str, Any]:
-    """`skill_table` (Markdown, one row per skill) and `ids` (plain text, searchable)."""
-    shown = list(skills)[:MAX_ROWS]
-    if shown:
-        table = markdown_rows([skill_row(s) for s in shown], SKILL_COLUMNS)
-        if len(skills) > len(shown):
-            table += f"\n{len(shown)} of {len(skills)} skills shown; `haste skills list` has all.\n"
-    else:
-        table = empty
-    return {
-        "skill_table": MetadataValue.md(table),
+def skills_table_metadata(skills: Sequence[Any]) -> dict[str, Any]:
+    """`skill_table` (one row per skill: lineage, usage, run) and `ids` (searchable text)."""
+    metadata: dict[str, Any] = {
+        "skill_table": table([skill_row(s) for s in skills], SKILL_COLUMNS),
         "ids": MetadataValue.text(" ".join(str(s.id) for s in skills) or "(none)"),
     }
+    if len(skills) > MAX_ROWS:
+        metadata["skill_table_note"] = MetadataValue.text(
+            f"{MAX_ROWS} of {len(skills)} skills shown; `haste skills list` has all."
+        )
+    return metadata
 
 
-def _outcome_row(use: dict[str, Any]) -> dict[str, str]:
+def _outcome_row(use: dict[str, Any]) -> dict[str, Any]:
     applied = int(use["applied"])
     return {
-        "id": f"`{use['id']}` v{use['version']}",
+        "id": str(use["id"]),
+        "version": int(use["version"]),
         "tier": str(use["tier"] or "?"),
         "title": _text(use["title"] or "?"),
-        "applied": str(applied),
-        "kept": str(use["kept"]) if applied else "—",
-        "Δ kept": _number(use["kept_delta"]),
-        "mean Δ": _number(use["mean_delta"]),
+        "applied": applied,
+        "kept": int(use["kept"]) if applied else None,
+        "kept_delta": rounded(use["kept_delta"], 4),
+        "mean_delta": rounded(use["mean_delta"], 4),
         "iterations": ", ".join(str(i) for i in use["iterations"]) or "—",
     }
 
 
 def attempt_outcomes_metadata(usage: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """What became of every skill the attempt loaded (``SkillStore.attempt_usage`` rows)."""
+    """What became of every skill the attempt loaded (``SkillStore.attempt_usage`` rows):
+    applied = iterations whose patch it motivated, kept = of those, the ones kept, deltas =
+    score change (positive = better)."""
     loaded = [u for u in usage if u["loaded"] or u["applied"]]
     applied = sum(1 for u in loaded if u["applied"])
     kept = sum(1 for u in loaded if u["kept"])
-    if loaded:
-        table = (
-            f"{len(loaded)} skills loaded, {applied} applied, {kept} kept "
-            "(Δ: score change, positive = better).\n\n"
-            + markdown_rows([_outcome_row(u) for u in loaded[:MAX_ROWS]], OUTCOME_COLUMNS)
-        )
-    else:
-        table = "No skill was loaded: the inventory had none in scope for this competition."
+    summary = (
+        f"{len(loaded)} skills loaded, {applied} applied, {kept} kept"
+        if loaded
+        else "no skill loaded: the inventory had none in scope for this competition"
+    )
     return {
-        "skill_outcomes": MetadataValue.md(table),
+        "skill_outcomes_summary": MetadataValue.text(summary),
+        "skill_outcomes": table([_outcome_row(u) for u in loaded], OUTCOME_COLUMNS),
         "skills_applied": applied,
         "skills_kept": kept,
     }

@@ -23,7 +23,7 @@ from dagster import (
 
 from haste_dagster.defs import audit
 from haste_dagster.defs.config import AttemptRunConfig, TransferBenchConfig
-from haste_dagster.defs.plots import learning_curve_png, markdown_image
+from haste_dagster.defs.plots import learning_curve_inline, learning_curve_png, markdown_image
 from haste_dagster.defs.resources import (
     ArtifactsResource,
     DatabaseResource,
@@ -193,7 +193,9 @@ def attempt_step(
     metadata.update(outcomes)
     metadata.update(
         {
-            "learning_curve": MetadataValue.md(markdown_image(png, f"learning curve of {slug}")),
+            **learning_curve_metadata(
+                result.iterations, png, slug, competition.metric.higher_is_better
+            ),
             "learning_curve_path": MetadataValue.path(str(png)),
             "resumed": resume_id is not None,
         }
@@ -201,6 +203,19 @@ def attempt_step(
     if cfg.policy == "llm":
         metadata["llm"] = MetadataValue.json(llm.describe())  # endpoint and model, never the key
     return StepResult(metadata=metadata, value=result.attempt_id)
+
+
+def learning_curve_metadata(
+    iterations: list[Any], png: Any, slug: str, higher_is_better: bool
+) -> dict[str, Any]:
+    """`learning_curve`: a small inline SVG (the UI shows short Markdown inline); the full
+    PNG opens from `learning_curve_full`."""
+    direction = "higher" if higher_is_better else "lower"
+    alt = f"learning curve of {slug}: CV score per iteration ({direction} is better)"
+    inline = learning_curve_inline(iterations, higher_is_better=higher_is_better, alt=alt)
+    full = MetadataValue.md(markdown_image(png, f"learning curve of {slug}"))
+    return {"learning_curve": MetadataValue.md(inline) if inline else full,
+            "learning_curve_full": full}
 
 
 def attempt_outcomes(store: Any, attempt_id: int) -> dict[str, Any]:
@@ -333,7 +348,7 @@ def competition_skills_audit(
     every = store.list(tier="competition", scope_key=slug, status=None)
     return {
         "note": MetadataValue.text(note),
-        **audit.skills_table_metadata(every, empty=f"No competition skill of {slug} yet."),
+        **audit.skills_table_metadata(every),
     }
 
 
@@ -358,7 +373,7 @@ def _promotion_result(result: Any, extra: dict[str, Any], tier_skills: list[Any]
             "parents": MetadataValue.json({s.id: list(s.parent_ids) for s in skills}),
             "titles": MetadataValue.md(_skill_list(skills)),
             # Every skill of the tier and scope, with its whole story (not one level).
-            **audit.skills_table_metadata(tier_skills, empty="No skill promoted yet."),
+            **audit.skills_table_metadata(tier_skills),
         },
         value=[s.id for s in skills],
     )
@@ -403,7 +418,7 @@ def skill_inventory_step(
             "by_status": MetadataValue.json(dict(by_status)),
             "files": len(written),
             "directory": MetadataValue.path(str(target)),
-            **audit.skills_table_metadata(skills, empty="The inventory is empty."),
+            **audit.skills_table_metadata(skills),
         },
         value=[str(p) for p in written],
     )

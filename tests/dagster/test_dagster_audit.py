@@ -49,13 +49,11 @@ def _metadata(record: EventLogRecord) -> dict[str, Any]:
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
-def _row(table: str, skill_id: str, columns: tuple[str, ...]) -> dict[str, str]:
-    """The cells of the Markdown table row of ``skill_id``, by column name."""
-    lines = [line for line in table.splitlines() if f"`{skill_id}`" in line]
-    assert len(lines) == 1, f"{skill_id} is not one row of:\n{table}"
-    cells = [c.strip() for c in lines[0].strip().strip("|").split(" | ")]
-    assert len(cells) == len(columns)
-    return dict(zip(columns, cells, strict=True))
+def _row(table: Any, skill_id: str) -> dict[str, Any]:
+    """The row of ``skill_id`` in a table metadata value, by column name."""
+    rows = [r.data for r in table.records if r.data["id"] == skill_id]
+    assert len(rows) == 1, f"{skill_id} is not one row of {table.records}"
+    return rows[0]
 
 
 @pytest.fixture(scope="module")
@@ -132,36 +130,32 @@ def test_each_skill_records_the_run_and_attempt_that_wrote_it_also_in_its_export
 def test_inventory_table_lists_each_skill_with_parents_usage_and_run(
     audited: dict[str, Any], store: SkillStore
 ) -> None:
-    from haste_dagster.defs.audit import SKILL_COLUMNS
-
     inventory = _metadata(_latest(audited["instance"], "skill_inventory"))
     skills = store.list(status=None)
     assert set(inventory["ids"].split()) == {s.id for s in skills}
     domain_skill = max(store.list(tier="domain", scope_key=DOMAIN), key=lambda s: s.stats.loaded)
     # The second attempt of the first competition loaded it (tiered loading: its domain).
     assert domain_skill.stats.loaded >= 1
-    row = _row(inventory["skill_table"], domain_skill.id, SKILL_COLUMNS)
-    assert row["tier"] == "domain" and row["scope"] == DOMAIN.replace("_", "\\_")
+    row = _row(inventory["skill_table"], domain_skill.id)
+    assert (row["tier"], row["scope"], row["version"]) == ("domain", DOMAIN, domain_skill.version)
     assert set(re.findall(r"sk_[0-9a-f]{16}", row["parents"])) == set(domain_skill.parent_ids)
     assert (row["loaded"], row["applied"], row["kept"]) == (
-        str(domain_skill.stats.loaded),
-        str(domain_skill.stats.applied),
-        str(domain_skill.stats.kept),
+        domain_skill.stats.loaded,
+        domain_skill.stats.applied,
+        domain_skill.stats.kept,
     )
     # Source attempts reach below the parents: the competitions the pattern was seen in.
     for slug in SLUGS:
-        assert slug.replace("_", "\\_") in row["source attempts"]
-    assert audited["runs"]["promote"] in row["created by"]
+        assert f"({slug})" in row["source_attempts"]
+    assert (row["created_by"], row["run"]) == ("promotion", audited["runs"]["promote"])
     # domain_skills carries the same story for its own scope.
     domain_table = _metadata(_latest(audited["instance"], "domain_skills", DOMAIN))["skill_table"]
-    assert _row(domain_table, domain_skill.id, SKILL_COLUMNS)["parents"] == row["parents"]
+    assert _row(domain_table, domain_skill.id) == row
 
 
 def test_attempt_shows_what_became_of_each_loaded_skill_and_its_grade(
     audited: dict[str, Any], store: SkillStore
 ) -> None:
-    from haste_dagster.defs.audit import OUTCOME_COLUMNS
-
     instance = audited["instance"]
     record = _latest(instance, "attempt", SLUGS[0])
     attempt = _metadata(record)
@@ -171,12 +165,16 @@ def test_attempt_shows_what_became_of_each_loaded_skill_and_its_grade(
     assert set(attempt["skills_loaded"]) == loaded
     assert any(u["tier"] == "domain" for u in usage)
     for use in usage:
-        row = _row(attempt["skill_outcomes"], use["id"], OUTCOME_COLUMNS)
-        assert row["applied"] == str(use["applied"])
-        assert row["kept"] == (str(use["kept"]) if use["applied"] else "—")
+        row = _row(attempt["skill_outcomes"], use["id"])
+        assert (row["version"], row["applied"]) == (use["version"], use["applied"])
+        assert row.get("kept") == (use["kept"] if use["applied"] else None)
     assert attempt["skills_applied"] == sum(1 for u in usage if u["applied"])
     assert attempt["skills_kept"] == sum(1 for u in usage if u["kept"])
+    assert attempt["skill_outcomes_summary"].startswith(f"{len(loaded)} skills loaded")
     assert len(repr(attempt["best_cv"]).replace(".", "").lstrip("0")) <= 6  # rounded
+    # The learning curve is drawn inline (short Markdown), the full PNG one click away.
+    assert attempt["learning_curve"].startswith("![")
+    assert len(attempt["learning_curve"]) < 1000 < len(attempt["learning_curve_full"])
     # Once graded, the attempt is observed with its hidden-test score and medal.
     observed = instance.fetch_observations(
         AssetRecordsFilter(asset_key=AssetKey("attempt"), asset_partitions=[SLUGS[0]]), limit=1
