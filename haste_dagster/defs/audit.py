@@ -18,36 +18,10 @@ from dagster import AssetObservation, MetadataValue, TableColumn, TableRecord, T
 
 # Tables render inline in the UI; a few hundred rows stay readable and small.
 MAX_ROWS = 300
-SKILL_COLUMNS = (
-    "id",
-    "version",
-    "tier",
-    "scope",
-    "title",
-    "status",
-    "parents",
-    "source_attempts",
-    "loaded",
-    "applied",
-    "kept",
-    "mean_delta",
-    "utility",
-    "created_by",
-    "run",
-)
-OUTCOME_COLUMNS = (
-    "id",
-    "version",
-    "tier",
-    "title",
-    "applied",
-    "kept",
-    "kept_delta",
-    "mean_delta",
-    "iterations",
-)
-_INT_COLUMNS = {"version", "loaded", "applied", "kept"}
-_FLOAT_COLUMNS = {"mean_delta", "utility", "kept_delta"}
+# Few, wrapping columns: the UI gives a metadata table about 600-1100 px, so one row per
+# skill tells its whole story in four cells instead of fifteen cut-off ones.
+SKILL_COLUMNS = ("id", "skill", "usage", "lineage")
+OUTCOME_COLUMNS = ("id", "skill", "outcome")
 
 
 def rounded(value: Any, digits: int = 5) -> float | None:
@@ -77,44 +51,39 @@ def source_attempts(skill: Any) -> list[tuple[int, str | None]]:
     return sorted(found.items())
 
 
-def skill_row(skill: Any) -> dict[str, Any]:
+def _signed(value: Any) -> str:
+    number = rounded(value, 4)
+    return "—" if number is None else f"{number:+g}"
+
+
+def skill_row(skill: Any) -> dict[str, str]:
     stats = skill.stats
+    where = " · ".join(x for x in (skill.tier, skill.scope_key) if x)
+    attempts = ", ".join(
+        f"{a} ({slug})" if slug else str(a) for a, slug in source_attempts(skill)
+    )
+    run = f" in run {skill.dagster_run_id}" if skill.dagster_run_id else ""
     return {
         "id": str(skill.id),
-        "version": int(skill.version),
-        "tier": skill.tier,
-        "scope": skill.scope_key or "—",
-        "title": _text(skill.title),
-        "status": skill.status,
-        "parents": ", ".join(skill.parent_ids) or "—",
-        "source_attempts": ", ".join(
-            f"{a} ({slug})" if slug else str(a) for a, slug in source_attempts(skill)
-        )
-        or "—",
-        "loaded": int(stats.loaded),
-        "applied": int(stats.applied),
-        "kept": int(stats.kept),
-        "mean_delta": rounded(stats.mean_delta, 4),
-        "utility": rounded(skill.utility, 4),
-        "created_by": skill.created_by,
-        "run": skill.dagster_run_id or "—",
+        "skill": f"{where} · v{skill.version} {skill.status} — {_text(skill.title)}",
+        "usage": (
+            f"loaded {stats.loaded} · applied {stats.applied} · kept {stats.kept} · "
+            f"mean Δ {_signed(stats.mean_delta)} · utility {_signed(skill.utility)}"
+        ),
+        "lineage": " · ".join(
+            [
+                f"{skill.created_by}{run}",
+                f"parents {', '.join(skill.parent_ids) or '—'}",
+                f"attempts {attempts or '—'}",
+            ]
+        ),
     }
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> MetadataValue:
-    """A Dagster table (the UI shows it inline, whatever its size); None cells stay empty."""
-    schema = TableSchema(
-        columns=[
-            TableColumn(
-                name,
-                "int" if name in _INT_COLUMNS else "float" if name in _FLOAT_COLUMNS else "string",
-            )
-            for name in columns
-        ]
-    )
-    records = [
-        TableRecord({c: r[c] for c in columns if r[c] is not None}) for r in rows[:MAX_ROWS]
-    ]
+    """A Dagster table (the UI shows it inline, whatever its size)."""
+    schema = TableSchema(columns=[TableColumn(name, "string") for name in columns])
+    records = [TableRecord({c: r[c] for c in columns}) for r in rows[:MAX_ROWS]]
     return MetadataValue.table(records=records, schema=schema)
 
 
@@ -131,18 +100,20 @@ def skills_table_metadata(skills: Sequence[Any]) -> dict[str, Any]:
     return metadata
 
 
-def _outcome_row(use: dict[str, Any]) -> dict[str, Any]:
+def _outcome_row(use: dict[str, Any]) -> dict[str, str]:
     applied = int(use["applied"])
+    if applied:
+        iterations = ", ".join(str(i) for i in use["iterations"])
+        outcome = (
+            f"applied {applied} (iterations {iterations}) · kept {use['kept']} · "
+            f"Δ kept {_signed(use['kept_delta'])} · mean Δ {_signed(use['mean_delta'])}"
+        )
+    else:
+        outcome = "loaded, not applied"
     return {
         "id": str(use["id"]),
-        "version": int(use["version"]),
-        "tier": str(use["tier"] or "?"),
-        "title": _text(use["title"] or "?"),
-        "applied": applied,
-        "kept": int(use["kept"]) if applied else None,
-        "kept_delta": rounded(use["kept_delta"], 4),
-        "mean_delta": rounded(use["mean_delta"], 4),
-        "iterations": ", ".join(str(i) for i in use["iterations"]) or "—",
+        "skill": f"{use['tier'] or '?'} · v{use['version']} — {_text(use['title'] or '?')}",
+        "outcome": outcome,
     }
 
 

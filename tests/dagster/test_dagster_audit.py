@@ -137,20 +137,22 @@ def test_inventory_table_lists_each_skill_with_parents_usage_and_run(
     # The second attempt of the first competition loaded it (tiered loading: its domain).
     assert domain_skill.stats.loaded >= 1
     row = _row(inventory["skill_table"], domain_skill.id)
-    assert (row["tier"], row["scope"], row["version"]) == ("domain", DOMAIN, domain_skill.version)
-    assert set(re.findall(r"sk_[0-9a-f]{16}", row["parents"])) == set(domain_skill.parent_ids)
-    assert (row["loaded"], row["applied"], row["kept"]) == (
-        domain_skill.stats.loaded,
-        domain_skill.stats.applied,
-        domain_skill.stats.kept,
+    assert row["skill"].startswith(f"domain · {DOMAIN} · v{domain_skill.version} active — ")
+    stats = domain_skill.stats
+    assert row["usage"].startswith(
+        f"loaded {stats.loaded} · applied {stats.applied} · kept {stats.kept} · mean Δ "
     )
+    assert row["lineage"].startswith(f"promotion in run {audited['runs']['promote']} · parents ")
+    assert set(re.findall(r"sk_[0-9a-f]{16}", row["lineage"])) == set(domain_skill.parent_ids)
     # Source attempts reach below the parents: the competitions the pattern was seen in.
     for slug in SLUGS:
-        assert f"({slug})" in row["source_attempts"]
-    assert (row["created_by"], row["run"]) == ("promotion", audited["runs"]["promote"])
-    # domain_skills carries the same story for its own scope.
+        assert f"({slug})" in row["lineage"]
+    # domain_skills carries the same story for its own scope (usage as of its materialization,
+    # before the warm re-run loaded the skill).
     domain_table = _metadata(_latest(audited["instance"], "domain_skills", DOMAIN))["skill_table"]
-    assert _row(domain_table, domain_skill.id) == row
+    at_promotion = _row(domain_table, domain_skill.id)
+    assert at_promotion["lineage"] == row["lineage"]
+    assert at_promotion["usage"].startswith("loaded 0 · ")
 
 
 def test_attempt_shows_what_became_of_each_loaded_skill_and_its_grade(
@@ -166,8 +168,14 @@ def test_attempt_shows_what_became_of_each_loaded_skill_and_its_grade(
     assert any(u["tier"] == "domain" for u in usage)
     for use in usage:
         row = _row(attempt["skill_outcomes"], use["id"])
-        assert (row["version"], row["applied"]) == (use["version"], use["applied"])
-        assert row.get("kept") == (use["kept"] if use["applied"] else None)
+        assert row["skill"].startswith(f"{use['tier']} · v{use['version']} — ")
+        if use["applied"]:
+            iterations = ", ".join(str(i) for i in use["iterations"])
+            assert row["outcome"].startswith(
+                f"applied {use['applied']} (iterations {iterations}) · kept {use['kept']} · "
+            )
+        else:
+            assert row["outcome"] == "loaded, not applied"
     assert attempt["skills_applied"] == sum(1 for u in usage if u["applied"])
     assert attempt["skills_kept"] == sum(1 for u in usage if u["kept"])
     assert attempt["skill_outcomes_summary"].startswith(f"{len(loaded)} skills loaded")
@@ -214,12 +222,19 @@ def test_competition_skills_say_nothing_kept_means_no_skills(audited: dict[str, 
 
 
 def test_nightly_consolidation_evaluates_the_lineage_check_on_the_new_inventory(
-    audited: dict[str, Any],
+    audited: dict[str, Any], store: SkillStore
 ) -> None:
     instance: DagsterInstance = audited["instance"]
     defs: Definitions = audited["defs"]
+    before = {s.id: (s.version, s.dagster_run_id) for s in store.list(status=None)}
     result = defs.resolve_job_def("consolidate_skills").execute_in_process(instance=instance)
     assert result.success
+    # Re-promoting an unchanged pattern is no new version: it keeps the run that wrote it;
+    # a version consolidation does write records the consolidation run.
+    for skill in store.list(status=None):
+        version, run = before.get(skill.id, (None, None))
+        expected = run if skill.version == version else result.run_id
+        assert skill.dagster_run_id == expected, skill.id
     inventory = _latest(instance, "skill_inventory")
     assert inventory.run_id == result.run_id
     # What the UI reads for the check's status: the latest execution, on this materialization.

@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from ui_server import UiProcess, free_port, ignore_interrupts
+from ui_server import CHROMIUM, UiProcess, free_port, ignore_interrupts
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's browser; checked before the UI starts so a broken CI setup fails fast."""
+    if not CHROMIUM.exists():
+        pytest.fail("CI needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+    return CHROMIUM
 
 
 @pytest.fixture

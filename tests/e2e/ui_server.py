@@ -11,6 +11,17 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
