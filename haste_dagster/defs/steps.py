@@ -214,8 +214,10 @@ def learning_curve_metadata(
     alt = f"learning curve of {slug}: CV score per iteration ({direction} is better)"
     inline = learning_curve_inline(iterations, higher_is_better=higher_is_better, alt=alt)
     full = MetadataValue.md(markdown_image(png, f"learning curve of {slug}"))
-    return {"learning_curve": MetadataValue.md(inline) if inline else full,
-            "learning_curve_full": full}
+    return {
+        "learning_curve": MetadataValue.md(inline) if inline else full,
+        "learning_curve_full": full,
+    }
 
 
 def attempt_outcomes(store: Any, attempt_id: int) -> dict[str, Any]:

@@ -52,15 +52,17 @@ def _materialize(db_url: str, dagster_home: Path) -> None:
         instance.dispose()
 
 
-def _cells(page, first: str) -> list[str]:  # noqa: ANN001 (playwright Page)
-    """The cells of the one innermost table row whose first cell is exactly ``first``."""
+def _rows(page, first: str, count: int | None = 1) -> list[list[str]]:  # noqa: ANN001
+    """Cells of the innermost table rows whose first cell is exactly ``first`` (Page)."""
     from playwright.sync_api import expect
 
-    row = page.locator("tr:not(:has(tr))").filter(
+    rows = page.locator("tr:not(:has(tr))").filter(
         has=page.locator("td:first-child", has_text=re.compile(rf"^\s*{first}\s*$"))
     )
-    expect(row).to_have_count(1, timeout=60_000)
-    return [c.strip() for c in row.locator("td").all_inner_texts()]
+    expect(rows.first).to_be_visible(timeout=60_000)
+    if count is not None:
+        expect(rows).to_have_count(count)
+    return [[c.strip() for c in row.locator("td").all_inner_texts()] for row in rows.all()]
 
 
 def _shoot(page, key: str, path: Path) -> None:  # noqa: ANN001 (playwright Page)
@@ -79,7 +81,7 @@ def test_ui_shows_a_skills_parents_usage_and_its_outcome_in_the_attempt(
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from haste_dagster.defs.audit import OUTCOME_COLUMNS, SKILL_COLUMNS
+    from haste_dagster.defs.audit import LINEAGE_COLUMNS, OUTCOME_COLUMNS, SKILL_COLUMNS
     from haste_dagster.defs.definitions import default_resources
 
     defs = tmp_path / "defs"
@@ -115,27 +117,28 @@ def test_ui_shows_a_skills_parents_usage_and_its_outcome_in_the_attempt(
             page = browser.new_page()
             page.set_default_timeout(60_000)
             page.goto(f"{ui.base}/assets/skill_inventory")
-            row = dict(zip(SKILL_COLUMNS, _cells(page, domain_skill.id), strict=True))
-            parents = re.search(r"parents ([^·]+)", row["lineage"]).group(1)
-            assert set(parents.strip().split(", ")) == set(domain_skill.parent_ids)
+            # Its row in skill_table, then one row per fact in skill_lineage.
+            rows = _rows(page, domain_skill.id, count=None)
+            (usage,) = [r for r in rows if len(r) == len(SKILL_COLUMNS)]
+            row = dict(zip(SKILL_COLUMNS, usage, strict=True))
             stats = domain_skill.stats
-            assert row["usage"].startswith(
-                f"loaded {stats.loaded} · applied {stats.applied} · kept {stats.kept} · "
+            assert (row["tier"], row["loaded"], row["applied"], row["kept"]) == (
+                "domain", str(stats.loaded), str(stats.applied), str(stats.kept)
             )
-            assert row["lineage"].startswith(f"promotion in run {domain_skill.dagster_run_id}")
+            facts = [tuple(r[1:]) for r in rows if len(r) == len(LINEAGE_COLUMNS)]
+            assert {v for f, v in facts if f == "parent"} == set(domain_skill.parent_ids)
+            run = domain_skill.dagster_run_id[:8]
+            assert ("created by", f"promotion · run {run}") in facts
             if shots:
-                _shoot(page, "skill_table", Path(shots) / "skill_inventory.png")
+                for key in ("skill_table", "skill_lineage"):
+                    _shoot(page, key, Path(shots) / f"inventory_{key}.png")
 
             page.goto(f"{ui.base}/assets/attempt?partition={SLUGS[0]}")
             # The page shows the warm attempt, the one that loaded the domain skill.
-            assert _cells(page, "attempt_id")[-1] == str(warm_attempt)
-            cells = dict(zip(OUTCOME_COLUMNS, _cells(page, domain_skill.id), strict=True))
-            if outcome["applied"]:
-                assert cells["outcome"].startswith(
-                    f"applied {outcome['applied']} (iterations "
-                ) and f" · kept {outcome['kept']} · " in cells["outcome"]
-            else:
-                assert cells["outcome"] == "loaded, not applied"
+            assert _rows(page, "attempt_id")[0][-1] == str(warm_attempt)
+            cells = dict(zip(OUTCOME_COLUMNS, _rows(page, domain_skill.id)[0], strict=True))
+            assert cells["applied"] == str(outcome["applied"])
+            assert cells["kept"] == (str(outcome["kept"]) if outcome["applied"] else "")
             expect(page.get_by_role("img", name=re.compile("learning curve"))).to_be_visible()
             if shots:
                 _shoot(page, "skill_outcomes", Path(shots) / "attempt_outcomes.png")
