@@ -24,15 +24,15 @@ from typing import Any
 from dagster import AssetObservation, MetadataValue, TableColumn, TableRecord, TableSchema
 
 MAX_ROWS = 300  # per table: a few hundred rows stay readable and small
-SKILL_COLUMNS = ("id", "tier", "loaded", "applied", "kept", "mean_delta", "utility")
+SKILL_COLUMNS = ("id", "tier", "loaded", "applied", "kept", "mean Δ", "utility")
 LINEAGE_COLUMNS = ("id", "fact", "value")
 DETAIL_COLUMNS = (
     "id", "version", "tier", "scope", "status", "title", "parents", "source attempts",
     "loaded", "applied", "kept", "mean Δ", "utility", "created by", "run",
 )
-OUTCOME_COLUMNS = ("id", "tier", "applied", "kept", "kept_delta", "mean_delta")
-_TYPES = {"loaded": "int", "applied": "int", "kept": "int", "mean_delta": "float",
-          "utility": "float", "kept_delta": "float"}
+OUTCOME_COLUMNS = ("id", "applied", "kept", "Δ kept", "mean Δ")
+_TYPES = {"loaded": "int", "applied": "int", "kept": "int", "mean Δ": "float",
+          "utility": "float", "Δ kept": "float"}
 TITLE_CHARS = 40  # inline; the full title is in skill_details and the exported file
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
 
@@ -90,8 +90,8 @@ def skill_row(skill: Any) -> dict[str, Any]:
         "loaded": int(stats.loaded),
         "applied": int(stats.applied),
         "kept": int(stats.kept),
-        "mean_delta": rounded(stats.mean_delta, 4),
-        "utility": rounded(skill.utility, 4),
+        "mean Δ": rounded(stats.mean_delta, 3),
+        "utility": rounded(skill.utility, 3),
     }
 
 
@@ -159,11 +159,10 @@ def _outcome_row(use: dict[str, Any]) -> dict[str, Any]:
     applied = int(use["applied"])
     return {
         "id": str(use["id"]),
-        "tier": str(use["tier"] or "?"),
         "applied": applied,
         "kept": int(use["kept"]) if applied else None,
-        "kept_delta": rounded(use["kept_delta"], 4),
-        "mean_delta": rounded(use["mean_delta"], 4),
+        "Δ kept": rounded(use["kept_delta"], 3),
+        "mean Δ": rounded(use["mean_delta"], 3),
     }
 
 
@@ -176,7 +175,7 @@ def attempt_outcomes_metadata(usage: Sequence[dict[str, Any]]) -> dict[str, Any]
     kept = sum(1 for u in loaded if u["kept"])
     summary = (
         f"{len(loaded)} skills loaded, {applied} applied, {kept} kept "
-        "(delta: change of the CV score, positive = better)"
+        "(Δ: change of the CV score, positive = better)"
         if loaded
         else "no skill loaded: the inventory had none in scope for this competition"
     )
