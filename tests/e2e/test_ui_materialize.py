@@ -52,11 +52,12 @@ def test_ui_launches_a_materialization_that_succeeds(
             # With upstream assets never materialized the UI first asks to confirm.
             confirm = page.get_by_role("button", name="Confirm")
             launched = page.get_by_text(re.compile(r"Launched run"))
-            expect(confirm.or_(launched).first).to_be_visible()
+            # Under load the launch takes longer than expect's 5 s default.
+            expect(confirm.or_(launched).first).to_be_visible(timeout=60_000)
             if confirm.is_visible():
                 confirm.click()
             # The "Launched run …" toast has a View button that opens the run.
-            expect(launched).to_be_visible()
+            expect(launched).to_be_visible(timeout=60_000)
             page.get_by_text("View", exact=True).click()
             page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]+.*"))
             # The run page streams the event log; the run must end in RUN_SUCCESS.
