@@ -77,9 +77,15 @@ def kept_changes(conn: psycopg.Connection, attempt_id: int, higher_is_better: bo
 
 
 def extract_skills(
-    conn: psycopg.Connection, competition: Any, attempt_id: int, store: Any = None
+    conn: psycopg.Connection,
+    competition: Any,
+    attempt_id: int,
+    store: Any = None,
+    *,
+    dagster_run_id: str | None = None,
 ) -> list[Any]:
-    """Write 2–5 competition skills from what the attempt kept (idempotent)."""
+    """Write 2–5 competition skills from what the attempt kept (idempotent); each records
+    the attempt and, run from Dagster, the run that wrote it."""
     from haste_dagster.skills.extraction import extract_competition_skills
 
     store = store if store is not None else open_skill_store(conn)
@@ -92,11 +98,18 @@ def extract_skills(
         domain=definition.domain,
         profile=profile_data(competition).as_dict(),
         kept_changes=kept_changes(conn, attempt_id, higher),
+        dagster_run_id=dagster_run_id,
     )
 
 
 def reflect_with_llm(
-    conn: psycopg.Connection, competition: Any, attempt_id: int, store: Any, client: Any
+    conn: psycopg.Connection,
+    competition: Any,
+    attempt_id: int,
+    store: Any,
+    client: Any,
+    *,
+    dagster_run_id: str | None = None,
 ) -> list[str]:
     """LLM reflection: the competition agent states 2–5 learnings, the orchestrator labels
     each (skip | competition | domain | global | conflict) and the evidence rule decides
@@ -144,6 +157,7 @@ def reflect_with_llm(
                 created_by="extraction" if tier == "competition" else "promotion",
                 parent_ids=list(decision.related_skill_ids),
                 source_attempt=attempt_id,
+                dagster_run_id=dagster_run_id,
             )
         )
         written.append(skill.id)
@@ -153,7 +167,13 @@ def reflect_with_llm(
     return written
 
 
-def promote(conn: psycopg.Connection, domains: Iterable[str], store: Any = None) -> list[Any]:
+def promote(
+    conn: psycopg.Connection,
+    domains: Iterable[str],
+    store: Any = None,
+    *,
+    dagster_run_id: str | None = None,
+) -> list[Any]:
     """Promote recurring competition skills to their domains, then domain skills to global.
 
     Holds the consolidation advisory lock for the whole promotion: promotion and
@@ -172,8 +192,8 @@ def promote(conn: psycopg.Connection, domains: Iterable[str], store: Any = None)
     with store.conn.transaction():
         lock_promotions(store)
         for domain in sorted(set(domains)):
-            promoted += promote_domain_skills(store, domain)
-        promoted += promote_global_skills(store)
+            promoted += promote_domain_skills(store, domain, dagster_run_id=dagster_run_id)
+        promoted += promote_global_skills(store, dagster_run_id=dagster_run_id)
     return promoted
 
 
@@ -225,7 +245,12 @@ def solve(
     # (resumable_attempt), so a crash while skills are written is finished by resuming
     # (extraction is idempotent) instead of leaving a graded attempt without its skills.
     new_skills = (
-        [s.id for s in extract_skills(conn, competition, attempt.attempt_id, store)]
+        [
+            s.id
+            for s in extract_skills(
+                conn, competition, attempt.attempt_id, store, dagster_run_id=dagster_run_id
+            )
+        ]
         if extract
         else []
     )
@@ -235,7 +260,9 @@ def solve(
 
         client = getattr(policy, "client", None)
         if extract and client is not None:
-            new_skills += reflect_with_llm(conn, competition, attempt.attempt_id, store, client)
+            new_skills += reflect_with_llm(
+                conn, competition, attempt.attempt_id, store, client, dagster_run_id=dagster_run_id
+            )
         llm = TokenLedger(conn).attempt_totals(attempt.attempt_id).as_json()
     grade = make_submission(conn, competition, attempt.attempt_id)
     return SolveResult(

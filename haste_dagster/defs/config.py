@@ -10,9 +10,17 @@ class AttemptRunConfig(Config):
     """How an attempt runs; the defaults are the offline heuristic with tiered skill loading."""
 
     policy: Literal["heuristic", "llm"] = "heuristic"
-    loading: Literal["tiered", "flat", "none"] = "tiered"
-    iterations: int | None = Field(default=None, ge=1, description="None: the competition budget.")
-    seed: int = 0
+    loading: Literal["tiered", "flat", "none"] = Field(
+        default="tiered",
+        description="Which skills the attempt loads: tiered (global top-k, its domain, "
+        "itself), flat (every skill) or none.",
+    )
+    # Plain defaults (not None) so the launchpad's scaffolded config shows every option a
+    # user wants first: Dagster leaves fields whose default is None out of it.
+    iterations: int = Field(
+        default=0, ge=0, description="Refinement iterations; 0: the competition's budget."
+    )
+    seed: int = Field(default=0, description="Random seed of the attempt.")
     label: str | None = None
     resume: bool = Field(
         default=True,

@@ -45,7 +45,7 @@ from dagster import (
 from pydantic import Field
 
 from haste_dagster import db
-from haste_dagster.defs import steps
+from haste_dagster.defs import audit, steps
 from haste_dagster.defs.executors import TrainingRouting, executor_by_name, training_tags
 from haste_dagster.defs.jobs import _emit
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
@@ -386,14 +386,18 @@ def select_round(
                 stopped=state["stopped"] or "budget",
                 extra={"rounds": state["rounds"], "candidates_per_round": state["candidates"]},
             )
-            _record_attempt_asset(context, state, result)
+            _record_attempt_asset(
+                context, state, result, steps.attempt_outcomes(store, state["attempt_id"])
+            )
             metadata["finished"] = True
     return Output(new_state, metadata=metadata)
 
 
-def _record_attempt_asset(context: OpExecutionContext, state: dict, result: Any) -> None:
+def _record_attempt_asset(
+    context: OpExecutionContext, state: dict, result: Any, outcomes: dict[str, Any]
+) -> None:
     slug = state["slug"]
-    metadata = steps.attempt_metadata(result)
+    metadata = {**steps.attempt_metadata(result), **outcomes}
     metadata.update(
         {
             "rounds": state["rounds"],
@@ -421,6 +425,7 @@ def train_final_model(
     grade = result.value
     _ensure_partition(context, slug)
     _emit(context, "submission", result, slug)
+    context.log_event(audit.grade_observation(slug, attempt_id, grade))
     return Output(
         {
             "attempt_id": attempt_id,

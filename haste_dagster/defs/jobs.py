@@ -20,6 +20,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetKey,
     AssetMaterialization,
+    AssetRecordsFilter,
     AssetSelection,
     Config,
     DefaultScheduleStatus,
@@ -35,7 +36,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from haste_dagster.defs import steps
+from haste_dagster.defs import audit, steps
 from haste_dagster.defs.config import AttemptRunConfig, TransferBenchConfig
 from haste_dagster.defs.executors import training_tags
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
@@ -102,6 +103,40 @@ def _emit(
         )
 
 
+def _emit_inventory(
+    context: OpExecutionContext, result: steps.StepResult, skill_store: SkillStoreResource
+) -> None:
+    """Record `skill_inventory` and evaluate its lineage check on that materialization, as
+    the asset jobs do: an op job re-materializing the inventory must not leave it stale."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    key = AssetKey("skill_inventory")
+    context.log_event(AssetMaterialization(asset_key=key, metadata=result.metadata))
+    outcome = steps.skills_validity_step(skill_store)
+    latest = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key), limit=1
+    ).records
+    target = (
+        AssetCheckEvaluationTargetMaterializationData(
+            storage_id=latest[0].storage_id, run_id=latest[0].run_id, timestamp=latest[0].timestamp
+        )
+        if latest and latest[0].run_id == context.run_id
+        else None
+    )
+    context.log_event(
+        AssetCheckEvaluation(
+            asset_key=key,
+            check_name=outcome.name,
+            passed=outcome.passed,
+            metadata=outcome.metadata,
+            severity=outcome.severity,
+            target_materialization_data=target,
+        )
+    )
+
+
 def _mapping_key(slug: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", slug)
 
@@ -156,7 +191,10 @@ def solve_one(
         _emit(context, "attempt", attempt, slug)
         submission = steps.submission_step(slug, attempt.value, database)
         _emit(context, "submission", submission, slug)
-        skills = steps.competition_skills_step(slug, attempt.value, skill_store)
+        context.log_event(audit.grade_observation(slug, attempt.value, submission.value))
+        skills = steps.competition_skills_step(
+            slug, attempt.value, skill_store, run_id=context.run.run_id
+        )
         _emit(context, "competition_skills", skills, slug)
     except (HasteError, ValueError, KeyError) as exc:
         # One broken competition must not stop the campaign; the last op fails the run.
@@ -177,15 +215,17 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
         artifacts: ArtifactsResource,
     ) -> None:
         for domain in sorted({s["domain"] for s in solved if s["domain"]}):
-            result = steps.domain_skills_step(domain, skill_store)
+            result = steps.domain_skills_step(domain, skill_store, run_id=context.run_id)
             # A domain added after the code loaded has no partition yet: record it unpartitioned
             # in the log only, so the asset's partition set stays valid.
             if domain in known_domains:
                 _emit(context, "domain_skills", result, domain)
             else:
                 context.log.warning(f"domain {domain!r} is new: reload the code location to see it")
-        _emit(context, "global_skills", steps.global_skills_step(skill_store), None)
-        _emit(context, "skill_inventory", steps.skill_inventory_step(skill_store, artifacts), None)
+        _emit(
+            context, "global_skills", steps.global_skills_step(skill_store, context.run_id), None
+        )
+        _emit_inventory(context, steps.skill_inventory_step(skill_store, artifacts), skill_store)
         _emit(context, "transfer_report", steps.transfer_report_step(database, artifacts), None)
         failed = [s for s in solved if s["error"]]
         if failed:
@@ -240,12 +280,12 @@ def transfer_benchmark() -> None:
 def consolidate_op(
     context: OpExecutionContext, skill_store: SkillStoreResource, artifacts: ArtifactsResource
 ) -> None:
-    consolidation = steps.consolidate_step(skill_store)
+    consolidation = steps.consolidate_step(skill_store, run_id=context.run_id)
     context.log.info(f"consolidation: {consolidation.value}")
     inventory = steps.skill_inventory_step(skill_store, artifacts)
     # The inventory changed: record it, with what the consolidation did.
     inventory.metadata.update({f"consolidation_{k}": v for k, v in consolidation.metadata.items()})
-    _emit(context, "skill_inventory", inventory, None)
+    _emit_inventory(context, inventory, skill_store)
 
 
 @job(name="consolidate_skills", description="Consolidate the skill inventory (nightly).")

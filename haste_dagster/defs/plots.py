@@ -58,3 +58,72 @@ def markdown_image(path: Path, alt: str) -> str:
     """Markdown embedding the PNG inline, so the Dagster UI shows it without file access."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f"![{alt}](data:image/png;base64,{data})"
+
+
+# The UI renders Markdown metadata inline only below 1000 characters (longer: behind a
+# "Show Markdown" button), so the inline curve is a small SVG sized to fit that.
+INLINE_LIMIT = 990
+
+
+def _svg(points: list[tuple[float, float, bool]], higher_is_better: bool, bins: int) -> str:
+    """Every CV score (grey) and the incumbent (green steps), at most ``bins`` x positions."""
+    width, height = 200, 60
+    xs = [i for i, _, _ in points]
+    ys = [s for _, s, _ in points]
+    x0, x1 = min(xs), max(xs) or 1
+    y0, y1 = min(ys), max(ys)
+    span_x, span_y = (x1 - x0) or 1, (y1 - y0) or 1
+
+    def px(i: float) -> int:
+        return round((i - x0) / span_x * (bins - 1)) * (width - 4) // max(1, bins - 1) + 2
+
+    def py(s: float) -> int:
+        up = (s - y0) / span_y if higher_is_better else (y1 - s) / span_y  # up = better
+        return round(height - 3 - up * (height - 6))
+
+    scores: dict[int, int] = {}
+    for i, s, _ in points:
+        scores.setdefault(px(i), py(s))  # the first score in each bin
+    incumbent: dict[int, int] = {}  # the incumbent at the end of each bin
+    best: int | None = None
+    for i, s, kept in points:
+        if kept:
+            best = py(s)
+        if best is not None:
+            incumbent[px(i)] = best
+    steps: list[str] = []
+    level: int | None = None
+    for x, y in sorted(incumbent.items()):
+        if y != level:
+            if level is not None:
+                steps.append(f"{x},{level}")
+            steps.append(f"{x},{y}")
+            level = y
+    if level is not None:
+        steps.append(f"{width - 2},{level}")
+    grey = " ".join(f"{x},{y}" for x, y in sorted(scores.items()))
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='300' height='90' "
+        f"viewBox='0 0 {width} {height}'><rect width='{width}' height='{height}' fill='#fff' "
+        f"stroke='#ccc'/><polyline points='{grey}' fill='none' stroke='#999'/>"
+        f"<polyline points='{' '.join(steps)}' fill='none' stroke='#2a2' stroke-width='2'/></svg>"
+    )
+
+
+def learning_curve_inline(
+    iterations: Sequence[dict[str, Any]], *, higher_is_better: bool, alt: str
+) -> str | None:
+    """Markdown of a small SVG learning curve short enough to show inline; None if no score."""
+    points = [(int(r["idx"]), s, bool(r.get("kept"))) for r in iterations if (s := _score(r))
+              is not None]
+    if not points:
+        return None
+    bins = len(points)
+    while True:
+        data = base64.b64encode(_svg(points, higher_is_better, bins).encode()).decode("ascii")
+        text = f"![{alt}](data:image/svg+xml;base64,{data})"
+        if len(text) <= INLINE_LIMIT:
+            return text
+        if bins <= 8:
+            return None  # cannot be drawn small enough; the full PNG is still there
+        bins = max(8, bins * 2 // 3)

@@ -21,8 +21,9 @@ from dagster import (
     MetadataValue,
 )
 
+from haste_dagster.defs import audit
 from haste_dagster.defs.config import AttemptRunConfig, TransferBenchConfig
-from haste_dagster.defs.plots import learning_curve_png, markdown_image
+from haste_dagster.defs.plots import learning_curve_inline, learning_curve_png, markdown_image
 from haste_dagster.defs.resources import (
     ArtifactsResource,
     DatabaseResource,
@@ -175,7 +176,7 @@ def attempt_step(
             AttemptConfig(
                 policy=cfg.policy,
                 loading=cfg.loading,
-                iterations=cfg.iterations,
+                iterations=cfg.iterations or None,  # 0: the competition's budget
                 seed=cfg.seed,
                 label=cfg.label,
             ),
@@ -185,6 +186,7 @@ def attempt_step(
             resume_attempt_id=resume_id,
             progress=progress,
         )
+        outcomes = attempt_outcomes(store, result.attempt_id)
 
     png = learning_curve_png(
         result.iterations,
@@ -193,9 +195,12 @@ def attempt_step(
         higher_is_better=competition.metric.higher_is_better,
     )
     metadata = attempt_metadata(result)
+    metadata.update(outcomes)
     metadata.update(
         {
-            "learning_curve": MetadataValue.md(markdown_image(png, f"learning curve of {slug}")),
+            **learning_curve_metadata(
+                result.iterations, png, slug, competition.metric.higher_is_better
+            ),
             "learning_curve_path": MetadataValue.path(str(png)),
             "resumed": resume_id is not None,
         }
@@ -203,6 +208,26 @@ def attempt_step(
     if cfg.policy == "llm":
         metadata["llm"] = MetadataValue.json(llm.describe())  # endpoint and model, never the key
     return StepResult(metadata=metadata, value=result.attempt_id)
+
+
+def learning_curve_metadata(
+    iterations: list[Any], png: Any, slug: str, higher_is_better: bool
+) -> dict[str, Any]:
+    """`learning_curve`: a small inline SVG (the UI shows short Markdown inline); the full
+    PNG opens from `learning_curve_full`."""
+    direction = "higher" if higher_is_better else "lower"
+    alt = f"learning curve of {slug}: CV score per iteration ({direction} is better)"
+    inline = learning_curve_inline(iterations, higher_is_better=higher_is_better, alt=alt)
+    full = MetadataValue.md(markdown_image(png, f"learning curve of {slug}"))
+    return {
+        "learning_curve": MetadataValue.md(inline) if inline else full,
+        "learning_curve_full": full,
+    }
+
+
+def attempt_outcomes(store: Any, attempt_id: int) -> dict[str, Any]:
+    """`attempt` metadata of what became of each loaded skill (applied, kept, delta)."""
+    return audit.attempt_outcomes_metadata(store.attempt_usage(attempt_id))
 
 
 def attempt_metadata(result: Any) -> dict[str, Any]:
@@ -215,7 +240,7 @@ def attempt_metadata(result: Any) -> dict[str, Any]:
         "loading": result.loading,
         "seed": result.seed,
         "iterations": len(result.iterations),
-        "kept_rate": float(result.kept_rate),
+        "kept_rate": audit.rounded(result.kept_rate, 4),
         "stopped": result.stopped,
         "skills_loaded": MetadataValue.json([entry["id"] for entry in result.skills_loaded]),
         # Skills are versioned: record exactly which version each loaded id was.
@@ -226,7 +251,7 @@ def attempt_metadata(result: Any) -> dict[str, Any]:
         "tokens": int(result.prompt_tokens + result.completion_tokens),
     }
     if result.best_cv is not None:
-        metadata["best_cv"] = float(result.best_cv)
+        metadata["best_cv"] = audit.rounded(result.best_cv)
     return metadata
 
 
@@ -250,11 +275,12 @@ def submission_step(
     same = same and fresh.medal == stored["medal"]
     metadata: dict[str, Any] = {
         "attempt_id": attempt_id,
-        "score": float(grade.score),
+        "attempt": audit.asset_link("attempt", slug),
+        "score": audit.rounded(grade.score),
         "medal": str(grade.medal),
         "device": device,
         "n_teams": int(grade.n_teams),
-        "bootstrap_se": float(grade.bootstrap_se),
+        "bootstrap_se": audit.rounded(grade.bootstrap_se, 3),
     }
     if grade.thresholds is not None:  # None: an ungraded competition (no medals, no board)
         metadata["thresholds"] = MetadataValue.json(grade.thresholds.model_dump(mode="json"))
@@ -279,13 +305,15 @@ def submission_step(
 
 
 def competition_skills_step(
-    slug: str, attempt_id: int, skill_store: SkillStoreResource
+    slug: str, attempt_id: int, skill_store: SkillStoreResource, run_id: str | None = None
 ) -> StepResult:
+    """Extract the attempt's skills (``run_id``: the Dagster run, recorded on each skill)."""
     from haste_dagster.agents.orchestrator import extract_skills
 
     competition = load_competition(slug)
     with skill_store.open() as (conn, store):
-        skills = extract_skills(conn, competition, attempt_id, store)
+        skills = extract_skills(conn, competition, attempt_id, store, dagster_run_id=run_id)
+        audit_metadata = competition_skills_audit(conn, store, slug, attempt_id, skills)
     return StepResult(
         metadata={
             "attempt_id": attempt_id,
@@ -293,9 +321,43 @@ def competition_skills_step(
             "skills": len(skills),
             "skill_ids": MetadataValue.json([s.id for s in skills]),
             "titles": MetadataValue.md(_skill_list(skills)),
+            **audit_metadata,
         },
         value=[s.id for s in skills],
     )
+
+
+def competition_skills_audit(
+    conn: Any, store: Any, slug: str, attempt_id: int, extracted: list[Any]
+) -> dict[str, Any]:
+    """Why the attempt gave the skills it gave, and every competition skill of ``slug`` so
+    far (not only this materialization's) with its lineage and usage."""
+    row = conn.execute(
+        """SELECT count(*) FILTER (WHERE idx > 0) AS refinements,
+                  count(*) FILTER (WHERE idx > 0 AND kept) AS kept
+           FROM iterations WHERE attempt_id = %s""",
+        (attempt_id,),
+    ).fetchone()
+    if extracted:
+        note = (
+            f"attempt {attempt_id} kept {row['kept']} of {row['refinements']} refinements → "
+            f"{len(extracted)} competition skills"
+        )
+    elif row["kept"] == 0:
+        note = (
+            f"nothing kept → no skills: attempt {attempt_id} kept none of its "
+            f"{row['refinements']} refinements, so there was nothing to extract"
+        )
+    else:
+        note = (
+            f"no skills: attempt {attempt_id} kept {row['kept']} refinements, but none "
+            "improved the score by a finite positive delta"
+        )
+    every = store.list(tier="competition", scope_key=slug, status=None)
+    return {
+        "note": MetadataValue.text(note),
+        **audit.skills_table_metadata(every),
+    }
 
 
 def _skill_list(skills: list[Any]) -> str:
@@ -305,7 +367,7 @@ def _skill_list(skills: list[Any]) -> str:
 # --- skills across competitions -----------------------------------------------------------
 
 
-def _promotion_result(result: Any, extra: dict[str, Any]) -> StepResult:
+def _promotion_result(result: Any, extra: dict[str, Any], tier_skills: list[Any]) -> StepResult:
     skills = result.skills
     return StepResult(
         metadata={
@@ -318,23 +380,31 @@ def _promotion_result(result: Any, extra: dict[str, Any]) -> StepResult:
             # Lineage one level down: the skills each promoted skill was abstracted from.
             "parents": MetadataValue.json({s.id: list(s.parent_ids) for s in skills}),
             "titles": MetadataValue.md(_skill_list(skills)),
+            # Every skill of the tier and scope, with its whole story (not one level).
+            **audit.skills_table_metadata(tier_skills),
         },
         value=[s.id for s in skills],
     )
 
 
-def domain_skills_step(domain: str, skill_store: SkillStoreResource) -> StepResult:
+def domain_skills_step(
+    domain: str, skill_store: SkillStoreResource, run_id: str | None = None
+) -> StepResult:
+    """Promote ``domain``'s recurring competition skills (``run_id`` recorded on them)."""
     from haste_dagster.skills.promotion import promote_domain
 
     with skill_store.open() as (_conn, store):
-        return _promotion_result(promote_domain(store, domain), {"domain": domain})
+        result = promote_domain(store, domain, dagster_run_id=run_id)
+        every = store.list(tier="domain", scope_key=domain, status=None)
+        return _promotion_result(result, {"domain": domain}, every)
 
 
-def global_skills_step(skill_store: SkillStoreResource) -> StepResult:
+def global_skills_step(skill_store: SkillStoreResource, run_id: str | None = None) -> StepResult:
     from haste_dagster.skills.promotion import promote_global
 
     with skill_store.open() as (_conn, store):
-        return _promotion_result(promote_global(store), {})
+        result = promote_global(store, dagster_run_id=run_id)
+        return _promotion_result(result, {}, store.list(tier="global", status=None))
 
 
 def skill_inventory_step(
@@ -356,6 +426,7 @@ def skill_inventory_step(
             "by_status": MetadataValue.json(dict(by_status)),
             "files": len(written),
             "directory": MetadataValue.path(str(target)),
+            **audit.skills_table_metadata(skills),
         },
         value=[str(p) for p in written],
     )
@@ -410,12 +481,12 @@ def _resolves(store: Any, skill_id: str, version: int | None) -> bool:
     return True
 
 
-def consolidate_step(skill_store: SkillStoreResource) -> StepResult:
+def consolidate_step(skill_store: SkillStoreResource, run_id: str | None = None) -> StepResult:
     """Merge near-duplicates, retire poor skills, promote (skills.consolidate)."""
     from haste_dagster.skills import consolidate
 
     with skill_store.open() as (_conn, store):
-        report = consolidate(store)
+        report = consolidate(store, dagster_run_id=run_id)
     return StepResult(
         metadata={
             "merged": MetadataValue.json(report.merged),

@@ -75,7 +75,7 @@ def _find(parent: dict[str, str], x: str) -> str:
 
 
 def _merge_near_duplicates(
-    store: SkillStore, threshold: float, report: ConsolidationReport
+    store: SkillStore, threshold: float, report: ConsolidationReport, run_id: str | None
 ) -> bool:
     rows = store.conn.execute(
         """SELECT id, tier, COALESCE(scope_key, '') AS scope, embedding FROM skills
@@ -123,7 +123,8 @@ def _merge_near_duplicates(
                 if loser.id == keeper.id:
                     continue
                 merged = store.new_version(loser.id or "", status="merged",
-                                           created_by="consolidation")
+                                           created_by="consolidation",
+                                           **_run(run_id))
                 store.add_edge(
                     merged, keeper, "merged_into",
                     reason=f"near-duplicate (cosine similarity {best_sim[loser.id or '']:.3f} "
@@ -146,8 +147,14 @@ def _neg_id(skill_id: str | None) -> tuple[int, ...]:
     return tuple(-ord(c) for c in skill_id or "")
 
 
+def _run(run_id: str | None) -> dict[str, str]:
+    # The run that consolidates is recorded on the versions it writes (kept as is outside it).
+    return {} if run_id is None else {"dagster_run_id": run_id}
+
+
 def _retire_poor(
-    store: SkillStore, min_uses: int, min_kept_rate: float, report: ConsolidationReport
+    store: SkillStore, min_uses: int, min_kept_rate: float, report: ConsolidationReport,
+    run_id: str | None,
 ) -> bool:
     rows = store.conn.execute(
         """SELECT s.id, count(*) AS applied, count(*) FILTER (WHERE u.kept) AS kept
@@ -159,7 +166,8 @@ def _retire_poor(
         (min_uses, min_kept_rate),
     ).fetchall()
     for row in rows:
-        store.new_version(row["id"], status="retired", created_by="consolidation")
+        store.new_version(row["id"], status="retired", created_by="consolidation",
+                          **_run(run_id))
         report.retired.append(
             {"skill": row["id"], "applied": row["applied"],
              "kept_rate": round(row["kept"] / row["applied"], 4)}
@@ -167,7 +175,7 @@ def _retire_poor(
     return bool(rows)
 
 
-def _promote_all(store: SkillStore, report: ConsolidationReport) -> bool:
+def _promote_all(store: SkillStore, report: ConsolidationReport, run_id: str | None) -> bool:
     domains = [
         r["domain"]
         for r in store.conn.execute(
@@ -176,7 +184,8 @@ def _promote_all(store: SkillStore, report: ConsolidationReport) -> bool:
         ).fetchall()
     ]
     changed = False
-    for result in [*(promote_domain(store, d) for d in domains), promote_global(store)]:
+    results = [promote_domain(store, d, dagster_run_id=run_id) for d in domains]
+    for result in [*results, promote_global(store, dagster_run_id=run_id)]:
         report.promoted += [i for i in result.changed if i not in report.promoted]
         report.edges_added += result.edges_added
         changed = changed or bool(result.changed or result.edges_added)
@@ -188,16 +197,19 @@ def consolidate(
     similarity_threshold: float = 0.92,
     min_uses: int = 5,
     min_kept_rate: float = 0.2,
+    *,
+    dagster_run_id: str | None = None,
 ) -> ConsolidationReport:
-    """Merge near-duplicates, retire poor skills, promote; see the module doc."""
+    """Merge near-duplicates, retire poor skills, promote; see the module doc.
+    ``dagster_run_id``: the run consolidating, recorded on every version it writes."""
     report = ConsolidationReport()
     with store.conn.transaction():
         lock_promotions(store)
         for _ in range(MAX_PASSES):
             report.passes += 1
-            merged = _merge_near_duplicates(store, similarity_threshold, report)
-            retired = _retire_poor(store, min_uses, min_kept_rate, report)
-            promoted = _promote_all(store, report)
+            merged = _merge_near_duplicates(store, similarity_threshold, report, dagster_run_id)
+            retired = _retire_poor(store, min_uses, min_kept_rate, report, dagster_run_id)
+            promoted = _promote_all(store, report, dagster_run_id)
             if not (merged or retired or promoted):
                 break
     return report

@@ -301,7 +301,7 @@ def _existing(
 
 def _promote(
     store: SkillStore, tier: str, scope_key: str | None, sources: list[Skill],
-    unit: str,
+    unit: str, dagster_run_id: str | None = None,
 ) -> PromotionResult:
     result = PromotionResult([], [], 0, [])
     for cluster in cluster_patterns([s for s in sources if s.effect is not None]):
@@ -310,7 +310,9 @@ def _promote(
         hurt = [s for s in cluster if (s.effect or 0) < 0]
         promoted: Skill | None = None
         if allowed:
-            promoted = _write_promoted(store, tier, scope_key, helped, reason, unit, result)
+            promoted = _write_promoted(
+                store, tier, scope_key, helped, reason, unit, result, dagster_run_id
+            )
             result.skills.append(promoted)
         if hurt and helped:
             partner = promoted or max(helped, key=lambda s: (s.effect or 0, s.id or ""))
@@ -321,7 +323,7 @@ def _promote(
 
 def _write_promoted(
     store: SkillStore, tier: str, scope_key: str | None, helped: list[Skill], reason: str,
-    unit: str, result: PromotionResult,
+    unit: str, result: PromotionResult, dagster_run_id: str | None = None,
 ) -> Skill:
     helped = sorted(helped, key=lambda s: (s.scope_key or s.domain or "", s.id or ""))
     action = generalise_action([s.action or {} for s in helped])
@@ -344,6 +346,7 @@ def _write_promoted(
                 tier=tier, scope_key=scope_key, domain=scope_key if tier == "domain" else None,
                 title=title[:200], conditions=conditions, guidance=guidance, action=action,
                 evidence=evidence, created_by="promotion", parent_ids=sorted(source_ids),
+                dagster_run_id=dagster_run_id,
             )
         )
         result.changed.append(skill.id or "")
@@ -357,6 +360,8 @@ def _write_promoted(
             # or curated skill keeps its text; it only gains evidence and parents.
             changes.update(title=title[:200], guidance=guidance, action=action,
                            conditions=conditions)
+        if dagster_run_id is not None:
+            changes["dagster_run_id"] = dagster_run_id  # a new version records its run
         skill = store.new_version(existing.id or "", **changes, created_by="promotion")
         if skill.version != existing.version:
             result.changed.append(skill.id or "")
@@ -392,26 +397,31 @@ def lock_promotions(store: SkillStore) -> None:
     store.conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROMOTION_LOCK_KEY,))
 
 
-def promote_domain(store: SkillStore, domain: str) -> PromotionResult:
+def promote_domain(
+    store: SkillStore, domain: str, *, dagster_run_id: str | None = None
+) -> PromotionResult:
+    """``dagster_run_id``: the run that promotes, recorded on the skills it writes."""
     with store.conn.transaction():
         lock_promotions(store)
         sources = store.list(tier="competition", status="active", domain=domain)
-        return _promote(store, "domain", domain, sources, "competitions")
+        return _promote(store, "domain", domain, sources, "competitions", dagster_run_id)
 
 
-def promote_global(store: SkillStore) -> PromotionResult:
+def promote_global(store: SkillStore, *, dagster_run_id: str | None = None) -> PromotionResult:
     with store.conn.transaction():
         lock_promotions(store)
         sources = store.list(tier="domain", status="active")
-        return _promote(store, "global", None, sources, "domains")
+        return _promote(store, "global", None, sources, "domains", dagster_run_id)
 
 
-def promote_domain_skills(store: SkillStore, domain: str) -> list[Skill]:
+def promote_domain_skills(
+    store: SkillStore, domain: str, *, dagster_run_id: str | None = None
+) -> list[Skill]:
     """Domain skills of ``domain`` that competition evidence supports (new, updated or
     already there); conflicts among the competition skills get edges. Idempotent."""
-    return promote_domain(store, domain).skills
+    return promote_domain(store, domain, dagster_run_id=dagster_run_id).skills
 
 
-def promote_global_skills(store: SkillStore) -> list[Skill]:
+def promote_global_skills(store: SkillStore, *, dagster_run_id: str | None = None) -> list[Skill]:
     """Global skills that domain evidence (>= 2 domains) supports. Idempotent."""
-    return promote_global(store).skills
+    return promote_global(store, dagster_run_id=dagster_run_id).skills

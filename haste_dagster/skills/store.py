@@ -330,8 +330,9 @@ class SkillStore:
             same = stored.content_hash == skill.content_hash
             if new_evidence and stored.status == "active" and same:
                 # Same pattern measured again: keep one skill, with the evidence of both.
+                run = {"dagster_run_id": skill.dagster_run_id} if skill.dagster_run_id else {}
                 stored = self.new_version(
-                    stored.id or "", evidence=[*stored.evidence, *new_evidence]
+                    stored.id or "", evidence=[*stored.evidence, *new_evidence], **run
                 )
                 found[key] = stored
             out.append(stored)
@@ -736,6 +737,34 @@ class SkillStore:
             for r in rows
         ]
 
+    def attempt_usage(self, attempt_id: int) -> list[dict[str, Any]]:
+        """What became of each skill attempt ``attempt_id`` loaded or applied: the version
+        loaded, how many iterations applied it, how many of those were kept, and their
+        deltas (positive = better). Ordered by tier (global first), then id."""
+        rows = self.conn.execute(
+            """SELECT u.skill_id AS id, max(u.skill_version) AS version,
+                      s.tier, s.scope_key, s.title,
+                      bool_or(u.event = 'loaded') AS loaded,
+                      count(*) FILTER (WHERE u.event = 'applied') AS applied,
+                      count(*) FILTER (WHERE u.event = 'applied' AND u.kept) AS kept,
+                      avg(u.delta) FILTER (WHERE u.event = 'applied') AS mean_delta,
+                      sum(u.delta) FILTER (WHERE u.event = 'applied' AND u.kept) AS kept_delta,
+                      array_agg(u.iteration_idx ORDER BY u.iteration_idx)
+                          FILTER (WHERE u.event = 'applied') AS iterations
+               FROM skill_usage u
+               LEFT JOIN skills s ON s.id = u.skill_id AND s.is_current
+               WHERE u.attempt_id = %s
+               GROUP BY u.skill_id, s.tier, s.scope_key, s.title
+               ORDER BY array_position(ARRAY['global', 'domain', 'competition'], s.tier),
+                        u.skill_id""",
+            (attempt_id,),
+        ).fetchall()
+        return [
+            {**dict(r), "applied": int(r["applied"]), "kept": int(r["kept"]),
+             "iterations": list(r["iterations"] or [])}
+            for r in rows
+        ]
+
     def validate_all(self) -> list[str]:
         """Problems found by re-validating every stored version and edge (empty = valid):
         schema, content hash, and that each edge's ends are stored skill versions."""
@@ -889,8 +918,9 @@ def _node(skill: Skill) -> dict[str, Any]:
 
 
 def _same_version(a: Skill, b: Skill) -> bool:
-    """Equal in everything a version records (creator aside: re-stating is no change)."""
-    fields = set(_VERSIONED_FIELDS) - {"created_by"}
+    """Equal in everything a version records (creator and run aside: re-stating is no
+    change, so a later run promoting the same pattern keeps the version that first did)."""
+    fields = set(_VERSIONED_FIELDS) - {"created_by", "dagster_run_id"}
     return canonical_json(a.model_dump(mode="json", include=fields)) == canonical_json(
         b.model_dump(mode="json", include=fields)
     )

@@ -9,7 +9,7 @@ that other competitions' assets write, which as an asset edge would be a cycle.
 
 from dagster import AssetCheckSpec, AssetExecutionContext, MaterializeResult, asset
 
-from haste_dagster.defs import steps
+from haste_dagster.defs import audit, steps
 from haste_dagster.defs.config import AttemptRunConfig
 from haste_dagster.defs.executors import training_tags
 from haste_dagster.defs.lineage import latest_attempt_id
@@ -95,7 +95,10 @@ def attempt(
 def submission(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
     slug = context.partition_key
     attempt_id = latest_attempt_id(context.instance, slug)
-    return steps.submission_step(slug, attempt_id, database).materialize_result()
+    result = steps.submission_step(slug, attempt_id, database)
+    # The attempt's page shows its hidden-test score and medal from now on.
+    context.log_event(audit.grade_observation(slug, attempt_id, result.value))
+    return result.materialize_result()
 
 
 @asset(
@@ -110,4 +113,6 @@ def competition_skills(
 ) -> MaterializeResult:
     slug = context.partition_key
     attempt_id = latest_attempt_id(context.instance, slug)
-    return steps.competition_skills_step(slug, attempt_id, skill_store).materialize_result()
+    return steps.competition_skills_step(
+        slug, attempt_id, skill_store, run_id=context.run.run_id
+    ).materialize_result()

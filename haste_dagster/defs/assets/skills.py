@@ -38,7 +38,9 @@ def build_domain_skills(domain_partitions: PartitionsDefinition) -> AssetsDefini
     def domain_skills(
         context: AssetExecutionContext, skill_store: SkillStoreResource
     ) -> MaterializeResult:
-        return steps.domain_skills_step(context.partition_key, skill_store).materialize_result()
+        return steps.domain_skills_step(
+            context.partition_key, skill_store, run_id=context.run.run_id
+        ).materialize_result()
 
     return domain_skills
 
@@ -49,8 +51,10 @@ def build_domain_skills(domain_partitions: PartitionsDefinition) -> AssetsDefini
     kinds={"python", "postgres"},
     description="Global-tier skills promoted from domain skills that recur across domains.",
 )
-def global_skills(skill_store: SkillStoreResource) -> MaterializeResult:
-    return steps.global_skills_step(skill_store).materialize_result()
+def global_skills(
+    context: AssetExecutionContext, skill_store: SkillStoreResource
+) -> MaterializeResult:
+    return steps.global_skills_step(skill_store, run_id=context.run.run_id).materialize_result()
 
 
 @asset(
