@@ -14,7 +14,6 @@ from mlebench_layout import write_layout
 from typer.testing import CliRunner
 
 from haste_dagster import db
-from haste_dagster.agents.multitarget import split_budget
 from haste_dagster.cli import app
 from haste_dagster.competitions.metrics import get_metric
 
@@ -134,13 +133,6 @@ def test_resume_continues_each_target_where_it_stopped(cli_env: str, tmp_path: P
         ).fetchone()["test_score"]
     assert n_attempts == 3  # the parent and one sub-attempt per target, none duplicated
     assert graded == pytest.approx(result["score"])
-
-
-def test_iteration_budget_is_split_evenly_with_at_least_one_each() -> None:
-    assert split_budget(2, 2) == [1, 1]
-    assert split_budget(7, 3) == [3, 2, 2]
-    assert split_budget(2, 3) == [1, 1, 1]
-    assert sum(split_budget(20, 6)) == 20
 
 
 def test_unsupported_multi_target_path_is_refused_before_compute(
