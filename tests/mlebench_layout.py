@@ -5,8 +5,9 @@
     <registry>/<id>/{config.yaml, leaderboard.csv, description.md, grade.py}
 
 Kinds: ``binary`` (AUC, like tabular-playground-series-may-2022), ``multiclass`` (3-class
-log loss with one-hot answers, like spooky-author-identification) and ``multitarget``
-(mean column-wise RMSLE over two targets, like nomad2018).
+log loss with one-hot answers, like spooky-author-identification), ``multitarget``
+(mean column-wise RMSLE over two targets, like nomad2018) and ``multilabel`` (mean
+column-wise ROC AUC over two 0/1 targets, like jigsaw-toxic-comment-classification).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ GRADERS = {
     "binary": "auc-roc",
     "multiclass": "multi-class-log-loss",
     "multitarget": "mean-column-wise-rmsle",
+    "multilabel": "mean-column-wise-roc-auc",
 }
 
 
@@ -55,6 +57,9 @@ def _frame(kind: str, rows: int, rng: np.random.Generator, start: int) -> pd.Dat
     )
     if kind == "binary":
         frame["target"] = (x1 + 0.3 * rng.normal(size=rows) > 0).astype(int)
+    elif kind == "multilabel":
+        frame["toxic"] = (x1 + 0.3 * rng.normal(size=rows) > 0).astype(int)
+        frame["severe"] = (x2 - 0.5 * (frame["colour"] == "red") > 0.3).astype(int)
     elif kind == "multiclass":
         frame["author"] = np.select([x1 < -0.4, x1 < 0.4], ["EAP", "HPL"], "MWS")
     else:
@@ -92,7 +97,7 @@ def write_layout(
     else:
         answers = full_test[["id", *targets]]
         sample = answers.copy()
-        sample[targets] = 0.5 if kind == "binary" else 1.0
+        sample[targets] = 0.5 if kind in ("binary", "multilabel") else 1.0
     train.to_csv(public / "train.csv", index=False)
     test.to_csv(public / "test.csv", index=False)
     sample.to_csv(public / "sample_submission.csv", index=False)
@@ -121,7 +126,7 @@ def write_layout(
     (registry / "grade.py").write_text(
         "def grade(submission, answers):\n    raise NotImplementedError\n"
     )
-    lower = kind != "binary"
+    lower = kind not in ("binary", "multilabel")
     scores = np.linspace(0.55, 0.95, n_teams)
     scores = scores if lower else scores[::-1]  # Kaggle order: best first
     pd.DataFrame(

@@ -201,7 +201,7 @@ def resumable_attempt(conn: psycopg.Connection, slug: str) -> int | None:
     """The newest attempt of ``slug`` that did not finish, or finished without a grade."""
     row = conn.execute(
         """SELECT id FROM attempts WHERE slug = %s AND (status <> 'finished' OR test_score IS NULL)
-           ORDER BY id DESC LIMIT 1""",
+             AND parent_id IS NULL ORDER BY id DESC LIMIT 1""",
         (slug,),
     ).fetchone()
     return int(row["id"]) if row else None
@@ -220,6 +220,13 @@ def solve(
     policy: Any = None,
 ) -> SolveResult:
     competition = load_competition(slug, defs_dir)
+    if competition.definition.is_multi_target:  # one sub-attempt per target column
+        from haste_dagster.agents.multitarget import solve_multitarget
+
+        return solve_multitarget(
+            conn, competition, config, resume=resume, extract=extract, progress=progress,
+            dagster_run_id=dagster_run_id, policy=policy,
+        )
     # Everything that would fail after the budget is spent fails here, before any compute:
     # what the solver cannot model, and a broken leaderboard (an ungraded competition, with
     # neither medals nor a leaderboard, is fine: it is scored with medal None).

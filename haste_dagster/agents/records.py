@@ -53,11 +53,14 @@ class AttemptRow:
     test_score: float | None = None
     medal: str | None = None
     error: str | None = None
+    # A sub-attempt (one target of a multi-target competition): its parent and its target.
+    parent_id: int | None = None
+    target: str | None = None
 
 
 _ATTEMPT_COLUMNS = (
     "id, slug, policy, loading, seed, budget_iterations, status, initial_spec, best_spec, "
-    "best_cv, skills_loaded, label, dagster_run_id, test_score, medal, error"
+    "best_cv, skills_loaded, label, dagster_run_id, test_score, medal, error, parent_id, target"
 )
 
 
@@ -71,15 +74,28 @@ def create_attempt(
     budget_iterations: int,
     label: str | None = None,
     dagster_run_id: str | None = None,
+    parent_id: int | None = None,
+    target: str | None = None,
 ) -> int:
     with conn.transaction():
         row = conn.execute(
             """INSERT INTO attempts (slug, policy, loading, seed, budget_iterations, label,
-                                     dagster_run_id)
-               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
-            (slug, policy, loading, seed, budget_iterations, label, dagster_run_id),
+                                     dagster_run_id, parent_id, target)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (
+                slug, policy, loading, seed, budget_iterations, label, dagster_run_id,
+                parent_id, target,
+            ),
         ).fetchone()
     return int(row["id"])
+
+
+def sub_attempts(conn: psycopg.Connection, parent_id: int) -> dict[str, int]:
+    """The sub-attempt id of each target of ``parent_id`` (a multi-target attempt)."""
+    rows = conn.execute(
+        "SELECT target, id FROM attempts WHERE parent_id = %s ORDER BY id", (parent_id,)
+    ).fetchall()
+    return {r["target"]: int(r["id"]) for r in rows}
 
 
 def get_attempt(conn: psycopg.Connection, attempt_id: int) -> AttemptRow:
@@ -94,7 +110,8 @@ def get_attempt(conn: psycopg.Connection, attempt_id: int) -> AttemptRow:
 def latest_unfinished_attempt(conn: psycopg.Connection, slug: str) -> AttemptRow | None:
     row = conn.execute(
         f"""SELECT {_ATTEMPT_COLUMNS} FROM attempts
-            WHERE slug = %s AND status <> 'finished' ORDER BY id DESC LIMIT 1""",
+            WHERE slug = %s AND status <> 'finished' AND parent_id IS NULL
+            ORDER BY id DESC LIMIT 1""",
         (slug,),
     ).fetchone()
     return AttemptRow(**row) if row else None

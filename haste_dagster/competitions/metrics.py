@@ -2,8 +2,10 @@
 
 Kinds: ``proba`` (class probabilities), ``label`` (one class per row), ``value`` (one number
 per row), and the multi-target kinds ``multilabel`` ((n, k) probabilities, one column per
-0/1 target) and ``values`` ((n, k) numbers, one column per target). Multi-target
-competitions can be imported and graded; solving them is not supported yet.
+0/1 target) and ``values`` ((n, k) numbers, one column per target). A multi-target metric
+that averages a single-column metric over the targets names it in ``per_column``: that is
+the one place the solver (:mod:`haste_dagster.agents.multitarget`) learns which metric each
+target's sub-problem is refined on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Metric:
     # fn(y_true, y_pred, classes) -> float; for "proba", y_pred is (n,) for binary
     # (probability of classes[1]) or (n, k) for multiclass, columns in `classes` order.
     fn: Callable[[np.ndarray, np.ndarray, list | None], float]
+    # Multi-target only: the single-column metric this one is the mean of, over the targets.
+    per_column: str | None = None
 
     def __call__(self, y_true, y_pred, classes: list | None = None) -> float:
         return float(self.fn(np.asarray(y_true), np.asarray(y_pred), classes))
@@ -97,8 +101,10 @@ METRICS: dict[str, Metric] = {
         Metric("mape", False, "value", _mape),
         Metric("r2", True, "value", lambda y, p, c: skm.r2_score(y, p)),
         Metric("qwk", True, "label", _qwk),
-        Metric("mean_columnwise_roc_auc", True, "multilabel", _mean_columnwise_roc_auc),
-        Metric("mean_columnwise_rmsle", False, "values", _mean_columnwise_rmsle),
+        Metric(
+            "mean_columnwise_roc_auc", True, "multilabel", _mean_columnwise_roc_auc, "roc_auc"
+        ),
+        Metric("mean_columnwise_rmsle", False, "values", _mean_columnwise_rmsle, "rmsle"),
     ]
 }
 

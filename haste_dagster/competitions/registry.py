@@ -48,6 +48,7 @@ __all__ = [
     "load_competition",
     "load_competition_path",
     "load_definitions",
+    "target_view",
 ]
 
 ROW_ID = "row_id"
@@ -463,16 +464,73 @@ def build_competition(definition: CompetitionDef, verify: bool = True) -> Compet
     return Competition(d, problem, train, test_features, answers, checksum, test_ids, notes)
 
 
-def check_solvable(competition: Competition) -> None:
-    """Refuse, before any compute, what the solver cannot do yet (several targets)."""
+def check_solvable(competition: Competition, *, per_target: bool = False) -> None:
+    """Refuse, before any compute, what the solver cannot do.
+
+    A multi-target competition is solved one target at a time
+    (:mod:`haste_dagster.agents.multitarget`, through ``haste solve``) when its metric is the
+    mean of a single-column metric (``Metric.per_column``); callers that solve per target
+    pass ``per_target=True``. Paths that run one attempt on one target (the Dagster
+    ``attempt`` asset, distributed rounds) refuse it here instead of failing mid-budget.
+    """
     d = competition.definition
-    if d.is_multi_target:
+    if not d.is_multi_target:
+        return
+    if competition.metric.per_column is None:
+        raise _fail(
+            d,
+            "metric",
+            f"{len(d.targets)} targets ({d.metric}): only multi-target metrics that average a "
+            "per-column metric can be solved (mean_columnwise_rmsle, mean_columnwise_roc_auc); "
+            "this one can be imported and graded (`haste grade`)",
+        )
+    if not per_target:
         raise _fail(
             d,
             "target",
-            f"{len(d.targets)} targets ({d.metric}): multi-target competitions can be imported "
-            "and graded (`haste grade`) but not solved yet: the solution spec models one target",
+            f"{len(d.targets)} targets ({d.metric}): multi-target competitions are solved one "
+            "target at a time by `haste solve`; this path runs one attempt on one target",
         )
+
+
+def target_view(competition: Competition, target: str) -> Competition:
+    """The single-target competition of one column of a multi-target one: the same training
+    rows and features, ``target`` alone, scored by the metric the multi-target metric
+    averages (``Metric.per_column``). Ungraded (no medals, no sample submission): the
+    multi-target grade is the only one with a leaderboard."""
+    d = competition.definition
+    metric = competition.metric.per_column
+    if not d.is_multi_target or metric is None or target not in d.targets:
+        raise _fail(d, "target", f"no single-target view of {target!r} ({d.metric})")
+    others = [t for t in d.targets if t != target]
+    train = competition.train.drop(columns=others)
+    classes = None
+    if d.is_classification:
+        classes = [
+            v.item() if isinstance(v, np.generic) else v
+            for v in sorted_labels(train[target].unique())
+        ]
+        if len(classes) != 2:
+            raise _fail(
+                d, "target", f"{target!r} has the classes {classes} in the training data; "
+                f"{metric} per column needs both 0 and 1"
+            )
+    view = d.model_copy(
+        update={"target": target, "metric": metric, "medals": None, "sample_submission": None}
+    )
+    problem = competition.problem.model_copy(
+        update={"target": target, "targets": None, "metric": metric, "classes": classes}
+    )
+    answers = competition._answers[target]
+    return Competition(
+        view,
+        problem,
+        train,
+        competition.test_features,
+        answers,
+        answers_checksum(answers),
+        competition.test_ids,
+    )
 
 
 def _mtime_ns(path: Path) -> int:

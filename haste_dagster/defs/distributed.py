@@ -222,6 +222,7 @@ def _start_op(rounds: int, candidates: int) -> OpDefinition:
         from haste_dagster.agents import rounds as batch
         from haste_dagster.agents.competition_agent import AttemptConfig
         from haste_dagster.competitions import profile_data
+        from haste_dagster.competitions.registry import check_solvable
 
         slug = config.slug
         _ensure_partition(context, slug)
@@ -230,6 +231,7 @@ def _start_op(rounds: int, candidates: int) -> OpDefinition:
         if not all(check.passed for check in data.checks):
             raise Failure(f"{slug}: hidden-test rows found in the training data")
         competition = steps.load_competition(slug)
+        check_solvable(competition)  # one target per attempt: refused before any compute
         profile = profile_data(competition).as_dict()
         device = _device(context)
         with skill_store.open() as (conn, store):

@@ -513,7 +513,7 @@ SELECT DISTINCT ON (a.slug, a.policy, a.loading)
        (SELECT count(*) FROM iterations i WHERE i.attempt_id = a.id) AS iterations,
        a.label, a.finished_at
 FROM attempts a LEFT JOIN competitions c ON c.slug = a.slug
-WHERE a.status = 'finished'
+WHERE a.status = 'finished' AND a.parent_id IS NULL  -- a multi-target attempt, not its targets
 ORDER BY a.slug, a.policy, a.loading, a.id DESC
 """
 
