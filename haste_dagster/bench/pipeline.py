@@ -44,6 +44,9 @@ class PipelineOptions:
     defs_dir: Path | None = None
     keep_database: bool = False
     log: Callable[[str], None] | None = None
+    # written after every competition (``complete`` false until the end), so a run that is
+    # stopped early still leaves what it measured
+    json_path: Path | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -175,6 +178,17 @@ def run_pipeline_benchmark(url: str, options: PipelineOptions) -> dict[str, Any]
     name = f"haste_bench_pipeline_{time.strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:6]}"
     runs: list[ArmRun] = []
     per_competition: dict[str, dict[str, Any]] = {}
+
+    def report(complete: bool) -> dict[str, Any]:
+        return {
+            "complete": complete,
+            "options": options.as_json(),
+            "database": name if options.keep_database else None,
+            "per_competition": per_competition,
+            "verdict": verdict(per_competition),
+            "runs": [r.as_json() for r in runs],
+            "usage": Usage(time.perf_counter() - wall0, cpu_seconds() - cpu0).as_json(),
+        }
     with scratch_database(base, name, keep=options.keep_database) as conninfo:
         conn = connect(conninfo)
         try:
@@ -194,16 +208,11 @@ def run_pipeline_benchmark(url: str, options: PipelineOptions) -> dict[str, Any]
                         mine.append(run)
                 runs += mine
                 per_competition[slug] = compare(mine, competition.metric.higher_is_better)
+                if options.json_path is not None:
+                    write_json(report(complete=False), options.json_path)
         finally:
             conn.close()
-    return {
-        "options": options.as_json(),
-        "database": name if options.keep_database else None,
-        "per_competition": per_competition,
-        "verdict": verdict(per_competition),
-        "runs": [r.as_json() for r in runs],
-        "usage": Usage(time.perf_counter() - wall0, cpu_seconds() - cpu0).as_json(),
-    }
+    return report(complete=True)
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:

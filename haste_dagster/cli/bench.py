@@ -151,6 +151,7 @@ def pipeline_command(
         competitions=_split_names(competitions), seeds=seeds, iterations=iterations,
         policy=policy, defs_dir=defs, keep_database=keep_database,
         log=lambda message: console.print(message, highlight=False, markup=False),
+        json_path=json_out,
     )
     try:
         report = run_pipeline_benchmark(db.database_url(), options)
