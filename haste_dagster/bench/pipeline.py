@@ -76,6 +76,8 @@ class ArmRun:
     runner_up_won: bool | None = None
     ensemble_kept: bool | None = None
     screen_spread: float | None = None
+    screen: list[dict[str, Any]] | None = None  # staged: prototype, family, fold score
+    screen_winner: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,6 +115,11 @@ def _run_arm(conn: Any, competition: Any, arm: str, seed: int, options: Pipeline
         runner_up_won=extra.get("runner_up_won") if arm == "staged" else None,
         ensemble_kept=(bool(ensemble and ensemble.get("kept")) if arm == "staged" else None),
         screen_spread=(extra.get("prototypes") or {}).get("spread") if arm == "staged" else None,
+        screen=[
+            {k: p.get(k) for k in ("name", "family", "fold_score")}
+            for p in (extra.get("prototypes") or {}).get("screened", [])
+        ] or None,
+        screen_winner=(extra.get("prototypes") or {}).get("winner"),
     )
 
 
@@ -202,8 +209,9 @@ def run_pipeline_benchmark(url: str, options: PipelineOptions) -> dict[str, Any]
                             f"{slug} seed {seed} {arm}: test {run.test_score:.5g} {run.medal} "
                             f"(percentile {run.percentile}), {run.evaluations} evaluations, "
                             f"cpu {run.usage.cpu_seconds:.1f}s"
-                            + (f", runner-up won {run.runner_up_won}, ensemble kept "
-                               f"{run.ensemble_kept}" if arm == "staged" else "")
+                            + (f", screen winner {run.screen_winner}, runner-up won "
+                               f"{run.runner_up_won}, ensemble kept {run.ensemble_kept}"
+                               if arm == "staged" else "")
                         )
                         mine.append(run)
                 runs += mine
