@@ -59,6 +59,9 @@ def kept_changes(conn: psycopg.Connection, attempt_id: int, higher_is_better: bo
     from haste_dagster.skills.extraction import KeptChange
 
     sign = 1.0 if higher_is_better else -1.0
+    # A staged attempt's changes count from the branch that went on (the other branch's
+    # patches were made against a different prototype).
+    branch = (records.get_attempt(conn, attempt_id).result or {}).get("best_branch", "main")
     return [
         KeptChange(
             idx=r.idx,
@@ -69,6 +72,7 @@ def kept_changes(conn: psycopg.Connection, attempt_id: int, higher_is_better: bo
         )
         for r in records.load_iterations(conn, attempt_id)
         if r.idx > 0
+        and r.branch == branch
         and r.kept
         and r.patch is not None
         and r.cv_mean is not None

@@ -22,6 +22,11 @@ class AttemptRunConfig(Config):
     )
     seed: int = Field(default=0, description="Random seed of the attempt.")
     label: str | None = None
+    pipeline: Literal["straight", "staged"] = Field(
+        default="straight",
+        description="straight: the default spec refined in one line; staged: prototype "
+        "screen, winner and runner-up branches, rank-average ensemble.",
+    )
     resume: bool = Field(
         default=True,
         description="Continue the newest unfinished attempt with the same policy, loading and "
