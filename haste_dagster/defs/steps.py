@@ -222,6 +222,8 @@ def attempt_metadata(result: Any) -> dict[str, Any]:
     }
     if result.best_cv is not None:
         metadata["best_cv"] = float(result.best_cv)
+    if "fold_cache" in result.extra:  # hits/misses/bytes of the fold-feature cache
+        metadata["fold_cache"] = MetadataValue.json(result.extra["fold_cache"])
     return metadata
 
 
