@@ -45,6 +45,7 @@ from haste_dagster.config import redact
 from haste_dagster.db import DatabaseError
 from haste_dagster.errors import AttemptConfigError, HasteError
 from haste_dagster.solution.evaluate import CVResult, cross_validate
+from haste_dagster.solution.fold_cache import FoldCache
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class RefinementLoop:
         skills_loaded: list[dict[str, Any]],
         record_usage: Callable[[int, int, list[str], bool, float], None] | None = None,
         progress: ProgressFn | None = None,
+        fold_cache: bool = True,
     ) -> None:
         self.conn = conn
         self.competition = competition
@@ -204,10 +206,18 @@ class RefinementLoop:
         self.record_usage = record_usage
         self.progress = progress
         self.metric = get_metric(competition.problem.metric)
+        # candidates that change only the model reuse their folds' feature matrices
+        cache = FoldCache() if fold_cache else None  # HASTE_FOLD_CACHE_MB=0 turns it off
+        self.fold_cache = cache if cache is not None and cache.max_bytes > 0 else None
 
     def _evaluate(self, spec: SolutionSpec, seed: int, deadline: float | None = None) -> CVResult:
         return cross_validate(
-            spec, self.competition.problem, self.competition.train, seed, deadline=deadline
+            spec,
+            self.competition.problem,
+            self.competition.train,
+            seed,
+            deadline=deadline,
+            fold_cache=self.fold_cache,
         )
 
     def run(
@@ -286,8 +296,10 @@ class RefinementLoop:
                 since_kept += 1
             idx += 1
 
+        cache = self.fold_cache
+        extra = {"fold_cache": cache.stats()} if cache is not None else None
         return record_finished_attempt(
-            self.conn, attempt, rows, incumbent, best_row, self.skills_loaded, stopped
+            self.conn, attempt, rows, incumbent, best_row, self.skills_loaded, stopped, extra
         )
 
     def _baseline(

@@ -221,6 +221,8 @@ class StagedPipeline(RefinementLoop):
             # what the submission fits: the kept ensemble's members, or the best single spec
             "submission": "ensemble" if ensemble is not None and ensemble["kept"] else "single",
         }
+        if self.fold_cache is not None:
+            extra["fold_cache"] = self.fold_cache.stats()
         refinement = [r for r in rows if r.branch in BRANCHES and r.patch is not None]
         return record_finished_attempt(
             self.conn,
@@ -267,7 +269,7 @@ class StagedPipeline(RefinementLoop):
                 # spec must be scored before refinement can start
                 cv = cross_validate(
                     proto.spec, self.competition.problem, self.competition.train,
-                    self.attempt.seed, only_fold=fold,
+                    self.attempt.seed, only_fold=fold, fold_cache=self.fold_cache,
                 )
             except HasteError as exc:
                 row.error = f"{type(exc).__name__}: {exc}"

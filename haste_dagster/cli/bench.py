@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 app = typer.Typer(
-    help="Benchmarks that print figures: the skill store, transfer, the staged pipeline.",
+    help="Benchmarks that print figures: the skill store, transfer, the staged pipeline, "
+    "Dagster overhead, CPU.",
     no_args_is_help=True,
 )
 
@@ -234,3 +235,102 @@ def store_command(
         f"{scoped['mean_skills_returned']} skills on average"
     )
     typer.echo(f"similar (top 10): p50 {similar['p50_ms']} ms, p95 {similar['p95_ms']} ms")
+
+
+@app.command("overhead")
+def overhead_command(
+    competition: str = typer.Option("concrete_strength", "--competition", help="slug to solve"),
+    iterations: int = typer.Option(20, "--iterations", min=1, help="refinement iterations"),
+    seed: int = typer.Option(0, "--seed"),
+    runs: int = typer.Option(3, "--runs", min=1, help="runs of each form (interleaved)"),
+    forms: str = typer.Option(
+        "solve,in_process,multiprocess",
+        "--forms",
+        help="solve plus in_process, multiprocess, multiprocess_spawn",
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="write the figures as JSON here"),
+) -> None:
+    """Dagster's overhead: the same attempt through `haste solve` and materialized as assets
+    with the in-process and multiprocess executors, interleaved; wall/CPU seconds, ratios."""
+    import json
+
+    from rich.console import Console
+
+    from haste_dagster import db
+    from haste_dagster.bench.overhead import OverheadOptions, run_overhead_bench
+    from haste_dagster.errors import HasteError
+
+    console = Console(stderr=True)
+    options = OverheadOptions(
+        slug=competition,
+        iterations=iterations,
+        seed=seed,
+        runs=runs,
+        forms=tuple(_split_names([forms])),
+    )
+    try:
+        result = run_overhead_bench(
+            options, log=lambda m: console.print(m, highlight=False, markup=False)
+        )
+    except (HasteError, db.DatabaseError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=2) from exc
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    for form, s in result["summary"].items():
+        ratio = result["ratio_to_solve"].get(form)
+        extra = f"  x{ratio['wall']} wall, x{ratio['cpu']} cpu" if ratio else ""
+        launch = f", launch {s['launch_median']} s" if "launch_median" in s else ""
+        typer.echo(
+            f"{form:>12}: wall {s['wall_median']} s, cpu {s['cpu_median']} s "
+            f"(median of {s['runs']}){launch}{extra}"
+        )
+
+
+@app.command("cpu")
+def cpu_command(
+    competitions: list[str] = typer.Option(
+        [], "--competitions", help="slugs (comma-separated or repeated; default: all bundled)"
+    ),
+    iterations: int | None = typer.Option(
+        None, "--iterations", min=1, help="refinement iterations (default: each budget)"
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    defs: Path | None = typer.Option(None, "--defs", help="folder of competition YAMLs"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the figures as JSON here"),
+) -> None:
+    """CPU seconds per competition (refinement, final fit, grading) with the fold-feature
+    cache off and on, same attempt each time; prints a Markdown table."""
+    import json
+
+    from rich.console import Console
+
+    from haste_dagster import db
+    from haste_dagster.bench.cpu import markdown_table, run_cpu_bench
+    from haste_dagster.competitions.registry import load_definitions
+    from haste_dagster.config import competition_defs_dir
+    from haste_dagster.errors import HasteError
+
+    console = Console(stderr=True)
+    slugs = _split_names(competitions)
+    if not slugs:
+        definitions, _errors = load_definitions(defs or competition_defs_dir())
+        slugs = [d.slug for d in definitions]
+    try:
+        report = run_cpu_bench(
+            slugs,
+            iterations=iterations,
+            seed=seed,
+            defs_dir=defs,
+            log=lambda m: console.print(m, highlight=False, markup=False),
+        )
+    except (HasteError, db.DatabaseError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=2) from exc
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        console.print(f"wrote {json_out}")
+    typer.echo(markdown_table(report))

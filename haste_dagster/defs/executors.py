@@ -105,10 +105,30 @@ def executor_name(env: Mapping[str, str] | None = None) -> str:
     return name
 
 
+# Step workers fork from a server that has imported these once. With Dagster's default
+# (spawn) every step re-imports Dagster, scikit-learn and the definitions: about 5 CPU
+# seconds per step on 2 cores (measured by `haste bench overhead`, docs/benchmarks.md).
+FORKSERVER_PRELOAD = ("haste_dagster.defs.definitions", "haste_dagster.solution.evaluate")
+
+
+def forkserver_multiprocess_executor() -> ExecutorDefinition:
+    """``multiprocess_executor`` starting step workers with ``forkserver`` (preloaded with
+    `FORKSERVER_PRELOAD`) unless a run's config names a ``start_method``; the rest of its
+    config (max_concurrent, tag limits, retries) stays settable per run."""
+
+    def with_forkserver(config: dict[str, Any]) -> dict[str, Any]:
+        preload = {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}
+        return {**config, "start_method": config.get("start_method") or preload}
+
+    return multiprocess_executor.configured(
+        with_forkserver, config_schema=multiprocess_executor.config_schema, name="multiprocess"
+    )
+
+
 def executor_by_name(name: str, env: Mapping[str, str] | None = None) -> ExecutorDefinition:
     """The executor definition for ``name`` (one of `EXECUTORS`), configured from ``env``."""
     if name == "multiprocess":
-        return multiprocess_executor
+        return forkserver_multiprocess_executor()
     if name == "in_process":
         return in_process_executor
     if name == "celery":

@@ -270,6 +270,8 @@ def attempt_metadata(result: Any) -> dict[str, Any]:
             }
         )
         metadata["submission"] = result.extra.get("submission", "single")
+    if "fold_cache" in result.extra:  # hits/misses/bytes of the fold-feature cache
+        metadata["fold_cache"] = MetadataValue.json(result.extra["fold_cache"])
     return metadata
 
 

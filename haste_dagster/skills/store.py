@@ -18,13 +18,14 @@ needs a new migration that changes the column type and rebuilds ``skills_embeddi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, JsonbLoader
 
 from haste_dagster.errors import SkillError
 from haste_dagster.skills.embeddings import DEFAULT_DIM, Embedder
@@ -81,27 +82,77 @@ _VERSIONED_FIELDS = (
 )
 
 
+_JSON_DECODE = json.JSONDecoder().decode
+
+
+class _JsonbText(JsonbLoader):
+    """jsonb text → Python values, as psycopg's loader gives them, through one decoder:
+    ``json.loads`` on bytes first sniffs their encoding, a third of decoding the rows of
+    a scoped load (three jsonb columns a row)."""
+
+    def load(self, data: Any) -> Any:
+        return _JSON_DECODE(bytes(data).decode())
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _construct(cls: type, values: dict[str, Any]) -> Any:
+    """``cls.model_construct(**values)`` for a row that holds every field of ``cls``, at a
+    fraction of its cost (pydantic's walks every field for defaults and aliases; decoding is
+    most of a scoped load at 100,000 skills). Anything else goes through model_construct."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = frozenset(cls.model_fields)
+    if values.keys() != fields:
+        return cls.model_construct(**values)
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
 def _stats(row: dict[str, Any]) -> SkillStats:
-    return SkillStats.model_construct(
-        loaded=row["loaded"] or 0,
-        applied=row["applied"] or 0,
-        kept=row["kept"] or 0,
-        mean_delta=row["mean_delta"],
-        kept_delta_sum=float(row["kept_delta_sum"] or 0.0),
+    return _construct(
+        SkillStats,
+        {
+            "loaded": row["loaded"] or 0,
+            "applied": row["applied"] or 0,
+            "kept": row["kept"] or 0,
+            "mean_delta": row["mean_delta"],
+            "kept_delta_sum": float(row["kept_delta_sum"] or 0.0),
+        },
     )
 
 
-def _row_to_skill(row: dict[str, Any]) -> Skill:
+def _row_conditions(row: dict[str, Any]) -> list[Condition]:
+    return [_construct(Condition, dict(c)) for c in row["conditions"]]
+
+
+def _row_to_skill(row: dict[str, Any], conditions: list[Condition] | None = None) -> Skill:
     """A Skill from a stored row without re-validation: rows are validated when written and
     never edited (a trigger enforces it), and loading is on the hot path of every attempt.
-    ``SkillStore.validate_all`` re-checks every stored version in full."""
+    ``SkillStore.validate_all`` re-checks every stored version in full. ``conditions``: the
+    row's already decoded conditions."""
     data = {k: row[k] for k in ("id", "version", *_VERSIONED_FIELDS, "created_at")}
-    data["conditions"] = [Condition.model_construct(**c) for c in data["conditions"]]
-    data["evidence"] = [Evidence.model_construct(**e) for e in data["evidence"]]
+    data["conditions"] = _row_conditions(row) if conditions is None else conditions
+    data["evidence"] = [_construct(Evidence, dict(e)) for e in data["evidence"]]
     data["parent_ids"] = list(data["parent_ids"])
-    return Skill.model_construct(
-        **data, stats=_stats(row), content_hash=row["content_hash"], embedding=None
-    )
+    data.update(stats=_stats(row), content_hash=row["content_hash"], embedding=None)
+    return _construct(Skill, data)
+
+
+def _applicable(rows: list[dict[str, Any]], profile: dict[str, Any]) -> list[Skill]:
+    """The rows whose conditions hold on ``profile`` (`Skill.conditions_hold`: every
+    `Condition.holds`), decoded; conditions are checked before the rest is decoded."""
+    out = []
+    for row in rows:
+        conditions = _row_conditions(row)
+        if all(c.holds(profile) for c in conditions):
+            out.append(_row_to_skill(row, conditions))
+    return out
 
 
 def _validated(row: dict[str, Any]) -> Skill:
@@ -117,11 +168,6 @@ def _validated(row: dict[str, Any]) -> Skill:
             f"skill {row['id']} v{row['version']}: content_hash does not match its content"
         )
     return skill
-
-
-def _profile_json(profile: dict[str, Any]) -> Jsonb:
-    """The profile as jsonb; NumPy scalars become plain numbers."""
-    return Jsonb({k: v.item() if isinstance(v, np.generic) else v for k, v in profile.items()})
 
 
 def describe_profile(slug: str, domain: str, profile: dict[str, Any]) -> str:
@@ -519,6 +565,13 @@ class SkillStore:
             row = self.conn.execute("SELECT count(*) AS n FROM skills WHERE is_current").fetchone()
         return int(row["n"])
 
+    def _read(self, query: str, params: Any = None) -> psycopg.Cursor[Any]:
+        """Execute a query whose rows become skills, with the faster jsonb loader on its
+        cursor only (the caller's connection keeps its adapters)."""
+        cursor = self.conn.cursor()
+        cursor.adapters.register_loader("jsonb", _JsonbText)
+        return cursor.execute(query, params)
+
     def _vector_version_checked(self) -> None:
         if self._iterative_scan is None:
             row = self.conn.execute(
@@ -547,7 +600,7 @@ class SkillStore:
         if self._iterative_scan:
             settings += ", set_config('hnsw.iterative_scan', 'relaxed_order', true)"
         self.conn.execute(f"SELECT {settings}", (str(min(1000, max(40, int(limit)))),))
-        return self.conn.execute(
+        return self._read(
             f"""SELECT n.*, st.* FROM (
                     SELECT {_COLUMNS}, s.embedding <=> %s AS distance FROM skills s
                     WHERE {" AND ".join(where)}
@@ -573,9 +626,15 @@ class SkillStore:
     ) -> list[tuple[Skill, float]]:
         """The ``k`` current skills most similar to ``text``, with cosine similarities."""
         vector = self.embed([text])[0]
-        with self.conn.transaction():
-            self._check_meta(write=False)
-            return self._nearest(vector, k, tier, status)
+        if not self._meta_ok or self._iterative_scan is None:
+            with self.conn.transaction():
+                self._check_meta(write=False)
+                self._vector_version_checked()
+        # BEGIN, the HNSW settings, the search and COMMIT in one round trip (as scoped_skills)
+        with self.conn.pipeline(), self.conn.transaction():
+            cursor = self._nearest_cursor(vector, k, tier, status)
+            rows = cursor.fetchall()
+        return self._nearest_rows(rows)
 
     def scoped_skills(
         self,
@@ -611,14 +670,15 @@ class SkillStore:
                 self._vector_version_checked()
         # One round trip for the common case: BEGIN, the scoped query, the HNSW settings and
         # the global search, COMMIT, all pipelined (each round trip costs a context switch,
-        # which is what makes latency tails on a busy machine).
+        # which is what makes latency tails on a busy machine). Conditions are checked here
+        # in Python (`_applicable`), not by skill_conditions_may_hold in SQL: that function
+        # cost more per row than fetching the row (EXPLAIN ANALYZE in docs/benchmarks.md).
         with self.conn.pipeline(), self.conn.transaction():
-            scoped_cursor = self.conn.execute(
+            scoped_cursor = self._read(
                 f"""{_SELECT} WHERE s.is_current AND s.status = 'active'
                     AND ((s.tier = 'competition' AND s.scope_key = %s)
-                         OR (s.tier = 'domain' AND s.scope_key = %s))
-                    AND skill_conditions_may_hold(s.conditions, %s)""",
-                (slug, domain, _profile_json(profile)),
+                         OR (s.tier = 'domain' AND s.scope_key = %s))""",
+                (slug, domain),
             )
             nearest_cursor = (
                 self._nearest_cursor(query, limit, "global", "active") if top_k_global > 0
@@ -626,7 +686,7 @@ class SkillStore:
             )
             rows = scoped_cursor.fetchall()
             nearest = self._nearest_rows(nearest_cursor.fetchall()) if nearest_cursor else []
-        scoped = [s for s in map(_row_to_skill, rows) if s.conditions_hold(profile)]
+        scoped = _applicable(rows, profile)
         globals_ = self._top_global(query, profile, top_k_global, nearest, limit)
 
         def by_utility(s: Skill) -> tuple[Any, ...]:

@@ -56,6 +56,7 @@ from sklearn.svm import LinearSVC, LinearSVR
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.competitions.problem import Problem
 from haste_dagster.errors import BudgetExceeded, SpecError
+from haste_dagster.solution.fold_cache import CachedFeatures, FoldCache
 from haste_dagster.solution.space import check_spec_for_problem, effective_lag, task_kind
 from haste_dagster.solution.spec import SolutionSpec
 
@@ -607,11 +608,14 @@ def build_pipeline(
     seed: int = 0,
     n_jobs: int = 1,
     deadline: float | None = None,
+    fold_features: tuple[FoldCache, str] | None = None,
 ) -> Any:
     """An unfitted estimator for ``spec`` on ``problem`` (fit(X, y) / predict / predict_proba).
 
     ``device="cuda"`` only switches XGBoost to the GPU; pass `detect_device()` to use one
     when it is really there. ``n_jobs`` stays 1 by default: the orchestrator parallelises.
+    ``fold_features`` (cache, key): the features step of one cross-validation fold is served
+    from the cache (`fold_cache.CachedFeatures`).
     """
     check_spec_for_problem(spec, problem)
     kind = task_kind(problem)
@@ -626,7 +630,10 @@ def build_pipeline(
         needs_proba=needs_proba,
         deadline=deadline,
     )
-    steps: list[tuple[str, Any]] = [("features", _features(spec, problem, kind, seed))]
+    features: Any = _features(spec, problem, kind, seed)
+    if fold_features is not None:
+        features = CachedFeatures(features, *fold_features)
+    steps: list[tuple[str, Any]] = [("features", features)]
     if problem.text and spec.model.family in ("logistic_regression", "linear_svm", "ridge"):
         # TF-IDF matrices are wide: float32 halves the memory traffic of every solver pass
         steps.append(("float32", FunctionTransformer(to_float32, accept_sparse=True)))

@@ -27,6 +27,12 @@ from haste_dagster.competitions.metrics import Metric, get_metric
 from haste_dagster.competitions.problem import Problem
 from haste_dagster.errors import BudgetExceeded, SpecError
 from haste_dagster.solution.compile import build_pipeline, parse_time
+from haste_dagster.solution.fold_cache import (
+    FoldCache,
+    data_fingerprint,
+    feature_key,
+    fold_fingerprint,
+)
 from haste_dagster.solution.space import check_spec_for_problem, task_kind
 from haste_dagster.solution.spec import SolutionSpec
 
@@ -153,9 +159,16 @@ def _fit_and_predict(
     device: str,
     n_jobs: int,
     deadline: float | None = None,
+    fold_features: tuple[FoldCache, str] | None = None,
 ) -> np.ndarray:
     estimator = build_pipeline(
-        spec, problem, device=device, seed=seed, n_jobs=n_jobs, deadline=deadline
+        spec,
+        problem,
+        device=device,
+        seed=seed,
+        n_jobs=n_jobs,
+        deadline=deadline,
+        fold_features=fold_features,
     )
     try:
         # OpenMP/BLAS pools (HistGradientBoosting, numpy) would take every core otherwise;
@@ -188,13 +201,16 @@ def cross_validate(
     n_jobs: int = 1,
     deadline: float | None = None,
     only_fold: int | None = None,
+    fold_cache: FoldCache | None = None,
 ) -> CVResult:
     """Score ``spec`` with the competition metric on ``spec.validation`` folds of ``train_df``.
 
     ``deadline`` (a `time.monotonic` value): raise `BudgetExceeded` once it has passed,
     checked before every fold and between XGBoost's boosting rounds. ``only_fold``: score
     just that fold (Python indexing, -1 = the last, the most recent for forecasts), the
-    prototype screen's cheap one-fold estimate."""
+    prototype screen's cheap one-fold estimate. ``fold_cache``: reuse the fold feature
+    matrices of an earlier candidate with the same feature pipeline (`solution.fold_cache`;
+    the scores are the same as without it)."""
     wall, cpu = time.perf_counter(), time.process_time()
     check_spec_for_problem(spec, problem)
     metric = get_metric(problem.metric)
@@ -202,12 +218,20 @@ def cross_validate(
     problem = with_classes(problem, train_df[problem.target])
     X, y = _features(problem, train_df), _target(problem, train_df)
     scores = []
+    base_key = (
+        feature_key(spec, problem, seed) + data_fingerprint(X, y) if fold_cache is not None else ""
+    )
     folds = make_folds(spec, problem, train_df, seed)
     if only_fold is not None:
         folds = [folds[only_fold]]
     for fold, (train_idx, valid_idx) in enumerate(folds):
         if deadline is not None and time.monotonic() > deadline:
             raise BudgetExceeded(f"the attempt's time budget ran out before fold {fold + 1}")
+        fold_features = (
+            (fold_cache, base_key + fold_fingerprint(train_idx, valid_idx))
+            if fold_cache is not None
+            else None
+        )
         pred = _fit_and_predict(
             spec,
             problem,
@@ -219,6 +243,7 @@ def cross_validate(
             device=device,
             n_jobs=n_jobs,
             deadline=deadline,
+            fold_features=fold_features,
         )
         try:
             score = metric(y[valid_idx], pred, problem.classes)
