@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from haste_dagster.config import home_dir, redact
+from haste_dagster.errors import HasteError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ MIGRATIONS_PACKAGE = "haste_dagster.migrations"
 _MIGRATION_LOCK_KEY = 0x4A57E  # advisory lock id shared by every migrating process
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(HasteError, RuntimeError):
     """The database cannot be reached or used; the message never contains secrets."""
 
 

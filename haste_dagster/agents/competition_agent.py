@@ -43,7 +43,7 @@ from haste_dagster.agents.policy import (
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.config import redact
 from haste_dagster.db import DatabaseError
-from haste_dagster.errors import HasteError
+from haste_dagster.errors import AttemptStateError, HasteError
 from haste_dagster.solution.evaluate import CVResult, cross_validate
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
 
@@ -438,7 +438,7 @@ def open_attempt(
     if resume_attempt_id is not None:
         attempt = records.get_attempt(conn, resume_attempt_id)
         if attempt.slug != definition.slug:
-            raise ValueError(
+            raise AttemptStateError(
                 f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}"
             )
     else:

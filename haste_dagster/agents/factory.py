@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 
 from haste_dagster.agents.policy import Policy
+from haste_dagster.errors import ConfigError
 
 POLICIES = ("heuristic", "llm")
 
@@ -23,7 +24,7 @@ def make_policy(
         from haste_dagster.llm.client import LLMClient, LLMConfig
 
         return LLMPolicy(LLMClient(LLMConfig.from_env(), conn=conn, campaign_id=campaign_id))
-    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
 def open_skill_store(conn: psycopg.Connection) -> Any:

@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from haste_dagster.errors import NotFoundError
+
 
 @dataclass
 class IterationRow:
@@ -87,7 +89,7 @@ def get_attempt(conn: psycopg.Connection, attempt_id: int) -> AttemptRow:
         f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE id = %s", (attempt_id,)
     ).fetchone()
     if row is None:
-        raise KeyError(f"no attempt with id {attempt_id}")
+        raise NotFoundError(f"no attempt with id {attempt_id}")
     return AttemptRow(**row)
 
 

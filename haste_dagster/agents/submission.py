@@ -10,6 +10,7 @@ import psycopg
 
 from haste_dagster.agents import records
 from haste_dagster.competitions.grading import Grade, grade
+from haste_dagster.errors import AttemptStateError, NotFoundError
 from haste_dagster.solution.evaluate import fit_predict
 from haste_dagster.solution.spec import SolutionSpec
 
@@ -31,7 +32,9 @@ def make_submission(
     hidden test split, grade it and store the graded submission."""
     attempt = records.get_attempt(conn, attempt_id)
     if attempt.best_spec is None:
-        raise ValueError(f"attempt {attempt_id} has no best spec yet (status {attempt.status})")
+        raise AttemptStateError(
+            f"attempt {attempt_id} has no best spec yet (status {attempt.status})"
+        )
     spec = SolutionSpec.model_validate(attempt.best_spec)
     predictions = fit_predict(
         spec,
@@ -59,6 +62,6 @@ def regrade_stored(
     """Re-grade the stored predictions: (fresh grade, stored grade), to check reproducibility."""
     stored = records.load_submission(conn, attempt_id)
     if stored is None:
-        raise KeyError(f"attempt {attempt_id} has no stored submission")
+        raise NotFoundError(f"attempt {attempt_id} has no stored submission")
     data, stored_grade = stored
     return grade(competition, predictions_from_bytes(data)), stored_grade

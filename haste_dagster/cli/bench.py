@@ -79,7 +79,7 @@ def transfer_command(
     options = TransferOptions.quick_preset(**overrides) if quick else TransferOptions(**overrides)
     try:
         report = run_transfer_benchmark(db.database_url(), options)
-    except (HasteError, ValueError, db.DatabaseError) as exc:
+    except HasteError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:
@@ -135,8 +135,8 @@ def store_command(
 
     from rich.console import Console
 
-    from haste_dagster import db
     from haste_dagster.bench.store import run_store_bench
+    from haste_dagster.errors import HasteError
 
     console = Console(stderr=True)
 
@@ -146,7 +146,7 @@ def store_command(
 
     try:
         result = run_store_bench(skills, batch=batch, queries=queries, seed=seed, progress=progress)
-    except (db.DatabaseError, ValueError) as exc:
+    except HasteError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:

@@ -99,7 +99,7 @@ def solve_command(
                 resume=resume,
                 progress=_iteration_callback(progress, task),
             )
-    except (HasteError, ValueError, KeyError, db.DatabaseError) as exc:
+    except HasteError as exc:
         _fail(exc)
     except psycopg.Error as exc:  # e.g. the server stopped while grading or writing skills
         _fail(_database_failed(exc, "rerun with --resume to finish the attempt"))
@@ -166,7 +166,7 @@ def campaign_command(
                 on_done=on_done,
                 progress=report,
             )
-    except (HasteError, db.DatabaseError) as exc:
+    except HasteError as exc:
         _fail(exc)
     except psycopg.Error as exc:
         _fail(_database_failed(exc, "rerun the campaign"))

