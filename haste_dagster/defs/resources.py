@@ -32,18 +32,9 @@ class DatabaseResource(ConfigurableResource):
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """A migrated connection for one step, in autocommit mode.
-
-        Autocommit because the domain code groups its writes in `with conn.transaction()`
-        blocks: otherwise a bare SELECT opens an implicit transaction, those blocks become
-        savepoints, and rows recorded as they happen (iterations) stay invisible to other
-        sessions and are lost if the step dies. (db.connect already does this; kept here
-        so the resource does not depend on it.)
-        """
+        """A migrated connection for one step, from :func:`haste_dagster.db.connect`: in
+        autocommit mode, so rows recorded as they happen (iterations) are durable at once."""
         with db.connection(self.url()) as conn:
-            if not conn.autocommit:
-                conn.commit()  # end the implicit transaction of connect()'s own queries
-                conn.autocommit = True
             yield conn
 
 

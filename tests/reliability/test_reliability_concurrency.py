@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 import yaml
 from conftest import (
@@ -247,9 +246,7 @@ def test_promotion_and_consolidation_from_two_processes_at_once_end_as_a_serial_
     serial: dict[str, dict[str, Any]] = {}
     for order in ("promote,consolidate", "consolidate,promote"):
         name = f"{source}_{order.split(',')[0]}_first"
-        with psycopg.connect(db.psycopg_url(server_url), autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
-        copy = db.with_database(url, name)
+        copy = db.create_database(server_url, name, template=source)
         with db.connection(copy) as conn:
             store = SkillStore(conn, HashingEmbedder())
             for step in order.split(","):

@@ -58,8 +58,7 @@ def secrets(server_url: str) -> Iterator[dict[str, str]]:
     password = f"Pw-{uuid.uuid4().hex}"
     with psycopg.connect(db.psycopg_url(server_url), autocommit=True) as admin:
         admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
-        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
-    admin_url = db.with_database(server_url, name)
+    admin_url = db.create_database(server_url, name, owner=role)
     with psycopg.connect(db.psycopg_url(admin_url), autocommit=True) as admin:
         admin.execute("CREATE EXTENSION IF NOT EXISTS vector")  # needs a superuser
     parts = urlsplit(db.with_database(server_url, name))
