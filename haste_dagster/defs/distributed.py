@@ -167,8 +167,8 @@ class DistributedAttemptConfig(Config):
     label: str | None = None
     resume: bool = Field(
         default=True,
-        description="Continue the newest unfinished attempt with the same policy, loading and "
-        "seed (e.g. after a failed run) instead of starting over.",
+        description="Continue the newest unfinished (or ungraded) attempt with the same policy, "
+        "loading and seed (e.g. after a failed run) instead of starting over.",
     )
 
 
@@ -233,7 +233,7 @@ def _start_op(rounds: int, candidates: int) -> OpDefinition:
         profile = profile_data(competition).as_dict()
         device = _device(context)
         with skill_store.open() as (conn, store):
-            resume_id = steps._resumable_attempt(context.instance, conn, slug, config)
+            resume_id = steps.resume_attempt_id(context.instance, conn, slug, config)
             if resume_id is not None:
                 context.log.info(f"resuming attempt {resume_id}")
             attempt, scored_now = batch.start_attempt(

@@ -117,28 +117,31 @@ def competition_data_step(slug: str, database: DatabaseResource) -> StepResult:
     )
 
 
-def _resumable_attempt(
+def run_is_live(instance: DagsterInstance) -> Callable[[Any], bool]:
+    """The liveness check of :func:`haste_dagster.agents.records.resumable_attempt` for
+    Dagster: a run still going owns its attempt (resuming it would interleave iterations)."""
+
+    def live(attempt: Any) -> bool:
+        if attempt.dagster_run_id:
+            run = instance.get_run_by_id(attempt.dagster_run_id)
+            return run is not None and run.status not in (
+                DagsterRunStatus.FAILURE,
+                DagsterRunStatus.CANCELED,
+            )
+        return attempt.status != "failed"  # started outside Dagster (CLI), maybe still running
+
+    return live
+
+
+def resume_attempt_id(
     instance: DagsterInstance, conn: Any, slug: str, cfg: AttemptRunConfig
 ) -> int | None:
-    """An unfinished attempt with the same settings whose run is over (crashed or cancelled)."""
+    """The attempt a run with ``cfg`` continues (``cfg.resume``), by the one resume rule."""
     from haste_dagster.agents import records
 
     if not cfg.resume:
         return None
-    row = records.latest_unfinished_attempt(conn, slug)
-    if row is None or (row.policy, row.loading, row.seed) != (cfg.policy, cfg.loading, cfg.seed):
-        return None
-    if row.dagster_run_id:
-        run = instance.get_run_by_id(row.dagster_run_id)
-        # A run still going owns its attempt; resuming it here would interleave iterations.
-        if run is not None and run.status not in (
-            DagsterRunStatus.FAILURE,
-            DagsterRunStatus.CANCELED,
-        ):
-            return None
-    elif row.status != "failed":
-        return None  # started outside Dagster (CLI) and maybe still running
-    return row.id
+    return records.resumable_attempt(conn, slug, cfg, run_is_live=run_is_live(instance))
 
 
 def attempt_step(
@@ -161,7 +164,7 @@ def attempt_step(
         log(f"{slug} iteration {idx}/{budget}: cv {row.cv_mean} {mark}")
 
     with skill_store.open() as (conn, store):
-        resume_id = _resumable_attempt(instance, conn, slug, cfg)
+        resume_id = resume_attempt_id(instance, conn, slug, cfg)
         if resume_id is not None:
             log(f"resuming attempt {resume_id}")
         result = run_attempt(
