@@ -81,18 +81,17 @@ class LLMResource(ConfigurableResource):
         """The policy an attempt runs with; ``llm`` reads the endpoint from the env vars above."""
         from haste_dagster.agents.factory import make_policy
 
-        if name != "llm":
-            return make_policy(name, conn)
-        from haste_dagster.agents.llm_policy import LLMPolicy
-        from haste_dagster.llm.client import LLMClient, LLMConfig
+        llm_config = None
+        if name == "llm":
+            from haste_dagster.llm.client import LLMConfig
 
-        # Explicit overrides win over LLMConfig's own variables; unset ones fall back to them.
-        llm_config = LLMConfig.from_env(
-            base_url=os.environ.get(self.base_url_env) or None,
-            api_key=os.environ.get(self.api_key_env) or None,
-            model=os.environ.get(self.model_env) or None,
-        )
-        return LLMPolicy(LLMClient(llm_config, conn=conn, campaign_id=campaign_id))
+            # Explicit overrides win over LLMConfig's own variables; unset ones fall back.
+            llm_config = LLMConfig.from_env(
+                base_url=os.environ.get(self.base_url_env) or None,
+                api_key=os.environ.get(self.api_key_env) or None,
+                model=os.environ.get(self.model_env) or None,
+            )
+        return make_policy(name, conn, campaign_id=campaign_id, llm_config=llm_config)
 
 
 class ArtifactsResource(ConfigurableResource):
