@@ -66,6 +66,11 @@ def load_source(source: str, base_dir: Path) -> pd.DataFrame:
     return frame.copy()
 
 
+def clear_cache() -> None:
+    """Forget every source frame read so far."""
+    _load_cached.cache_clear()
+
+
 @functools.lru_cache(maxsize=64)
 def _load_cached(source: str, base_dir: str, version: tuple[int, ...]) -> pd.DataFrame:
     # `version` is only part of the key, so an edited csv/parquet file is read again.

@@ -47,7 +47,6 @@ from pydantic import Field
 from haste_dagster import db
 from haste_dagster.defs import steps
 from haste_dagster.defs.executors import TrainingRouting, executor_by_name, training_tags
-from haste_dagster.defs.jobs import _emit
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
 from haste_dagster.defs.resources import (
     DatabaseResource,
@@ -226,7 +225,7 @@ def _start_op(rounds: int, candidates: int) -> OpDefinition:
         slug = config.slug
         _ensure_partition(context, slug)
         data = steps.competition_data_step(slug, database)
-        _emit(context, "competition_data", data, slug)
+        data.log_events(context, "competition_data", slug)
         if not all(check.passed for check in data.checks):
             raise Failure(f"{slug}: hidden-test rows found in the training data")
         competition = steps.load_competition(slug)
@@ -403,7 +402,7 @@ def _record_attempt_asset(context: OpExecutionContext, state: dict, result: Any)
         }
     )
     _ensure_partition(context, slug)
-    _emit(context, "attempt", steps.StepResult(metadata=metadata), slug)
+    steps.StepResult(metadata=metadata).log_events(context, "attempt", slug)
 
 
 @op(
@@ -420,7 +419,7 @@ def train_final_model(
     result = steps.submission_step(slug, attempt_id, database, device=device)
     grade = result.value
     _ensure_partition(context, slug)
-    _emit(context, "submission", result, slug)
+    result.log_events(context, "submission", slug)
     return Output(
         {
             "attempt_id": attempt_id,

@@ -17,9 +17,6 @@ import re
 from collections.abc import Sequence
 
 from dagster import (
-    AssetCheckEvaluation,
-    AssetKey,
-    AssetMaterialization,
     AssetSelection,
     Config,
     DefaultScheduleStatus,
@@ -82,26 +79,6 @@ class CampaignConfig(Config):
     slugs: list[str] = Field(default_factory=list, description="Empty: every valid definition.")
 
 
-def _emit(
-    context: OpExecutionContext, asset: str, result: steps.StepResult, partition: str | None
-) -> None:
-    key = AssetKey(asset)
-    context.log_event(
-        AssetMaterialization(asset_key=key, partition=partition, metadata=result.metadata)
-    )
-    for check in result.checks:
-        context.log_event(
-            AssetCheckEvaluation(
-                asset_key=key,
-                check_name=check.name,
-                passed=check.passed,
-                metadata=check.metadata,
-                severity=check.severity,
-                partition=partition,
-            )
-        )
-
-
 def _mapping_key(slug: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", slug)
 
@@ -140,7 +117,7 @@ def solve_one(
 
     try:
         data = steps.competition_data_step(slug, database)
-        _emit(context, "competition_data", data, slug)
+        data.log_events(context, "competition_data", slug)
         if not all(c.passed for c in data.checks):
             raise HasteError(f"{slug}: hidden-test rows found in the training data")
         attempt = steps.attempt_step(
@@ -153,11 +130,11 @@ def solve_one(
             run_id=context.run.run_id,
             log=context.log.info,
         )
-        _emit(context, "attempt", attempt, slug)
+        attempt.log_events(context, "attempt", slug)
         submission = steps.submission_step(slug, attempt.value, database)
-        _emit(context, "submission", submission, slug)
+        submission.log_events(context, "submission", slug)
         skills = steps.competition_skills_step(slug, attempt.value, skill_store)
-        _emit(context, "competition_skills", skills, slug)
+        skills.log_events(context, "competition_skills", slug)
     except (HasteError, ValueError, KeyError) as exc:
         # One broken competition must not stop the campaign; the last op fails the run.
         context.log.error(f"competition {slug} failed: {type(exc).__name__}: {exc}")
@@ -181,12 +158,14 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
             # A domain added after the code loaded has no partition yet: record it unpartitioned
             # in the log only, so the asset's partition set stays valid.
             if domain in known_domains:
-                _emit(context, "domain_skills", result, domain)
+                result.log_events(context, "domain_skills", domain)
             else:
                 context.log.warning(f"domain {domain!r} is new: reload the code location to see it")
-        _emit(context, "global_skills", steps.global_skills_step(skill_store), None)
-        _emit(context, "skill_inventory", steps.skill_inventory_step(skill_store, artifacts), None)
-        _emit(context, "transfer_report", steps.transfer_report_step(database, artifacts), None)
+        steps.global_skills_step(skill_store).log_events(context, "global_skills", None)
+        inventory = steps.skill_inventory_step(skill_store, artifacts)
+        inventory.log_events(context, "skill_inventory", None)
+        report = steps.transfer_report_step(database, artifacts)
+        report.log_events(context, "transfer_report", None)
         failed = [s for s in solved if s["error"]]
         if failed:
             raise Failure(
@@ -222,7 +201,7 @@ def transfer_benchmark_op(
     result = steps.transfer_benchmark_step(
         config, database, artifacts, context.run_id, log=context.log.info
     )
-    _emit(context, "transfer_report", result, None)
+    result.log_events(context, "transfer_report", None)
 
 
 @job(
@@ -245,7 +224,7 @@ def consolidate_op(
     inventory = steps.skill_inventory_step(skill_store, artifacts)
     # The inventory changed: record it, with what the consolidation did.
     inventory.metadata.update({f"consolidation_{k}": v for k, v in consolidation.metadata.items()})
-    _emit(context, "skill_inventory", inventory, None)
+    inventory.log_events(context, "skill_inventory", None)
 
 
 @job(name="consolidate_skills", description="Consolidate the skill inventory (nightly).")

@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetKey,
+    AssetMaterialization,
     DagsterInstance,
     DagsterRunStatus,
     MaterializeResult,
     MetadataValue,
+    OpExecutionContext,
 )
 
 from haste_dagster.defs.config import AttemptRunConfig, TransferBenchConfig
@@ -57,6 +61,27 @@ class StepResult:
                 for c in self.checks
             ],
         )
+
+    def log_events(
+        self, context: OpExecutionContext, asset: str, partition: str | None
+    ) -> None:
+        """What :meth:`materialize_result` says, logged from an op (the op jobs and the
+        distributed job run the steps outside an asset)."""
+        key = AssetKey(asset)
+        context.log_event(
+            AssetMaterialization(asset_key=key, partition=partition, metadata=self.metadata)
+        )
+        for check in self.checks:
+            context.log_event(
+                AssetCheckEvaluation(
+                    asset_key=key,
+                    check_name=check.name,
+                    passed=check.passed,
+                    metadata=check.metadata,
+                    severity=check.severity,
+                    partition=partition,
+                )
+            )
 
 
 def load_competition(slug: str) -> Any:
