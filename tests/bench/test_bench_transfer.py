@@ -330,6 +330,10 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
 
 
 class _CountingStore:
+    """A stand-in that counts the calls reaching it. FrozenStore's promise is about calls
+    (reads go through, no write call reaches the store it wraps), which counting shows
+    directly; a real store would show it only as rows that are absent."""
+
     def __init__(self) -> None:
         self.writes = 0
 
