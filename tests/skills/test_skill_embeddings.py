@@ -19,6 +19,7 @@ from haste_dagster.skills.embeddings import (
 )
 from haste_dagster.skills.store import SkillStore
 
+
 @pytest.fixture(scope="module")
 def minilm() -> MiniLMEmbedder:
     # Only the tests that use the model skip without it; the dimension checks always run.
