@@ -285,6 +285,9 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
         assert warm["inventory_size"] == report["inventory"]["before_evaluation"]["active"]
         assert attempts[("none", "tiny_eval", 0)]["skills_loaded"] == 0
         flat = attempts[("flat", "tiny_eval", 0)]
+        # The warm arm is the tiered loading the benchmark is about; the others are ablations.
+        assert (warm["loading"], flat["loading"]) == ("tiered", "flat")
+        assert attempts[("none", "tiny_eval", 0)]["loading"] == "none"
         assert set(flat["skill_ids_loaded"]) == listed  # flat: every active skill
         assert set(warm["skill_ids_loaded"]) <= listed
         higher = cold["higher_is_better"]
