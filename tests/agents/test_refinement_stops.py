@@ -55,15 +55,17 @@ def _invalid(inner: Any, ctx: Any) -> Any:
     return replace(proposal, patch=bad)
 
 
+def _solve(db_url: str, defs: Path, config: AttemptConfig, propose: Any) -> tuple[Any, list]:
+    with db.connection(db_url) as conn:
+        competition = load_competition("tiny_regression", defs)
+        result = run_attempt(conn, competition, config, policy=_Scripted(propose))
+        return result, _iterations(conn, result.attempt_id)
+
+
 def test_patience_stops_after_that_many_iterations_without_a_kept_candidate(
     db_url: str, tiny_defs: Path
 ) -> None:
-    competition = load_competition("tiny_regression", tiny_defs)
-    with db.connection(db_url) as conn:
-        result = run_attempt(
-            conn, competition, AttemptConfig(iterations=10, patience=3), policy=_Scripted(_invalid)
-        )
-        rows = _iterations(conn, result.attempt_id)
+    result, rows = _solve(db_url, tiny_defs, AttemptConfig(iterations=10, patience=3), _invalid)
     assert result.stopped == "stagnation"
     assert [r["idx"] for r in rows] == [0, 1, 2, 3]  # baseline + 3 unkept, of a budget of 10
     assert not any(r["kept"] for r in rows[1:])
