@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from conftest import child_env, haste, write_competition
+from conftest import child_env, haste, record_input, write_competition
 from fake_openai import SECRET_KEY, FakeOpenAI, Reply
 
 from haste_dagster import db
@@ -115,10 +115,10 @@ def test_cli_output_errors_and_recorded_rows_never_contain_secrets(
     ):
         done = subprocess.run(haste(*args), env={**env, "HASTE_DATABASE_URL": url},
                               capture_output=True, text=True, timeout=300)
+        record_input(tally, "command", args + (url == broken_url,))  # the bad inputs only
         assert done.returncode == 2  # a clear error, not a crash
         assert "Traceback" not in done.stderr and "error:" in done.stderr, done.stderr[-3000:]
         outputs.append(done.stdout + done.stderr)
-    tally["inputs_tried"] += 6
     everything = "\n".join(outputs)
     assert "***" in everything  # the URLs were printed, redacted
     assert echoing_llm.requests, "the LLM endpoint was never called"
@@ -190,7 +190,6 @@ def test_a_dagster_materialization_keeps_secrets_out_of_storage_event_log_and_me
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    tally["inputs_tried"] += 1
     (run,) = instance.get_runs()
     events = "\n".join(str(entry) for entry in instance.all_logs(run.run_id))
     record = instance.fetch_materializations(
