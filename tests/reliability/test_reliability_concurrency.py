@@ -297,8 +297,8 @@ def test_two_asset_promotions_at_once_write_each_promoted_skill_once(
 
     What it proves is that outcome, not that the promotion lock is needed for it: with the
     lock removed it still passed (3 runs; the store's ON CONFLICT inserts absorb this race).
-    The lock is proven necessary by the promotion-vs-consolidation race above, which fails
-    without it."""
+    The lock is needed for the promotion-vs-consolidation race above, which failed without it
+    (docs/reliability.md, "what the tests found and fixed")."""
     from haste_dagster.skills.embeddings import HashingEmbedder
     from haste_dagster.skills.store import SkillStore
 
