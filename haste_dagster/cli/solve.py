@@ -78,7 +78,12 @@ def solve_command(
         None, help="refinement iterations (default: the competition budget)"
     ),
     seed: int = typer.Option(0, help="random seed (folds and search)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the last unfinished attempt"),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="continue the last unfinished or ungraded attempt with the same policy, loading "
+        "and seed",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
     defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
 ) -> None:
