@@ -18,9 +18,12 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from haste_dagster.config import home_dir, redact
+from haste_dagster.errors import HasteError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ MIGRATIONS_PACKAGE = "haste_dagster.migrations"
 _MIGRATION_LOCK_KEY = 0x4A57E  # advisory lock id shared by every migrating process
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(HasteError, RuntimeError):
     """The database cannot be reached or used; the message never contains secrets."""
 
 
@@ -88,7 +91,9 @@ def dagster_storage_url(url: str) -> str:
 
 
 def psycopg_url(url: str) -> str:
-    """Strip an SQLAlchemy driver suffix so psycopg can use the URL."""
+    """Strip an SQLAlchemy driver suffix so psycopg can use the URL (a conninfo is kept)."""
+    if "://" not in url:
+        return url
     parts = urlsplit(url)
     return urlunsplit((parts.scheme.split("+", 1)[0], *parts[1:]))
 
@@ -99,29 +104,102 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
-def create_database(server_url: str, name: str, *, replace: bool = False) -> str:
-    """Create database ``name`` on the server of ``server_url``; returns its URL."""
-    if not name.replace("_", "").isalnum():
+# ---- database admin: the one place that creates and drops databases ------------------------
+# Every address below is a URL (``postgresql://...``) or a libpq conninfo (``host=... ``); the
+# address returned for a new database has the same form as the server's, so a URL stays a URL
+# (Dagster's storage needs one). Names are quoted with sql.Identifier, never pasted into SQL.
+
+
+def server_conninfo(target: psycopg.Connection | str) -> str:
+    """An address for the server behind ``target`` (a URL, a conninfo or an open connection);
+    the connection's password is kept so the address can open new sessions."""
+    if isinstance(target, str):
+        return psycopg_url(target)
+    info = target.info
+    extra = {"password": info.password} if info.password else {}
+    return make_conninfo(info.dsn, **extra)
+
+
+def database_address(server: str, name: str) -> str:
+    """The address of database ``name`` on the server of ``server`` (same form as ``server``)."""
+    if "://" in server:
+        return with_database(server, name)
+    return make_conninfo(server, dbname=name)
+
+
+def _check_name(name: str) -> None:
+    if not name or not name.replace("_", "").isalnum():
         raise DatabaseError(f"database name {name!r}: use letters, digits and _ only")
-    with psycopg.connect(psycopg_url(server_url), autocommit=True) as admin:
-        if replace:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return with_database(server_url, name)
 
 
-def drop_database(server_url: str, name: str) -> None:
-    with psycopg.connect(psycopg_url(server_url), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def _admin(server: str) -> psycopg.Connection:
+    # CREATE/DROP DATABASE cannot run inside a transaction block: autocommit.
+    try:
+        return psycopg.connect(psycopg_url(server), autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot connect to {redact(server)}: {redact(str(exc))}") from exc
+
+
+def create_database(
+    server: str,
+    name: str,
+    *,
+    replace: bool = False,
+    template: str | None = None,
+    owner: str | None = None,
+) -> str:
+    """Create database ``name`` on the server of ``server`` (optionally a copy of
+    ``template``, owned by role ``owner``); returns its address."""
+    _check_name(name)
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    if owner is not None:
+        statement += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+    with _admin(server) as admin:
+        try:
+            if replace:
+                admin.execute(_drop_statement(name))
+            admin.execute(statement)
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"cannot create database {name!r} (it may exist already, or the role lacks the "
+                f"CREATEDB privilege): "
+                f"{redact(str(exc))}"
+            ) from exc
+    return database_address(server, name)
+
+
+def _drop_statement(name: str) -> sql.Composed:
+    return sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+
+
+def drop_database(server: str, name: str) -> None:
+    """Drop database ``name`` if it exists, ending its sessions first."""
+    with _admin(server) as admin:
+        admin.execute(_drop_statement(name))
+
+
+@contextmanager
+def scratch_database(server: str, name: str, *, keep: bool = False) -> Iterator[str]:
+    """Create database ``name`` on ``server``; yield its address; drop it afterwards, even
+    on error (unless ``keep``). Open it with :func:`connect`, whose autocommit keeps writes."""
+    address = create_database(server, name)
+    try:
+        yield address
+    finally:
+        if not keep:
+            drop_database(server, name)
 
 
 def connect(url: str | None = None, *, migrate_schema: bool = True) -> psycopg.Connection:
     """Open a connection (rows as dicts) with the schema migrated and pgvector registered.
 
-    The connection is in autocommit mode: a statement outside ``with conn.transaction()``
-    is durable at once, and writes that belong together are grouped in a transaction
-    block. (Without autocommit a first SELECT would open an implicit transaction that
-    turns every later ``transaction()`` into a savepoint, lost if the process dies.)
+    ``url`` is a URL or a conninfo string. The connection is in autocommit mode: a
+    statement outside ``with conn.transaction()`` is durable at once, and writes that
+    belong together are grouped in a transaction block. (Without autocommit a first SELECT
+    would open an implicit transaction that turns every later ``transaction()`` into a
+    savepoint, lost if the process dies.)
     """
     target = url or database_url()
     try:

@@ -139,7 +139,7 @@ def tuned_entrant(competition, iterations: int, seed: int, db_url: str) -> dict:
     }
 
 
-def scratch_database() -> str:
+def leaderboard_database() -> str:
     """A fresh database on the HASTE server for the tuned entrants' attempts."""
     from haste_dagster import db
 
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     definitions, errors = load_definitions(defs_dir)
     for error in errors:
         print(f"skipping broken definition: {error}", file=sys.stderr)
-    db_url = scratch_database()
+    db_url = leaderboard_database()
     for definition in definitions:
         if args.only and definition.slug not in args.only:
             continue

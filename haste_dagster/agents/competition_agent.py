@@ -43,7 +43,7 @@ from haste_dagster.agents.policy import (
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.config import redact
 from haste_dagster.db import DatabaseError
-from haste_dagster.errors import AttemptConfigError, HasteError
+from haste_dagster.errors import AttemptConfigError, AttemptStateError, HasteError
 from haste_dagster.solution.evaluate import CVResult, cross_validate
 from haste_dagster.solution.fold_cache import FoldCache
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
@@ -76,9 +76,9 @@ class AttemptConfig:
         for name in ("iterations", "patience"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise AttemptConfigError(f"{name} must be at least 1, got {value}")
         if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"seconds must be positive, got {self.seconds}")
+            raise AttemptConfigError(f"seconds must be positive, got {self.seconds}")
 
 
 @dataclass
@@ -474,7 +474,7 @@ def open_attempt(
     if resume_attempt_id is not None:
         attempt = records.get_attempt(conn, resume_attempt_id)
         if attempt.slug != definition.slug:
-            raise ValueError(
+            raise AttemptStateError(
                 f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}"
             )
     else:

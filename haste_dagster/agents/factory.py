@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from haste_dagster.agents.policy import Policy
+from haste_dagster.errors import ConfigError
+
+if TYPE_CHECKING:  # the LLM client is imported only when the llm policy is built
+    from haste_dagster.llm.client import LLMConfig
 
 POLICIES = ("heuristic", "llm")
 
 
 def make_policy(
-    name: str, conn: psycopg.Connection | None = None, *, campaign_id: str | None = None
+    name: str,
+    conn: psycopg.Connection | None = None,
+    *,
+    campaign_id: str | None = None,
+    llm_config: LLMConfig | None = None,
 ) -> Policy:
+    """The one place a policy is built; ``llm`` uses ``llm_config`` (default: from the env)."""
     if name == "heuristic":
         from haste_dagster.agents.heuristic import HeuristicPolicy
 
@@ -22,8 +31,9 @@ def make_policy(
         from haste_dagster.agents.llm_policy import LLMPolicy
         from haste_dagster.llm.client import LLMClient, LLMConfig
 
-        return LLMPolicy(LLMClient(LLMConfig.from_env(), conn=conn, campaign_id=campaign_id))
-    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+        config = llm_config if llm_config is not None else LLMConfig.from_env()
+        return LLMPolicy(LLMClient(config, conn=conn, campaign_id=campaign_id))
+    raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
 def open_skill_store(conn: psycopg.Connection) -> Any:

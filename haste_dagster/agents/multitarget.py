@@ -50,7 +50,6 @@ from haste_dagster.agents.orchestrator import (
     SolveResult,
     extract_skills,
     reflect_with_llm,
-    resumable_attempt,
 )
 from haste_dagster.agents.submission import predictions_to_bytes
 from haste_dagster.competitions.grading import competition_thresholds, grade, score_hidden
@@ -91,7 +90,7 @@ def _open_parent(
     dagster_run_id: str | None,
 ) -> tuple[records.AttemptRow, bool]:
     """(the parent attempt, whether it is a resumed one)."""
-    resume_id = resumable_attempt(conn, competition.slug) if resume else None
+    resume_id = records.resumable_attempt(conn, competition.slug, config) if resume else None
     if resume and resume_id is None:
         log.warning("nothing to resume for %s: starting a new attempt", competition.slug)
     if resume_id is not None:

@@ -201,16 +201,6 @@ def promote(
     return promoted
 
 
-def resumable_attempt(conn: psycopg.Connection, slug: str) -> int | None:
-    """The newest attempt of ``slug`` that did not finish, or finished without a grade."""
-    row = conn.execute(
-        """SELECT id FROM attempts WHERE slug = %s AND (status <> 'finished' OR test_score IS NULL)
-             AND parent_id IS NULL ORDER BY id DESC LIMIT 1""",
-        (slug,),
-    ).fetchone()
-    return int(row["id"]) if row else None
-
-
 def solve(
     conn: psycopg.Connection,
     slug: str,
@@ -239,7 +229,7 @@ def solve(
     store = open_skill_store(conn)
     if policy is None:
         policy = make_policy(config.policy, conn, campaign_id=config.campaign_id)
-    resume_id = resumable_attempt(conn, slug) if resume else None
+    resume_id = records.resumable_attempt(conn, slug, config) if resume else None
     if resume and resume_id is None:
         log.warning("nothing to resume for %s: starting a new attempt", slug)
     attempt = run_attempt(
@@ -253,7 +243,7 @@ def solve(
         progress=progress,
     )
     # Skills are written before the grade: `--resume` picks an attempt up until it is graded
-    # (resumable_attempt), so a crash while skills are written is finished by resuming
+    # (records.resumable_attempt), so a crash while skills are written is finished by resuming
     # (extraction is idempotent) instead of leaving a graded attempt without its skills.
     new_skills = (
         [

@@ -7,11 +7,14 @@ replayed write after resume can never duplicate it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.types.json import Jsonb
+
+from haste_dagster.errors import NotFoundError
 
 
 @dataclass
@@ -112,18 +115,54 @@ def get_attempt(conn: psycopg.Connection, attempt_id: int) -> AttemptRow:
         f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE id = %s", (attempt_id,)
     ).fetchone()
     if row is None:
-        raise KeyError(f"no attempt with id {attempt_id}")
+        raise NotFoundError(f"no attempt with id {attempt_id}")
     return AttemptRow(**row)
 
 
-def latest_unfinished_attempt(conn: psycopg.Connection, slug: str) -> AttemptRow | None:
+class AttemptSettings(Protocol):
+    """What makes two attempts the same run: ``AttemptConfig`` and the assets' run config."""
+
+    @property
+    def policy(self) -> str: ...
+    @property
+    def loading(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+
+
+def never_live(attempt: AttemptRow) -> bool:
+    """The CLI's liveness check: asking for ``--resume`` says no other process runs it."""
+    return False
+
+
+def resumable_attempt(
+    conn: psycopg.Connection,
+    slug: str,
+    settings: AttemptSettings,
+    *,
+    run_is_live: Callable[[AttemptRow], bool] = never_live,
+) -> int | None:
+    """The one resume rule (CLI, assets and the distributed job): the newest attempt of
+    ``slug`` with the same policy, loading and seed that did not finish, or finished without
+    a grade, unless ``run_is_live`` says a running process still owns it.
+
+    Ungraded counts as unfinished because skills are written before the grade: a crash
+    there is finished by resuming (extraction is idempotent). Other settings never resume:
+    the attempt would go on with the policy and seed it was started with, not the ones
+    asked for. Only the newest candidate is considered, so a live run is never overtaken
+    by resuming an older attempt beside it.
+    """
     row = conn.execute(
         f"""SELECT {_ATTEMPT_COLUMNS} FROM attempts
-            WHERE slug = %s AND status <> 'finished' AND parent_id IS NULL
+            WHERE slug = %s AND policy = %s AND loading = %s AND seed = %s
+              AND (status <> 'finished' OR test_score IS NULL) AND parent_id IS NULL
             ORDER BY id DESC LIMIT 1""",
-        (slug,),
+        (slug, settings.policy, settings.loading, settings.seed),
     ).fetchone()
-    return AttemptRow(**row) if row else None
+    if row is None:
+        return None
+    attempt = AttemptRow(**row)
+    return None if run_is_live(attempt) else attempt.id
 
 
 def set_attempt_start(

@@ -31,7 +31,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
 
-from haste_dagster.errors import LLMError
+from haste_dagster.errors import LLMError, NotFoundError
 from haste_dagster.llm.client import LLMClient, ReplyRejected
 from haste_dagster.llm.prompts import compress_history, labelling_messages, reflection_messages
 
@@ -127,7 +127,7 @@ class AttemptSummary:
                 (attempt_id,),
             ).fetchone()
             if attempt is None:
-                raise KeyError(f"no attempt with id {attempt_id}")
+                raise NotFoundError(f"no attempt with id {attempt_id}")
             rows = conn.execute(
                 """SELECT idx, patch, skill_ids, cv_mean, cv_std, kept, error
                    FROM iterations WHERE attempt_id = %s ORDER BY idx""",

@@ -13,6 +13,7 @@ import psycopg
 
 from haste_dagster.agents import records
 from haste_dagster.competitions.grading import Grade, grade
+from haste_dagster.errors import AttemptStateError, NotFoundError
 from haste_dagster.solution.ensemble import fit_predict_ensemble
 from haste_dagster.solution.evaluate import fit_predict
 from haste_dagster.solution.spec import SolutionSpec
@@ -34,7 +35,9 @@ def submission_members(attempt: records.AttemptRow) -> list[SolutionSpec]:
     if ensemble.get("kept"):
         return [SolutionSpec.model_validate(m["spec"]) for m in ensemble.get("members", [])]
     if attempt.best_spec is None:
-        raise ValueError(f"attempt {attempt.id} has no best spec yet (status {attempt.status})")
+        raise AttemptStateError(
+            f"attempt {attempt.id} has no best spec yet (status {attempt.status})"
+        )
     return [SolutionSpec.model_validate(attempt.best_spec)]
 
 
@@ -72,6 +75,6 @@ def regrade_stored(
     """Re-grade the stored predictions: (fresh grade, stored grade), to check reproducibility."""
     stored = records.load_submission(conn, attempt_id)
     if stored is None:
-        raise KeyError(f"attempt {attempt_id} has no stored submission")
+        raise NotFoundError(f"attempt {attempt_id} has no stored submission")
     data, stored_grade = stored
     return grade(competition, predictions_from_bytes(data)), stored_grade

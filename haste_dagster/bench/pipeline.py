@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from haste_dagster import db
 from haste_dagster.bench.measure import Stopwatch, Usage, cpu_seconds
-from haste_dagster.bench.transfer import base_conninfo, connect, scratch_database
 
 ARMS = ("straight", "staged")
 TARGET_SHARE = 12 / 16  # better-or-equal on at least 12 of 16 competitions
@@ -181,7 +181,7 @@ def run_pipeline_benchmark(url: str, options: PipelineOptions) -> dict[str, Any]
         definitions, _errors = load_definitions(options.defs_dir or competition_defs_dir())
         slugs = [d.slug for d in definitions]
     wall0, cpu0 = time.perf_counter(), cpu_seconds()
-    base = base_conninfo(url)
+    base = db.server_conninfo(url)
     name = f"haste_bench_pipeline_{time.strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:6]}"
     runs: list[ArmRun] = []
     per_competition: dict[str, dict[str, Any]] = {}
@@ -196,8 +196,8 @@ def run_pipeline_benchmark(url: str, options: PipelineOptions) -> dict[str, Any]
             "runs": [r.as_json() for r in runs],
             "usage": Usage(time.perf_counter() - wall0, cpu_seconds() - cpu0).as_json(),
         }
-    with scratch_database(base, name, keep=options.keep_database) as conninfo:
-        conn = connect(conninfo)
+    with db.scratch_database(base, name, keep=options.keep_database) as conninfo:
+        conn = db.connect(conninfo)
         try:
             for slug in slugs:
                 competition = load_competition(slug, options.defs_dir)

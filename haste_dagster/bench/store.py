@@ -25,6 +25,7 @@ import numpy as np
 import psycopg
 
 from haste_dagster import db
+from haste_dagster.errors import ConfigError
 from haste_dagster.skills.model import Condition, Skill
 from haste_dagster.skills.store import EMBEDDING_DIM, SkillStore
 
@@ -122,7 +123,7 @@ def run_store_bench(
 ) -> dict[str, Any]:
     """Fill a throwaway database with ``n`` synthetic skills and time the store."""
     if n < 1:
-        raise ValueError("the bench needs at least one skill")
+        raise ConfigError("the bench needs at least one skill")
     server = url or db.database_url()
     name = f"haste_bench_{uuid.uuid4().hex[:10]}"
     bench_url = db.create_database(server, name)

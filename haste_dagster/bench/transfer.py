@@ -48,8 +48,7 @@ import math
 import platform
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,16 +56,13 @@ from typing import Any, Literal
 
 import numpy as np
 import psycopg
-from psycopg import conninfo as pg_conninfo
-from psycopg import sql
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
 
 from haste_dagster import db
 from haste_dagster.bench.measure import Stopwatch, Usage, cpu_seconds
 from haste_dagster.competitions.definition import definition_paths, load_definition
 from haste_dagster.competitions.registry import Competition, load_competition
-from haste_dagster.config import competition_defs_dir, redact
+from haste_dagster.config import competition_defs_dir
 from haste_dagster.errors import HasteError
 
 log = logging.getLogger(__name__)
@@ -239,61 +235,8 @@ def plan_benchmark(options: TransferOptions) -> Plan:
 # ---------------------------------------------------------------------------------------
 
 
-def base_conninfo(conn_or_url: psycopg.Connection | str) -> str:
-    """A connection string for the server behind ``conn_or_url`` (password kept)."""
-    if isinstance(conn_or_url, str):
-        return pg_conninfo.make_conninfo(db.psycopg_url(conn_or_url))
-    info = conn_or_url.info
-    extra = {"password": info.password} if info.password else {}
-    return pg_conninfo.make_conninfo(info.dsn, **extra)
-
-
-def database_conninfo(base: str, name: str) -> str:
-    return pg_conninfo.make_conninfo(base, dbname=name)
-
-
-def connect(conninfo: str) -> psycopg.Connection:
-    """Like :func:`haste_dagster.db.connect`, for a connection string of any form."""
-    from pgvector.psycopg import register_vector
-
-    try:
-        # autocommit as `db.connect`: otherwise every write of the benchmark sits in one
-        # implicit transaction, invisible to other connections until the end
-        conn = psycopg.connect(
-            conninfo, row_factory=dict_row, connect_timeout=10, autocommit=True
-        )
-    except psycopg.Error as exc:
-        raise BenchmarkError(
-            f"cannot connect to the benchmark database: {redact(str(exc))}"
-        ) from exc
-    db.migrate(conn)
-    register_vector(conn)
-    return conn
-
-
-def drop_database(base: str, name: str) -> None:
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
-@contextmanager
-def scratch_database(base: str, name: str, *, keep: bool = False) -> Iterator[str]:
-    """Create database ``name`` on the server of ``base``; yield its conninfo; drop it after."""
-    try:
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error as exc:
-        raise BenchmarkError(
-            f"cannot create the throwaway database {name!r} (the benchmark never writes into "
-            f"the store it is pointed at and needs the CREATEDB privilege): {redact(str(exc))}"
-        ) from exc
-    try:
-        yield database_conninfo(base, name)
-    finally:
-        if not keep:
-            drop_database(base, name)
+# db.server_conninfo, db.scratch_database and db.connect (autocommit, so every recorded
+# row is durable at once) create, open and drop them.
 
 
 # ---------------------------------------------------------------------------------------
@@ -1012,7 +955,7 @@ def run_transfer_benchmark(
 
     options = options or TransferOptions()
     plan = plan_benchmark(options)
-    base = base_conninfo(conn_or_url)
+    base = db.server_conninfo(conn_or_url)
     tag = f"haste_bench_{datetime.now(UTC):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:6]}"
     names = {"inventory": f"{tag}_inv", "cold": f"{tag}_cold"}
     report = TransferReport(
@@ -1065,10 +1008,10 @@ def run_transfer_benchmark(
     arms: list[tuple[Arm, Loading]] = [("warm", "tiered")]
     arms += [(m, m) for m in options.modes if m != "tiered"]  # type: ignore[misc]
     with (
-        scratch_database(base, names["inventory"], keep=keep) as inv_url,
-        scratch_database(base, names["cold"], keep=keep) as cold_url,
+        db.scratch_database(base, names["inventory"], keep=keep) as inv_url,
+        db.scratch_database(base, names["cold"], keep=keep) as cold_url,
     ):
-        with connect(inv_url) as conn:
+        with db.connect(inv_url) as conn:
             store = open_skill_store(conn)
             for slug in plan.development:
                 attempt(
@@ -1094,7 +1037,7 @@ def run_transfer_benchmark(
                     for arm, loading in arms:
                         attempt(conn, names["inventory"], frozen, slug, arm, loading, seed)
             report.inventory_after = inventory(conn)
-        with connect(cold_url) as conn:
+        with db.connect(cold_url) as conn:
             store = open_skill_store(conn)
             for slug in plan.evaluation:
                 for seed in plan.seeds:

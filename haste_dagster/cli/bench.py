@@ -82,7 +82,7 @@ def transfer_command(
     options = TransferOptions.quick_preset(**overrides) if quick else TransferOptions(**overrides)
     try:
         report = run_transfer_benchmark(db.database_url(), options)
-    except (HasteError, ValueError, db.DatabaseError) as exc:
+    except HasteError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:
@@ -157,7 +157,7 @@ def pipeline_command(
     )
     try:
         report = run_pipeline_benchmark(db.database_url(), options)
-    except (HasteError, ValueError, KeyError, db.DatabaseError) as exc:
+    except HasteError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:
@@ -209,8 +209,8 @@ def store_command(
 
     from rich.console import Console
 
-    from haste_dagster import db
     from haste_dagster.bench.store import run_store_bench
+    from haste_dagster.errors import HasteError
 
     console = Console(stderr=True)
 
@@ -220,7 +220,7 @@ def store_command(
 
     try:
         result = run_store_bench(skills, batch=batch, queries=queries, seed=seed, progress=progress)
-    except (db.DatabaseError, ValueError) as exc:
+    except HasteError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:
@@ -256,7 +256,6 @@ def overhead_command(
 
     from rich.console import Console
 
-    from haste_dagster import db
     from haste_dagster.bench.overhead import OverheadOptions, run_overhead_bench
     from haste_dagster.errors import HasteError
 
@@ -272,7 +271,7 @@ def overhead_command(
         result = run_overhead_bench(
             options, log=lambda m: console.print(m, highlight=False, markup=False)
         )
-    except (HasteError, db.DatabaseError) as exc:
+    except HasteError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:
@@ -307,7 +306,6 @@ def cpu_command(
 
     from rich.console import Console
 
-    from haste_dagster import db
     from haste_dagster.bench.cpu import markdown_table, run_cpu_bench
     from haste_dagster.competitions.registry import load_definitions
     from haste_dagster.config import competition_defs_dir
@@ -326,7 +324,7 @@ def cpu_command(
             defs_dir=defs,
             log=lambda m: console.print(m, highlight=False, markup=False),
         )
-    except (HasteError, db.DatabaseError, KeyError) as exc:
+    except HasteError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     if json_out is not None:

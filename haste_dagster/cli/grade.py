@@ -67,7 +67,7 @@ def grade_command(
     """Grade a submission CSV on the hidden test split and print the report as JSON."""
     try:
         report = grade_report(slug, submission, defs)
-    except (HasteError, ValueError) as exc:
+    except HasteError as exc:
         console.print(f"[red]error ({type(exc).__name__}):[/red] {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     text = json.dumps(report, indent=4)

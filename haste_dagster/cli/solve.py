@@ -17,7 +17,7 @@ from rich.table import Table
 from haste_dagster import db
 from haste_dagster.agents.competition_agent import AttemptConfig
 from haste_dagster.config import redact
-from haste_dagster.errors import HasteError
+from haste_dagster.errors import HasteError, NotFoundError
 
 console = Console(stderr=True)
 
@@ -99,7 +99,12 @@ def solve_command(
         help="straight (default spec refined in one line) | staged (prototype screen, "
         "winner and runner-up branches, ensemble); a resumed attempt keeps its own",
     ),
-    resume: bool = typer.Option(False, "--resume", help="continue the last unfinished attempt"),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="continue the last unfinished or ungraded attempt with the same policy, loading "
+        "and seed",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
     submission: Path | None = typer.Option(
         None, "--submission", help="write the hidden-test predictions here as a submission CSV"
@@ -128,7 +133,7 @@ def solve_command(
                 resume=resume,
                 progress=_iteration_callback(progress, task),
             )
-    except (HasteError, ValueError, KeyError, db.DatabaseError) as exc:
+    except HasteError as exc:
         _fail(exc)
     except psycopg.Error as exc:  # e.g. the server stopped while grading or writing skills
         _fail(_database_failed(exc, "rerun with --resume to finish the attempt"))
@@ -136,7 +141,7 @@ def solve_command(
     if submission is not None:
         try:
             _write_submission(slug, defs, result.attempt.attempt_id, submission)
-        except (HasteError, ValueError) as exc:
+        except HasteError as exc:
             _fail(exc)
         payload["submission"] = str(submission)
     _write_json(json_out, payload)
@@ -153,7 +158,7 @@ def _write_submission(slug: str, defs: Path | None, attempt_id: int, path: Path)
     with db.connection() as conn:
         stored = load_submission(conn, attempt_id)
     if stored is None:
-        raise ValueError(f"attempt {attempt_id} has no stored predictions")
+        raise NotFoundError(f"attempt {attempt_id} has no stored predictions")
     write_submission(load_competition(slug, defs), predictions_from_bytes(stored[0]), path)
     console.print(f"wrote {path}")
 
@@ -219,7 +224,7 @@ def campaign_command(
                 on_done=on_done,
                 progress=report,
             )
-    except (HasteError, db.DatabaseError) as exc:
+    except HasteError as exc:
         _fail(exc)
     except psycopg.Error as exc:
         _fail(_database_failed(exc, "rerun the campaign"))

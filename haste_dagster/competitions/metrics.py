@@ -17,6 +17,8 @@ from typing import Literal
 import numpy as np
 from sklearn import metrics as skm
 
+from haste_dagster.errors import NotFoundError
+
 PredictionKind = Literal["proba", "label", "value", "multilabel", "values"]
 MULTI_TARGET_KINDS = ("multilabel", "values")
 
@@ -114,4 +116,4 @@ def get_metric(name: str) -> Metric:
         return METRICS[name]
     except KeyError:
         known = ", ".join(sorted(METRICS))
-        raise KeyError(f"unknown metric {name!r}; known metrics: {known}") from None
+        raise NotFoundError(f"unknown metric {name!r}; known metrics: {known}") from None

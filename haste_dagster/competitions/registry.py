@@ -580,7 +580,7 @@ def freeze_split(path: Path | str) -> tuple[str, bool]:
 
 def clear_cache() -> None:
     """Forget every loaded competition and source frame (tests; long-lived processes)."""
-    from haste_dagster.competitions.sources import _load_cached
+    from haste_dagster.competitions import sources
 
     _cached_build.cache_clear()
-    _load_cached.cache_clear()
+    sources.clear_cache()

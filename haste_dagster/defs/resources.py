@@ -32,18 +32,9 @@ class DatabaseResource(ConfigurableResource):
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """A migrated connection for one step, in autocommit mode.
-
-        Autocommit because the domain code groups its writes in `with conn.transaction()`
-        blocks: otherwise a bare SELECT opens an implicit transaction, those blocks become
-        savepoints, and rows recorded as they happen (iterations) stay invisible to other
-        sessions and are lost if the step dies. (db.connect already does this; kept here
-        so the resource does not depend on it.)
-        """
+        """A migrated connection for one step, from :func:`haste_dagster.db.connect`: in
+        autocommit mode, so rows recorded as they happen (iterations) are durable at once."""
         with db.connection(self.url()) as conn:
-            if not conn.autocommit:
-                conn.commit()  # end the implicit transaction of connect()'s own queries
-                conn.autocommit = True
             yield conn
 
 
@@ -90,18 +81,17 @@ class LLMResource(ConfigurableResource):
         """The policy an attempt runs with; ``llm`` reads the endpoint from the env vars above."""
         from haste_dagster.agents.factory import make_policy
 
-        if name != "llm":
-            return make_policy(name, conn)
-        from haste_dagster.agents.llm_policy import LLMPolicy
-        from haste_dagster.llm.client import LLMClient, LLMConfig
+        llm_config = None
+        if name == "llm":
+            from haste_dagster.llm.client import LLMConfig
 
-        # Explicit overrides win over LLMConfig's own variables; unset ones fall back to them.
-        llm_config = LLMConfig.from_env(
-            base_url=os.environ.get(self.base_url_env) or None,
-            api_key=os.environ.get(self.api_key_env) or None,
-            model=os.environ.get(self.model_env) or None,
-        )
-        return LLMPolicy(LLMClient(llm_config, conn=conn, campaign_id=campaign_id))
+            # Explicit overrides win over LLMConfig's own variables; unset ones fall back.
+            llm_config = LLMConfig.from_env(
+                base_url=os.environ.get(self.base_url_env) or None,
+                api_key=os.environ.get(self.api_key_env) or None,
+                model=os.environ.get(self.model_env) or None,
+            )
+        return make_policy(name, conn, campaign_id=campaign_id, llm_config=llm_config)
 
 
 class ArtifactsResource(ConfigurableResource):

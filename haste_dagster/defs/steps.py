@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetKey,
+    AssetMaterialization,
     DagsterInstance,
     DagsterRunStatus,
     MaterializeResult,
     MetadataValue,
+    OpExecutionContext,
 )
 
 from haste_dagster.defs import audit
@@ -58,6 +62,27 @@ class StepResult:
                 for c in self.checks
             ],
         )
+
+    def log_events(
+        self, context: OpExecutionContext, asset: str, partition: str | None
+    ) -> None:
+        """What :meth:`materialize_result` says, logged from an op (the op jobs and the
+        distributed job run the steps outside an asset)."""
+        key = AssetKey(asset)
+        context.log_event(
+            AssetMaterialization(asset_key=key, partition=partition, metadata=self.metadata)
+        )
+        for check in self.checks:
+            context.log_event(
+                AssetCheckEvaluation(
+                    asset_key=key,
+                    check_name=check.name,
+                    passed=check.passed,
+                    metadata=check.metadata,
+                    severity=check.severity,
+                    partition=partition,
+                )
+            )
 
 
 def load_competition(slug: str) -> Any:
@@ -118,28 +143,31 @@ def competition_data_step(slug: str, database: DatabaseResource) -> StepResult:
     )
 
 
-def _resumable_attempt(
+def run_is_live(instance: DagsterInstance) -> Callable[[Any], bool]:
+    """The liveness check of :func:`haste_dagster.agents.records.resumable_attempt` for
+    Dagster: a run still going owns its attempt (resuming it would interleave iterations)."""
+
+    def live(attempt: Any) -> bool:
+        if attempt.dagster_run_id:
+            run = instance.get_run_by_id(attempt.dagster_run_id)
+            return run is not None and run.status not in (
+                DagsterRunStatus.FAILURE,
+                DagsterRunStatus.CANCELED,
+            )
+        return attempt.status != "failed"  # started outside Dagster (CLI), maybe still running
+
+    return live
+
+
+def resume_attempt_id(
     instance: DagsterInstance, conn: Any, slug: str, cfg: AttemptRunConfig
 ) -> int | None:
-    """An unfinished attempt with the same settings whose run is over (crashed or cancelled)."""
+    """The attempt a run with ``cfg`` continues (``cfg.resume``), by the one resume rule."""
     from haste_dagster.agents import records
 
     if not cfg.resume:
         return None
-    row = records.latest_unfinished_attempt(conn, slug)
-    if row is None or (row.policy, row.loading, row.seed) != (cfg.policy, cfg.loading, cfg.seed):
-        return None
-    if row.dagster_run_id:
-        run = instance.get_run_by_id(row.dagster_run_id)
-        # A run still going owns its attempt; resuming it here would interleave iterations.
-        if run is not None and run.status not in (
-            DagsterRunStatus.FAILURE,
-            DagsterRunStatus.CANCELED,
-        ):
-            return None
-    elif row.status != "failed":
-        return None  # started outside Dagster (CLI) and maybe still running
-    return row.id
+    return records.resumable_attempt(conn, slug, cfg, run_is_live=run_is_live(instance))
 
 
 def attempt_step(
@@ -167,7 +195,7 @@ def attempt_step(
         log(f"{slug} iteration {idx}/{budget}: cv {row.cv_mean} {mark}")
 
     with skill_store.open() as (conn, store):
-        resume_id = _resumable_attempt(instance, conn, slug, cfg)
+        resume_id = resume_attempt_id(instance, conn, slug, cfg)
         if resume_id is not None:
             log(f"resuming attempt {resume_id}")
         result = run_attempt(

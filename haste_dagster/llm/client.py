@@ -79,7 +79,7 @@ class LLMReplyInvalid(LLMCallError):
         super().__init__(message, usage)
 
 
-class ReplyRejected(ValueError):
+class ReplyRejected(HasteError, ValueError):
     """Raised by a ``validate`` hook: the reply parsed but its values are unusable.
 
     The message is sent back to the model, so it must say what to change.

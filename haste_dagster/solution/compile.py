@@ -52,6 +52,8 @@ from sklearn.preprocessing import (
     TargetEncoder,
 )
 from sklearn.svm import LinearSVC, LinearSVR
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.competitions.problem import Problem
@@ -101,8 +103,13 @@ class SkewLog1p(TransformerMixin, BaseEstimator):
     def __init__(self, threshold: float = 1.0) -> None:
         self.threshold = threshold
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # missing values pass through (imputed later)
+        return tags
+
     def fit(self, X: np.ndarray, y: Any = None) -> SkewLog1p:
-        X = np.asarray(X, dtype=float)
+        X = validate_data(self, X, dtype=float, ensure_all_finite="allow-nan")
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mean, std = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
@@ -111,7 +118,10 @@ class SkewLog1p(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        X = np.array(X, dtype=float, copy=True)
+        check_is_fitted(self)
+        X = validate_data(
+            self, X, dtype=float, ensure_all_finite="allow-nan", copy=True, reset=False
+        )
         X[:, self.mask_] = np.sign(X[:, self.mask_]) * np.log1p(np.abs(X[:, self.mask_]))
         return X
 
@@ -122,6 +132,14 @@ class CategoryCleaner(TransformerMixin, BaseEstimator):
     def __init__(self, impute: str = "constant") -> None:
         self.impute = impute
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # missing is a category of its own
+        tags.input_tags.string = True
+        tags.input_tags.categorical = True
+        tags.transformer_tags.preserves_dtype = []  # always strings, for the encoder after it
+        return tags
+
     @staticmethod
     def _clean(X: Any) -> np.ndarray:
         frame = pd.DataFrame(X).astype(object)
@@ -129,6 +147,8 @@ class CategoryCleaner(TransformerMixin, BaseEstimator):
         return frame.where(frame.notna(), MISSING).astype(str).to_numpy(dtype=object, copy=True)
 
     def fit(self, X: Any, y: Any = None) -> CategoryCleaner:
+        # Labels of any type, kept as given: only the column count is validated here.
+        validate_data(self, X, skip_check_array=True)
         values = self._clean(X)
         self.modes_ = []
         for j in range(values.shape[1]):
@@ -138,6 +158,8 @@ class CategoryCleaner(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        validate_data(self, X, skip_check_array=True, reset=False)
         values = self._clean(X)
         if self.impute == "most_frequent":
             for j, mode in enumerate(self.modes_):
@@ -166,7 +188,14 @@ class DateParts(TransformerMixin, BaseEstimator):
         self.parts = parts
         self.cyclical = cyclical
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # a missing date gives missing parts
+        tags.input_tags.string = True  # dates as text are parsed
+        return tags
+
     def fit(self, X: Any, y: Any = None) -> DateParts:
+        validate_data(self, X, skip_check_array=True)  # dates stay dates: count columns only
         frame = pd.DataFrame(X)
         self.origins_ = []
         for name in frame.columns:
@@ -175,6 +204,8 @@ class DateParts(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        validate_data(self, X, skip_check_array=True, reset=False)
         frame = pd.DataFrame(X)
         out: list[np.ndarray] = []
         for j, name in enumerate(frame.columns):
@@ -226,7 +257,10 @@ class EncodedClassifier(ClassifierMixin, BaseEstimator):
         self.classes = classes
 
     def fit(self, X: Any, y: Any) -> EncodedClassifier:
-        y = np.asarray(y)
+        validate_data(self, X, skip_check_array=True)  # the inner model checks the values
+        if y is None:
+            raise ValueError("EncodedClassifier requires y to be passed, but the target y is None")
+        y = column_or_1d(y, warn=True)
         classes = list(self.classes) if self.classes is not None else sorted(pd.unique(y).tolist())
         lookup = {c: i for i, c in enumerate(classes)}
         try:
@@ -235,19 +269,21 @@ class EncodedClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"label {exc.args[0]!r} is not one of the classes {classes}") from None
         present = np.unique(idx)
         if len(present) < 2:
-            raise ValueError("the training data holds a single class")
+            raise ValueError("the training data holds one class only")
         self.classes_ = np.asarray(classes)
         self.present_ = present
         self.estimator_ = clone(self.estimator).fit(X, np.searchsorted(present, idx))
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
         inner = self.estimator_.predict_proba(X)
         out = np.zeros((inner.shape[0], len(self.classes_)))
         out[:, self.present_] = inner
         return out
 
     def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
         if hasattr(self.estimator_, "predict_proba"):
             codes = self.present_[np.argmax(self.estimator_.predict_proba(X), axis=1)]
         else:
@@ -348,6 +384,7 @@ class ForecastRegressor(RegressorMixin, BaseEstimator):
         return pd.concat([base.drop(columns=list(feats.columns), errors="ignore"), feats], axis=1)
 
     def fit(self, X: pd.DataFrame, y: Any) -> ForecastRegressor:
+        validate_data(self, X, skip_check_array=True)
         history = self._keys(X)
         history[TARGET_COL] = np.asarray(y, dtype=float)
         self.history_ = history
@@ -355,6 +392,7 @@ class ForecastRegressor(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        check_is_fitted(self)
         new = self._keys(X)
         new[TARGET_COL] = np.nan
         both = pd.concat([self.history_, new], ignore_index=True)

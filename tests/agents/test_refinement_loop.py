@@ -12,7 +12,11 @@ import psycopg
 import pytest
 
 from haste_dagster import db
-from haste_dagster.agents.competition_agent import AttemptConfig, should_keep
+from haste_dagster.agents.competition_agent import (
+    AttemptConfig,
+    paired_improvement,
+    should_keep,
+)
 from haste_dagster.agents.orchestrator import solve
 from haste_dagster.agents.policy import Proposal
 from haste_dagster.solution.spec import Patch
@@ -41,6 +45,38 @@ def test_keep_rule_needs_a_paired_gain_beyond_half_a_standard_error() -> None:
     # mean gain 0.01 but the folds disagree wildly: within noise
     assert not should_keep([0.5, 1.5, 0.97], incumbent, 1.0, higher_is_better=False)
     assert should_keep([1.2, 1.3, 1.25], incumbent, 1.0, higher_is_better=True)
+
+
+def test_keep_rule_boundary_sits_at_half_a_standard_error_of_the_paired_gain() -> None:
+    # Both candidates gain 0.1 on every-other fold pattern; only the fold noise differs.
+    incumbent = [1.0, 1.0, 1.0, 1.0]
+    at_0_87_se = [1.3, 0.9, 1.3, 0.9]  # gain 0.1, standard error 0.115: gain = 0.87 se
+    at_0_43_se = [1.5, 0.7, 1.5, 0.7]  # gain 0.1, standard error 0.231: gain = 0.43 se
+    gain, se = paired_improvement(at_0_87_se, incumbent, higher_is_better=True)
+    assert gain == pytest.approx(0.1) and gain / se == pytest.approx(0.866, abs=1e-3)
+    gain, se = paired_improvement(at_0_43_se, incumbent, higher_is_better=True)
+    assert gain / se == pytest.approx(0.433, abs=1e-3)
+    # Kept above 0.5 se (a doubled KEEP_Z would reject it), rejected below (a halved one
+    # would keep it).
+    assert should_keep(at_0_87_se, incumbent, 1.0, higher_is_better=True)
+    assert not should_keep(at_0_43_se, incumbent, 1.0, higher_is_better=True)
+    # The same boundary for a lower-is-better metric (the gain's sign flips).
+    mirrored = [2.0 - v for v in at_0_87_se]
+    assert should_keep(mirrored, incumbent, 1.0, higher_is_better=False)
+    assert not should_keep(at_0_87_se, incumbent, 1.0, higher_is_better=False)
+
+
+def test_keep_rule_rejects_a_noise_free_gain_below_a_relative_1e4_of_the_incumbent() -> None:
+    # Identical on every fold, so the standard error is 0 and only MIN_REL_GAIN decides.
+    incumbent = [10.0, 10.0, 10.0]
+    below = [10.0005] * 3  # +5e-5 relative
+    above = [10.002] * 3  # +2e-4 relative
+    assert paired_improvement(below, incumbent, higher_is_better=True)[1] == 0.0
+    assert not should_keep(below, incumbent, 10.0, higher_is_better=True)
+    assert should_keep(above, incumbent, 10.0, higher_is_better=True)
+    # Relative to |incumbent|: a negative incumbent (e.g. r2 < 0) uses its magnitude.
+    assert not should_keep([-9.9995] * 3, [-10.0] * 3, -10.0, higher_is_better=True)
+    assert should_keep([-9.998] * 3, [-10.0] * 3, -10.0, higher_is_better=True)
 
 
 def test_solve_json_matches_the_recorded_rows(db_url: str, tiny_defs: Path, tmp_path: Path) -> None:

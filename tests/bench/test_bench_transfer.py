@@ -24,14 +24,10 @@ from haste_dagster.bench.transfer import (
     AttemptRecord,
     BenchmarkError,
     TransferOptions,
-    base_conninfo,
-    database_conninfo,
-    drop_database,
     evaluations_to_reach,
     incumbent_curve,
     pair_ratio,
     plan_benchmark,
-    scratch_database,
 )
 
 
@@ -181,8 +177,8 @@ def _database_exists(server_url: str, name: str) -> bool:
 
 
 def test_scratch_database_is_dropped_afterwards_even_on_error(server_url: str) -> None:
-    base = base_conninfo(server_url)
-    with pytest.raises(RuntimeError), scratch_database(base, "bench_scratch_probe") as url:
+    base = db.server_conninfo(server_url)
+    with pytest.raises(RuntimeError), db.scratch_database(base, "bench_scratch_probe") as url:
         assert _database_exists(server_url, "bench_scratch_probe")
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT current_database()").fetchone()[0] == "bench_scratch_probe"
@@ -257,7 +253,7 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
             ("none", "tiny_eval", 0),
         }
         for attempt in attempts.values():
-            url = database_conninfo(base_conninfo(server_url), attempt["database"])
+            url = db.database_address(db.server_conninfo(server_url), attempt["database"])
             with psycopg.connect(url, row_factory=dict_row) as conn:
                 row = conn.execute(
                     "SELECT slug, loading, seed, label, best_cv, test_score, medal, status "
@@ -289,6 +285,9 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
         assert warm["inventory_size"] == report["inventory"]["before_evaluation"]["active"]
         assert attempts[("none", "tiny_eval", 0)]["skills_loaded"] == 0
         flat = attempts[("flat", "tiny_eval", 0)]
+        # The warm arm is the tiered loading the benchmark is about; the others are ablations.
+        assert (warm["loading"], flat["loading"]) == ("tiered", "flat")
+        assert attempts[("none", "tiny_eval", 0)]["loading"] == "none"
         assert set(flat["skill_ids_loaded"]) == listed  # flat: every active skill
         assert set(warm["skill_ids_loaded"]) <= listed
         higher = cold["higher_is_better"]
@@ -326,15 +325,18 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
         with db.connection(db_url) as conn:  # the store the command was pointed at is untouched
             assert conn.execute("SELECT count(*) AS n FROM attempts").fetchone()["n"] == 0
     finally:
-        base = base_conninfo(server_url)
         for name in (dbs["inventory"], dbs["cold"]):
-            drop_database(base, name)
+            db.drop_database(server_url, name)
 
 
 # ---- inventory freezing and aggregation ---------------------------------------------------
 
 
 class _CountingStore:
+    """A stand-in that counts the calls reaching it. FrozenStore's promise is about calls
+    (reads go through, no write call reaches the store it wraps), which counting shows
+    directly; a real store would show it only as rows that are absent."""
+
     def __init__(self) -> None:
         self.writes = 0
 

@@ -29,6 +29,8 @@ def test_leak_check_fails_when_a_test_row_id_is_in_the_training_data(
             row_id=[int(real.test_features["row_id"].iloc[0]), *real.train["row_id"].iloc[1:]]
         )
 
+    # A stand-in by necessity: the real split never puts a test row in train, so the leak
+    # the check must catch has to be injected into an otherwise real competition.
     monkeypatch.setattr(steps, "load_competition", lambda slug: Leaky())
     result = steps.competition_data_step("tiny_alpha", DatabaseResource())
     (check,) = result.checks

@@ -85,6 +85,29 @@ def test_llm_resource_describes_the_endpoint_without_secrets(
     assert "hunter2" not in text and "sk-very-secret" not in text
 
 
+LOOPBACK = "http://127.0.0.1:9/v1"  # never called: the test only builds the policy
+
+
+def test_llm_resource_builds_its_policies_with_the_one_factory_and_its_own_env_vars(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from haste_dagster.agents.heuristic import HeuristicPolicy
+    from haste_dagster.agents.llm_policy import LLMPolicy
+    from haste_dagster.errors import ConfigError
+
+    env = {"HASTE_LLM_MODEL": "default", "MY_MODEL": "resource-model", "MY_BASE_URL": LOOPBACK}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    resource = LLMResource(model_env="MY_MODEL", base_url_env="MY_BASE_URL")
+    policy = resource.policy("llm", None, campaign_id="c1")  # type: ignore[arg-type]
+    assert isinstance(policy, LLMPolicy)
+    assert policy.client.config.model == "resource-model"  # the resource's variable wins
+    assert policy.client.config.base_url == LOOPBACK
+    assert isinstance(resource.policy("heuristic", None), HeuristicPolicy)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown policy 'nope'"):  # make_policy's own error
+        resource.policy("nope", None)  # type: ignore[arg-type]
+
+
 def test_workspace_yaml_passes_dagster_definitions_validate(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],

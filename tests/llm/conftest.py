@@ -18,12 +18,14 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture
 def llm_config(fake_openai: FakeOpenAI) -> LLMConfig:
-    # Millisecond backoff and a short timeout keep retry tests fast on a shared machine.
+    # Millisecond backoff keeps retry tests fast. The timeout is generous: a reply from the
+    # loopback server can take seconds on a loaded machine, and a short timeout made
+    # ordinary calls fail at random; the timeout test sets its own short one.
     return LLMConfig(
         model="fake-model",
         base_url=fake_openai.url,
         api_key=SECRET_KEY,
-        timeout_s=0.5,
+        timeout_s=30.0,
         max_retries=2,
         max_repairs=2,
         backoff_s=0.01,

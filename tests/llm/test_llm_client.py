@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import psycopg
 import pytest
@@ -86,6 +87,8 @@ def test_rate_limit_is_retried_after_the_servers_retry_after(
 def test_timeout_is_retried_and_recorded_as_a_failed_call(
     fake_openai: FakeOpenAI, llm_config: LLMConfig, conn: psycopg.Connection
 ) -> None:
+    # A short timeout of its own, three times below the delay: load only makes it fire sooner.
+    llm_config = replace(llm_config, timeout_s=0.5)
     fake_openai.push(slow(ok(GOOD), delay_s=1.5), ok(GOOD))
     client = LLMClient(llm_config, ledger=TokenLedger(conn))
     reply, _ = ask(client, attempt_id=3)

@@ -13,9 +13,12 @@ Run the suite and print the counts::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -35,6 +38,7 @@ DOMAIN = "tabular_regression"
 # ---- the tally -------------------------------------------------------------------------
 
 TALLY: Counter[str] = Counter()
+MEASURES = ("faults_injected", "inputs_tried", "rows_checked", "rows_lost", "duplicates")
 
 
 @pytest.fixture(scope="session")
@@ -45,15 +49,73 @@ def tally() -> Counter[str]:
     return TALLY
 
 
+# Distinct bad inputs: (kind, digest). Hypothesis replays an example while shrinking, and one
+# input may go through two commands; each is still one input.
+_TRIED: set[tuple[str, str]] = set()
+
+
+def record_input(
+    tally: Counter[str], kind: str, value: object, seen: set[tuple[str, str]] | None = None
+) -> None:
+    """Count one bad input by its content, so a repeat is not counted again."""
+    tried = _TRIED if seen is None else seen
+    text = value if isinstance(value, bytes) else repr(value).encode()
+    tried.add((kind, hashlib.sha256(text).hexdigest()))
+    tally["inputs_tried"] = len(tried)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not TALLY:
         return
-    counts = {k: TALLY.get(k, 0) for k in sorted(set(TALLY) | {"rows_lost", "duplicates"})}
+    # Only what this run measured: a count no test touched is reported as not measured,
+    # never as 0 (rows_lost 0 from a run that checked no rows would read as a guarantee).
+    counts = {k: TALLY[k] for k in sorted(TALLY)}
+    unmeasured = [k for k in MEASURES if k not in TALLY]
     terminalreporter.write_line("reliability counts: " + json.dumps(counts, sort_keys=True))
+    if unmeasured:
+        terminalreporter.write_line("not measured by this run: " + ", ".join(unmeasured))
     target = os.environ.get("HASTE_RELIABILITY_COUNTS")
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
+    doc = os.environ.get("HASTE_RELIABILITY_DOC")
+    if doc:  # regenerate the counts table of docs/reliability.md from this run
+        passed = len(terminalreporter.stats.get("passed", []))
+        seconds = time.monotonic() - _STARTED[0]
+        Path(doc).write_text(counts_doc(Path(doc).read_text(), counts, passed, seconds))
+        terminalreporter.write_line(f"wrote the counts into {doc}")
+
+
+# The rows of the counts table in docs/reliability.md, by the tally key each shows.
+DOC_ROWS = {
+    "faults injected": "faults_injected",
+    "inputs tried": "inputs_tried",
+    "rows checked": "rows_checked",
+    "rows lost": "rows_lost",
+    "duplicates": "duplicates",
+    "concurrent steps": "concurrent_steps_max",
+}
+_STARTED = [time.monotonic()]
+
+
+def pytest_sessionstart(session: Any) -> None:
+    _STARTED[0] = time.monotonic()
+
+
+def counts_doc(text: str, counts: dict[str, int], passed: int, seconds: float) -> str:
+    """``text`` with each counts-table value replaced by this run's (``not measured`` when
+    no test of the run touched it) and the run line set to ``passed`` / ``seconds``."""
+    lines = []
+    for line in text.splitlines():
+        cells = line.split(" | ")
+        label = cells[0].removeprefix("| ") if len(cells) == 3 else None
+        if label in DOC_ROWS:
+            key = DOC_ROWS[label]
+            cells[1] = f"**{counts[key]}**" if key in counts else "not measured"
+            line = " | ".join(cells)
+        lines.append(line)
+    out = "\n".join(lines) + ("\n" if text.endswith("\n") else "")
+    return re.sub(r"\*\*\d+ passed in \d+ s\*\*", f"**{passed} passed in {seconds:.0f} s**", out)
 
 
 # ---- environment -------------------------------------------------------------------------

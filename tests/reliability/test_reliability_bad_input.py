@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import child_env, fresh_db, haste, set_action, write_competition
+from conftest import child_env, fresh_db, haste, record_input, set_action, write_competition
 from fake_openai import SECRET_KEY, FakeOpenAI, Reply, ok, text
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -65,7 +65,7 @@ def test_malformed_yaml_gives_a_clear_error_naming_the_file(
 ) -> None:
     path = tmp_path / "fuzzed.yaml"
     path.write_bytes(content)
-    tally["inputs_tried"] += 1
+    record_input(tally, "definition", content)
     assert _load(path) is not None  # random bytes are never a valid definition
 
 
@@ -92,7 +92,7 @@ def test_pathological_yaml_gives_a_clear_error_quickly(
     path = tmp_path / f"{name}.yaml"
     content = MALFORMED[name]
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    tally["inputs_tried"] += 1
+    record_input(tally, "definition", path.read_bytes())
     started = time.monotonic()
     error = _load(path)
     assert error is not None
@@ -107,7 +107,7 @@ def test_an_oversized_definition_is_refused_before_it_is_parsed(
     definition = _valid_definition("huge")
     definition["description"] = "x" * 3_000_000
     path.write_text(yaml.safe_dump(definition))
-    tally["inputs_tried"] += 1
+    record_input(tally, "definition", path.read_bytes())
     error = _load(path)
     assert error is not None and "MB" in str(error) and "at most" in str(error)
 
@@ -142,7 +142,7 @@ def test_wrong_field_types_name_the_field(tmp_path: Path, tally: Counter, data: 
     (tmp_path / "typed.csv").write_text("x,y\n1,2\n3,4\n")
     path = tmp_path / "typed.yaml"
     path.write_text(yaml.safe_dump(definition, allow_unicode=True))
-    tally["inputs_tried"] += 1
+    record_input(tally, "definition", path.read_bytes())
     error = _load(path)
     assert error is not None, f"{field}={value!r} was accepted"
     assert (error.field or "").split(".")[0] == field, str(error)
@@ -154,7 +154,8 @@ def test_a_broken_file_never_hides_the_good_ones(tmp_path: Path, tally: Counter)
         (tmp_path / f"{name}.yaml").write_bytes(
             content if isinstance(content, bytes) else content.encode()
         )
-    tally["inputs_tried"] += len(MALFORMED)
+    for name in MALFORMED:  # the same contents as the one-by-one test: not counted twice
+        record_input(tally, "definition", (tmp_path / f"{name}.yaml").read_bytes())
     loaded, errors = load_definitions(tmp_path)
     assert [d.slug for d in loaded] == ["good_one"]
     assert len(errors) == len(MALFORMED)
@@ -244,7 +245,7 @@ def test_bad_data_gives_a_clear_error_naming_the_problem_or_still_solves(
     frame, changes, expected = DATA_CASES[case]
     slug = case.replace("_", "-")
     _write(tmp_path, slug, frame, **changes)
-    tally["inputs_tried"] += 1
+    record_input(tally, "data", case)
     config = AttemptConfig(iterations=1, loading="none")
     with db.connection(data_db) as conn:
         if expected[0] == "solves":
@@ -273,7 +274,8 @@ def test_a_campaign_goes_on_after_broken_competitions_and_keeps_what_it_recorded
     write_competition(tmp_path, "b_good", seed=1, rows=120)
     _write(tmp_path, "c-crashes", _frame(rows=4))  # 4 rows: too few for the 3 CV folds
     write_competition(tmp_path, "d_good", seed=2, rows=120)
-    tally["inputs_tried"] += 2
+    record_input(tally, "data", "target 'price' missing from the frame")
+    record_input(tally, "data", "4 rows, too few for 3 CV folds")
     entries = campaign(
         conn, ["a-broken", "b_good", "c-crashes", "d_good"], AttemptConfig(iterations=2),
         defs_dir=tmp_path,
@@ -300,7 +302,8 @@ def test_haste_campaign_cli_reports_broken_definitions_and_solves_the_rest(
     markup = _with(_frame(), **{"[/red]": 1.0, "[bold]": 2.0})
     _write(tmp_path, "broken", markup, target="nope")  # its error quotes the markup-like names
     write_competition(tmp_path, "good", seed=3, rows=120)
-    tally["inputs_tried"] += 1
+    broken_input = "target 'nope' missing, column names that look like rich markup"
+    record_input(tally, "data", broken_input)
     done = subprocess.run(
         haste("campaign", "--iterations", "1", "--defs", str(tmp_path)),
         env=child_env(db_url), capture_output=True, text=True, timeout=300,
@@ -317,7 +320,7 @@ def test_haste_campaign_cli_reports_broken_definitions_and_solves_the_rest(
         haste("solve", "broken", "--defs", str(tmp_path)),
         env=child_env(db_url), capture_output=True, text=True, timeout=300,
     )
-    tally["inputs_tried"] += 1
+    record_input(tally, "data", broken_input)  # the same input through `haste solve`: once
     assert solo.returncode == 2, solo.stderr[-3000:]
     assert "Traceback" not in solo.stderr and "column 'nope' is not in" in " ".join(
         solo.stderr.split()
@@ -414,7 +417,8 @@ def test_llm_replies_invalid_json_wrong_schema_unknown_models_absurd_parameters_
         # iteration 4: finally a good patch
         _patch({"ops": [{"op": "set", "path": "model.params.max_depth", "value": 3}]}),
     ]
-    tally["inputs_tried"] += len(bad_replies)
+    for reply in bad_replies:
+        record_input(tally, "llm_reply", reply)
     with FakeOpenAI() as server, db.connection(db_url) as conn:
         server.push(*bad_replies)
         config = LLMConfig(model="no-such-model", base_url=server.url, api_key=SECRET_KEY,
@@ -534,7 +538,7 @@ def test_llm_policy_turns_any_reply_into_a_valid_patch_or_a_recorded_error(
     from haste_dagster.llm.client import LLMClient, LLMConfig
     from haste_dagster.solution.spec import apply_patch
 
-    tally["inputs_tried"] += 1
+    record_input(tally, "llm_reply", reply)
     server = policy_context.server
     server.push(text(reply))
     config = LLMConfig(model="fake", base_url=server.url, api_key=SECRET_KEY, timeout_s=5,
@@ -558,7 +562,7 @@ def test_hostile_text_can_neither_close_nor_forge_a_data_block(
 ) -> None:
     from haste_dagster.llm.prompts import data_block
 
-    tally["inputs_tried"] += 1
+    record_input(tally, "hostile_text", hostile)
     block = data_block("skills", [{"title": hostile, "guidance": hostile}])
     blocks = list(_BLOCK.finditer(block))
     assert len(blocks) == 1 and blocks[0].span() == (0, len(block))

