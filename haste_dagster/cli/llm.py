@@ -57,6 +57,6 @@ def serve_command(
         )
         serve(config, on_ready=ready)
     except HasteError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=2) from exc
     console.print("stopped")
