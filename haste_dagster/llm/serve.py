@@ -193,9 +193,18 @@ def health(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+# A CPU model on shared cores can take minutes for one long prompt; the client's default
+# (120 s) would time out and retry, queueing the retry behind the abandoned request.
+CLIENT_TIMEOUT_S = 600
+
+
 def exports(url: str, alias: str) -> list[str]:
     """The shell lines that point ``--policy llm`` at this server."""
-    return [f"export OPENAI_BASE_URL={url}", f"export HASTE_LLM_MODEL={alias}"]
+    return [
+        f"export OPENAI_BASE_URL={url}",
+        f"export HASTE_LLM_MODEL={alias}",
+        f"export HASTE_LLM_TIMEOUT={CLIENT_TIMEOUT_S}",
+    ]
 
 
 @contextmanager
