@@ -30,6 +30,9 @@ from haste_dagster.llm.ledger import TokenLedger
 
 SLUG = "tiny_local_llm"
 LLM_ERRORS = ("LLMReplyInvalid", "LLMRequestFailed")
+# A CPU model on shared cores may need minutes per call; the attempt's time budget must not
+# be what ends these attempts (a budget stop is tested elsewhere, with the heuristic).
+SECONDS = 6 * 3600
 
 
 def _port_refuses(port: int) -> bool:
@@ -81,7 +84,8 @@ def test_replies_cut_at_max_tokens_become_failed_iterations_not_crashes(
     policy = LLMPolicy(LLMClient(config, ledger=TokenLedger(conn)), attempt_id=attempt_id)
     loop = RefinementLoop(conn, competition, policy, skills=[], skills_loaded=[])
     result = loop.run(
-        records.get_attempt(conn, attempt_id), AttemptConfig(policy="llm", iterations=1),
+        records.get_attempt(conn, attempt_id),
+        AttemptConfig(policy="llm", iterations=1, seconds=SECONDS),
         profile_data(competition).as_dict(),
     )
 
@@ -107,7 +111,7 @@ def test_llm_attempt_on_a_real_model_runs_specialist_agent_reflection_and_labels
     write_tiny_regression(tmp_path, SLUG, iterations=2)
     policy = LLMPolicy(LLMClient(local_llm_config, conn=conn))
     result = solve(
-        conn, SLUG, AttemptConfig(policy="llm", loading="tiered", iterations=2),
+        conn, SLUG, AttemptConfig(policy="llm", loading="tiered", iterations=2, seconds=SECONDS),
         defs_dir=tmp_path, policy=policy,
     )
     attempt_id = result.attempt.attempt_id
