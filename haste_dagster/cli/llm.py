@@ -12,8 +12,8 @@ from haste_dagster.llm.serve import (
     DEFAULT_CTX,
     DEFAULT_MAX_TOKENS,
     DEFAULT_PORT,
-    LocalServer,
     ServeConfig,
+    Served,
     exports,
     serve,
 )
@@ -43,7 +43,7 @@ def serve_command(
     """Serve a GGUF model on an OpenAI-compatible endpoint until Ctrl-C or SIGTERM."""
     from haste_dagster.errors import HasteError
 
-    def ready(server: LocalServer) -> None:
+    def ready(server: Served) -> None:
         console.print(
             f"serving {server.model.name} on {server.url} (Ctrl-C stops it)", soft_wrap=True
         )

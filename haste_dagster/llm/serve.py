@@ -11,8 +11,12 @@ and would answer anyone who can reach the port. Threads default to 1: on a machi
 cores are shared, llama.cpp's spinning worker threads slow to a crawl when one of them is
 preempted (measured: 1-2 tok/s with 2 threads on 2 busy cores, 20-90 with 1).
 
-The server runs on background threads of this process; :func:`serve` blocks until SIGINT
-or SIGTERM, then shuts the server down, which closes its listening socket.
+:func:`serve` runs the server in a child process and blocks until SIGINT or SIGTERM, then
+ends the child, whose exit closes the listening socket. Not in this process: while
+llama.cpp evaluates a prompt batch it can hold the GIL for minutes on a busy CPU, so a
+Python signal handler next to it would run only when the batch ends (measured: a SIGTERM
+sent mid-prompt was still unanswered 3 minutes later). The parent never runs inference,
+so it always sees the signal at once.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import json
+import os
+import queue
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -207,6 +215,15 @@ def exports(url: str, alias: str) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Served:
+    """What :func:`serve` reports once the model is loaded and the port answers."""
+
+    model: Path
+    url: str
+    alias: str
+
+
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
     """An event set by SIGINT/SIGTERM (previous handlers restored on exit)."""
@@ -223,10 +240,89 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
-def serve(config: ServeConfig, on_ready: Callable[[LocalServer], None] | None = None) -> None:
-    """Serve until SIGINT (Ctrl-C) or SIGTERM; the port is free when this returns."""
-    with _stop_on_signals() as stop, LocalServer(config) as server:
-        if on_ready is not None:
-            on_ready(server)
-        while not stop.wait(0.5):
-            pass
+def _child_main() -> None:
+    """The server process: load, say READY on stdout, serve until stdin closes or SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which decides
+    raw = json.loads(sys.argv[1])
+    raw["model"] = Path(raw["model"]) if raw["model"] else None
+    try:
+        _server = LocalServer(ServeConfig(**raw))  # referenced until the process exits
+    except HasteError as exc:
+        print(f"ERROR {exc}", flush=True)
+        sys.exit(2)
+    # After the server starts: llama.cpp installs its own SIGINT/SIGTERM handlers, which wait
+    # for the request in flight. Die at once on SIGTERM instead; ignore Ctrl-C (the parent's).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("READY", flush=True)
+    sys.stdin.read()  # EOF when the parent exits, however it exits
+    os._exit(0)  # skip the destructor: it would wait for an in-flight request
+
+
+def _wait_ready(child: subprocess.Popen, stop: threading.Event) -> bool:
+    """True once the child says READY; False if stopped first; raises if it fails to start."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(child.stdout.readline()), daemon=True).start()
+    while not stop.is_set():
+        try:
+            line = lines.get(timeout=0.5).strip()
+        except queue.Empty:
+            continue
+        if line == "READY":
+            return True
+        child.wait()
+        raise LocalLLMError(
+            line.removeprefix("ERROR ").strip()
+            or f"the LLM server exited with code {child.returncode}"
+        )
+    return False
+
+
+def serve(
+    config: ServeConfig,
+    on_ready: Callable[[Served], None] | None = None,
+    *,
+    grace_s: float = 10.0,
+) -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM; the port is free when this returns.
+
+    Bad input (model file, runtime, port) is reported here, before a process is started.
+    """
+    model = resolve_model(config.model)
+    if importlib.util.find_spec("xllamacpp") is None:
+        _xllamacpp()  # raises the one-line install hint
+    if _port_in_use(config.host, config.port):
+        raise LocalLLMError(f"--port {config.port}: something already listens on it")
+    raw = {**asdict(config), "model": str(model)}
+    code = "from haste_dagster.llm.serve import _child_main; _child_main()"
+    served = Served(model, base_url(config.host, config.port), model_alias(config, model))
+    with _stop_on_signals() as stop:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(raw)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            if not _wait_ready(child, stop):
+                return
+            if on_ready is not None:
+                on_ready(served)
+            while not stop.wait(0.5):
+                if child.poll() is not None:
+                    raise LocalLLMError(
+                        f"the LLM server process died (exit code {child.returncode})"
+                    )
+        finally:
+            _end(child, grace_s)
+
+
+def _end(child: subprocess.Popen, grace_s: float) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    for stream in (child.stdin, child.stdout):
+        if stream is not None:
+            stream.close()

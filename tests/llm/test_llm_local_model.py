@@ -9,13 +9,18 @@ its calls: two iterations, one repair round, capped replies.
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
+import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
 from local_llm import LocalLLM, free_loopback_port, start_llm_server, stop_llm_server, wait_healthy
+from openai import OpenAI
 from tiny_competitions import write_tiny_regression
 
 from haste_dagster.agents import records
@@ -52,22 +57,54 @@ def _port_bindable(port: int) -> bool:
         return True
 
 
+def _busy(url: str) -> bool:
+    root = url.removesuffix("/v1")
+    try:
+        with urllib.request.urlopen(f"{root}/slots", timeout=5) as reply:
+            return any(slot.get("is_processing") for slot in json.loads(reply.read()))
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
-def test_llm_serve_prints_its_exports_answers_health_and_frees_the_port_on_sigterm() -> None:
+def test_llm_serve_prints_its_exports_and_frees_the_port_on_sigterm_mid_request() -> None:
     port = free_loopback_port()
     process = start_llm_server(port, alias="smollm2")
     url = f"http://127.0.0.1:{port}/v1"
+    errors: list[str] = []
+
+    def long_request() -> None:  # a prompt that takes the server a while
+        client = OpenAI(base_url=url, api_key="x", timeout=600, max_retries=0)
+        try:
+            client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": "word " * 3000}],
+                max_tokens=50,
+            )
+        except Exception as exc:  # noqa: BLE001 - the server going away is the point
+            errors.append(type(exc).__name__)
+
     try:
         wait_healthy(process, url)  # /health answered {"status": "ok"}
         assert not _port_bindable(port)
+        request = threading.Thread(target=long_request, daemon=True)
+        request.start()
+        deadline = time.monotonic() + 120
+        while not _busy(url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _busy(url), "the long request never started"
+        stopped_at = time.monotonic()
     finally:
         code = stop_llm_server(process)
+    # Mid-prompt, llama.cpp holds the GIL; the server process is killed, not asked.
+    assert time.monotonic() - stopped_at < 60
     out, err = process.communicate()
-    # 0, not -15: the server handled SIGTERM (shut down, closed its socket) and exited.
+    # 0, not -15: `haste llm serve` handled SIGTERM (ended its server) and exited.
     assert process.returncode == code == 0, err[-2000:]
     assert f"export OPENAI_BASE_URL={url}" in out.splitlines()
     assert "export HASTE_LLM_MODEL=smollm2" in out.splitlines()
     assert _port_refuses(port) and _port_bindable(port)
+    request.join(timeout=30)
+    assert errors == ["APIConnectionError"]  # the request in flight was cut, not answered
 
 
 @pytest.mark.slow
