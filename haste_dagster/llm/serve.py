@@ -289,8 +289,12 @@ def serve(
     Bad input (model file, runtime, port) is reported here, before a process is started.
     """
     model = resolve_model(config.model)
-    if importlib.util.find_spec("xllamacpp") is None:
-        _xllamacpp()  # raises the one-line install hint
+    try:
+        installed = importlib.util.find_spec("xllamacpp") is not None
+    except (ImportError, ValueError):
+        installed = False
+    if not installed:  # checked without importing it: the parent never loads the runtime
+        raise LocalLLMError(f"the local LLM runtime (xllamacpp) is not installed: {INSTALL_HINT}")
     if _port_in_use(config.host, config.port):
         raise LocalLLMError(f"--port {config.port}: something already listens on it")
     raw = {**asdict(config), "model": str(model)}

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from local_llm import free_loopback_port
 from typer.testing import CliRunner
 
 from haste_dagster.cli import app
@@ -51,6 +52,13 @@ def test_a_missing_runtime_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "xllamacpp", None)  # import now raises ImportError
     with pytest.raises(LocalLLMError, match=r"xllamacpp.*haste-dagster\[local-llm\]"):
         serve.LocalServer(ServeConfig(port=1))
+
+
+def test_cli_names_the_extra_when_the_runtime_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)
+    result = CliRunner().invoke(app, ["llm", "serve", "--port", str(free_loopback_port())])
+    assert result.exit_code == 2, result.output
+    assert "xllamacpp" in result.output and "haste-dagster[local-llm]" in result.output
 
 
 def test_a_missing_model_file_is_named(tmp_path: Path) -> None:
