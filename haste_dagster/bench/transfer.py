@@ -358,6 +358,7 @@ class AttemptRecord:
     percentile: float | None
     bootstrap_se: float | None
     new_skills: list[str] = field(default_factory=list)
+    llm: dict[str, Any] | None = None  # token-ledger totals of the attempt (llm policy)
 
     @property
     def usage(self) -> Usage:
@@ -455,6 +456,11 @@ def _run_one(
     for entry in result.skills_loaded:
         tiers[entry.get("tier", "?")] = tiers.get(entry.get("tier", "?"), 0) + 1
     scored = max(0, len(result.iterations) - 1)
+    llm = None
+    if options.policy == "llm":
+        from haste_dagster.llm.ledger import TokenLedger
+
+        llm = TokenLedger(conn).attempt_totals(result.attempt_id).as_json()
     return AttemptRecord(
         phase=phase,
         arm=arm,
@@ -486,6 +492,7 @@ def _run_one(
         percentile=graded.percentile,
         bootstrap_se=graded.bootstrap_se,
         new_skills=new_skills,
+        llm=llm,
     )
 
 
@@ -856,6 +863,11 @@ class TransferReport:
             },
         }
 
+    def llm_summary(self) -> dict[str, Any]:
+        from haste_dagster.bench.llm_usage import llm_summary
+
+        return llm_summary([*self.campaign, *self.evaluation])
+
     def as_json(self) -> dict[str, Any]:
         curve = self.kept_rate_curve()
         return {
@@ -889,6 +901,7 @@ class TransferReport:
                 "skills": self.inventory_skills,
             },
             "targets": self.targets(),
+            **({"llm": self.llm_summary()} if self.options.policy == "llm" else {}),
             "failures": self.failures,
             "campaign": [r.as_json() for r in self.campaign],
             "attempts": [r.as_json() for r in self.evaluation],

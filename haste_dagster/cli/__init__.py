@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from haste_dagster.cli import bench, competitions, db, grade, skills, solve, ui
+from haste_dagster.cli import bench, competitions, db, grade, llm, skills, solve, ui
 
 app = typer.Typer(
     name="haste",
@@ -18,6 +18,7 @@ app.add_typer(competitions.app, name="competitions")
 app.add_typer(skills.app, name="skills")
 app.add_typer(bench.app, name="bench")
 app.add_typer(db.app, name="db")
+app.add_typer(llm.app, name="llm")
 solve.register(app)  # solve, campaign
 grade.register(app)  # grade
 app.command("consolidate")(skills.consolidate_command)

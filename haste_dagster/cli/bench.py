@@ -103,7 +103,7 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
         return "—" if value is None else pattern.format(value)
 
     out = Console()
-    table = Table(title="transfer targets (heuristic policy)")
+    table = Table(title=f"transfer targets ({report.options.policy} policy)")
     for column in ("target", "wanted", "measured", "met"):
         table.add_column(column)
     for name, target in report.targets().items():
@@ -121,6 +121,37 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
             f"({summary['medals']}/{summary['graded']}), completion tokens "
             f"{summary['tokens']['completion']}"
         )
+    if report.options.policy == "llm":
+        _print_llm_summary(out, report.llm_summary())
+
+
+def _print_llm_summary(out, summary: dict) -> None:  # noqa: ANN001 - a rich Console
+    from rich.table import Table
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{value:.0%}"
+
+    def num(value: float | None) -> str:
+        return "—" if value is None else f"{value:.0f}"
+
+    table = Table(title="LLM policy (per arm)")
+    for column in ("arm", "calls", "valid replies", "iterations", "valid patches",
+                   "prompt tok/it", "completion tok/it", "kept", "medals"):
+        table.add_column(column)
+    for arm, s in [*summary["by_arm"].items(), ("all", summary["overall"])]:
+        table.add_row(
+            arm, str(s["calls"]), pct(s["valid_reply_rate"]), str(s["iterations"]),
+            pct(s["valid_proposal_rate"]), num(s["tokens_per_iteration"]["prompt"]),
+            num(s["tokens_per_iteration"]["completion"]), pct(s["kept_rate"]),
+            f"{s['medals']}/{s['graded']}",
+        )
+    out.print(table)
+    ratio = summary["flat_over_tiered_completion"]
+    tokens = summary["completion_tokens"]
+    out.print(
+        f"completion tokens: tiered {tokens['tiered']}, flat {tokens['flat']}, flat/tiered "
+        + ("—" if ratio is None else f"{ratio:.2f}x") + " (paper: 1.67x)"
+    )
 
 
 @app.command("pipeline")

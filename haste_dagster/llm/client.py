@@ -175,6 +175,7 @@ class LLMConfig:
             "max_retries": _env_number(env, "HASTE_LLM_MAX_RETRIES", int, 4),
             "max_repairs": _env_number(env, "HASTE_LLM_MAX_REPAIRS", int, 2),
             "token_budget": _env_number(env, "HASTE_LLM_TOKEN_BUDGET", int, None),
+            "max_output_tokens": _env_number(env, "HASTE_LLM_MAX_TOKENS", int, None),
             "response_format": env.get("HASTE_LLM_RESPONSE_FORMAT") or "auto",
         }
         values.update(overrides)
