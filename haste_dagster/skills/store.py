@@ -44,7 +44,7 @@ EDGE_KINDS = ("promoted_from", "merged_into", "conflicts_with", "supersedes")
 
 _COLUMNS = """s.id, s.version, s.tier, s.scope_key, s.domain, s.title, s.conditions, s.guidance,
     s.action, s.evidence, s.status, s.created_by, s.parent_ids, s.source_attempt,
-    s.dagster_run_id, s.content_hash, s.created_at"""
+    s.dagster_run_id, s.content_hash, s.created_at, s.kind, s.pattern, s.payload"""
 
 # Usage statistics of one skill id, through the skill_usage index (a LATERAL join, so a
 # query for a few skills never aggregates the whole usage table).
@@ -60,6 +60,11 @@ _STATS_JOIN_TEMPLATE = """LEFT JOIN LATERAL (
            coalesce(sum(u.delta) FILTER (WHERE u.event = 'applied' AND u.kept), 0)
                AS kept_delta_sum
     FROM skill_usage u WHERE u.skill_id = {alias}.id) st ON true"""
+
+_INSERT_COLUMNS = """id, version, tier, scope_key, domain, title, conditions, guidance, action,
+    evidence, embedding, status, created_by, parent_ids, source_attempt, dagster_run_id,
+    content_hash, kind, pattern, payload"""
+_N_INSERT = 20
 
 _SELECT = f"SELECT {_COLUMNS}, st.* FROM skills s {_stats_join('s')}"
 
@@ -78,6 +83,9 @@ _VERSIONED_FIELDS = (
     "parent_ids",
     "source_attempt",
     "dagster_run_id",
+    "kind",
+    "pattern",
+    "payload",
 )
 
 
@@ -99,6 +107,7 @@ def _row_to_skill(row: dict[str, Any]) -> Skill:
     data["conditions"] = [Condition.model_construct(**c) for c in data["conditions"]]
     data["evidence"] = [Evidence.model_construct(**e) for e in data["evidence"]]
     data["parent_ids"] = list(data["parent_ids"])
+    data["payload"] = dict(data["payload"] or {})
     return Skill.model_construct(
         **data, stats=_stats(row), content_hash=row["content_hash"], embedding=None
     )
@@ -275,10 +284,8 @@ class SkillStore:
             params = [self._insert_params(s, v) for s, v in zip(skills, vectors, strict=True)]
             with self.conn.cursor() as cur:
                 cur.executemany(
-                    f"""INSERT INTO skills (id, version, tier, scope_key, domain, title,
-                           conditions, guidance, action, evidence, embedding, status, created_by,
-                           parent_ids, source_attempt, dagster_run_id, content_hash)
-                       VALUES ({", ".join(["%s"] * 17)})
+                    f"""INSERT INTO skills ({_INSERT_COLUMNS})
+                       VALUES ({", ".join(["%s"] * _N_INSERT)})
                        ON CONFLICT DO NOTHING""",
                     params,
                 )
@@ -303,6 +310,9 @@ class SkillStore:
             skill.source_attempt,
             skill.dagster_run_id,
             skill.content_hash,
+            skill.kind,
+            skill.pattern,
+            Jsonb(skill.payload),
         )
 
     def _resolve_added(self, skills: Sequence[Skill]) -> list[Skill]:
@@ -377,11 +387,8 @@ class SkillStore:
             try:
                 with self.conn.transaction():
                     self.conn.execute(
-                        f"""INSERT INTO skills (id, version, tier, scope_key, domain, title,
-                               conditions, guidance, action, evidence, embedding, status,
-                               created_by, parent_ids, source_attempt, dagster_run_id,
-                               content_hash)
-                           VALUES ({", ".join(["%s"] * 17)})""",
+                        f"""INSERT INTO skills ({_INSERT_COLUMNS})
+                           VALUES ({", ".join(["%s"] * _N_INSERT)})""",
                         self._insert_params(new, vector),
                     )
             except psycopg.errors.UniqueViolation:
@@ -491,6 +498,7 @@ class SkillStore:
         status: str | None = "active",
         *,
         domain: str | None = None,
+        kind: str | None = None,
     ) -> list[Skill]:
         """Current versions, filtered; ``status=None`` lists every status. Ordered by tier
         (global, domain, competition), scope and id."""
@@ -500,6 +508,7 @@ class SkillStore:
             ("scope_key", scope_key),
             ("status", status),
             ("domain", domain),
+            ("kind", kind),
         ):
             if value is not None:
                 where.append(f"s.{column} = %s")
