@@ -24,6 +24,7 @@ from haste_dagster.agents.submission import make_submission
 from haste_dagster.competitions.grading import Grade
 from haste_dagster.competitions.profile import profile_data
 from haste_dagster.competitions.registry import load_competition
+from haste_dagster.errors import HasteError
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +54,73 @@ class SolveResult:
 
 
 def kept_changes(conn: psycopg.Connection, attempt_id: int, higher_is_better: bool) -> list[Any]:
+    """The attempt's kept refinement steps, each with the incumbent spec it was applied to."""
     from haste_dagster.skills.extraction import KeptChange
+    from haste_dagster.solution.spec import SolutionSpec, apply_patch, parse_patch
 
     sign = 1.0 if higher_is_better else -1.0
-    return [
-        KeptChange(
+    attempt = records.get_attempt(conn, attempt_id)
+    spec = (SolutionSpec.model_validate(attempt.initial_spec)
+            if attempt.initial_spec is not None else None)
+    out = []
+    for r in records.load_iterations(conn, attempt_id):
+        if r.idx == 0 or not r.kept or r.patch is None:
+            continue
+        before = spec.model_dump(mode="json") if spec is not None else None
+        if spec is not None:
+            try:
+                spec = apply_patch(spec, parse_patch(r.patch))
+            except HasteError:
+                spec = None
+        if r.cv_mean is None or r.incumbent_before is None:
+            continue
+        out.append(KeptChange(
             idx=r.idx,
             patch=r.patch,
             delta=sign * (r.cv_mean - r.incumbent_before),
             rationale=r.rationale,
             skill_ids=list(r.skill_ids),
-        )
-        for r in records.load_iterations(conn, attempt_id)
-        if r.idx > 0
-        and r.kept
-        and r.patch is not None
-        and r.cv_mean is not None
-        and r.incumbent_before is not None
-    ]
+            before=before,
+        ))
+    return out
+
+
+def best_spec_margin(
+    conn: psycopg.Connection, competition: Any, attempt_id: int
+) -> Any:
+    """The recipe material of an attempt: its best spec, the domain default and the best's
+    measured margin over the default (best vs baseline, plus the baseline's measured delta
+    against the plain-default control when skills shaped it); None if not measurable."""
+    from haste_dagster.skills.extraction import BestSpec
+    from haste_dagster.solution.space import default_spec
+
+    attempt = records.get_attempt(conn, attempt_id)
+    rows = records.load_iterations(conn, attempt_id)
+    if attempt.best_spec is None or attempt.best_cv is None or not rows:
+        return None
+    base = rows[0]
+    if base.cv_mean is None:
+        return None
+    sign = 1.0 if competition.metric.higher_is_better else -1.0
+    default = default_spec(competition.problem).model_dump(mode="json")
+    margin = sign * (attempt.best_cv - base.cv_mean)
+    if attempt.initial_spec != default:
+        row = conn.execute(
+            """SELECT delta FROM skill_usage WHERE attempt_id = %s AND event = 'screened'
+               AND iteration_idx = 0 AND delta IS NOT NULL LIMIT 1""",
+            (attempt_id,),
+        ).fetchone()
+        if row is None:
+            return None  # no control measured: the margin over the default is unknown
+        margin += float(row["delta"])
+    return BestSpec(spec=attempt.best_spec, default=default, margin=margin)
 
 
 def extract_skills(
     conn: psycopg.Connection, competition: Any, attempt_id: int, store: Any = None
 ) -> list[Any]:
-    """Write 2–5 competition skills from what the attempt kept (idempotent)."""
+    """Write the competition skills the attempt taught: kept changes, normalised rules and
+    the whole-spec recipe (idempotent)."""
     from haste_dagster.skills.extraction import extract_competition_skills
 
     store = store if store is not None else open_skill_store(conn)
@@ -89,7 +133,32 @@ def extract_skills(
         domain=definition.domain,
         profile=profile_data(competition).as_dict(),
         kept_changes=kept_changes(conn, attempt_id, higher),
+        best=best_spec_margin(conn, competition, attempt_id),
     )
+
+
+def update_search_priors(conn: psycopg.Connection, domain: str, store: Any) -> Any:
+    """Recount the domain's exploratory moves (tried, kept) into its prior skill."""
+    from haste_dagster.agents.heuristic import move_key
+    from haste_dagster.skills.priors import write_domain_prior
+
+    rows = conn.execute(
+        """SELECT i.attempt_id, i.patch, i.kept FROM iterations i
+           JOIN attempts a ON a.id = i.attempt_id JOIN competitions c ON c.slug = a.slug
+           WHERE c.domain = %s AND i.idx > 0 AND i.patch IS NOT NULL AND i.error IS NULL
+             AND jsonb_array_length(i.skill_ids) = 0 AND a.status = 'finished'
+           ORDER BY i.attempt_id, i.idx""",
+        (domain,),
+    ).fetchall()
+    moves: dict[str, list[int]] = {}
+    for r in rows:
+        key = move_key(r["patch"])
+        if key is None:
+            continue
+        pair = moves.setdefault(key, [0, 0])
+        pair[0] += 1
+        pair[1] += int(bool(r["kept"]))
+    return write_domain_prior(store, domain, moves, len({r["attempt_id"] for r in rows}))
 
 
 def reflect_with_llm(
@@ -169,6 +238,7 @@ def promote(conn: psycopg.Connection, domains: Iterable[str], store: Any = None)
     with store.conn.transaction():
         lock_promotions(store)
         for domain in sorted(set(domains)):
+            update_search_priors(conn, domain, store)
             promoted += promote_domain_skills(store, domain)
         promoted += promote_global_skills(store)
     return promoted

@@ -70,19 +70,9 @@ def load_competition(slug: str) -> Any:
 
 def _record_competition(conn: Any, competition: Any, profile: dict[str, Any]) -> None:
     """Upsert the competitions row (definition + profile) that reports and queries join on."""
-    from psycopg.types.json import Jsonb
+    from haste_dagster.agents.records import record_competition
 
-    d = competition.definition
-    with conn.transaction():
-        conn.execute(
-            """INSERT INTO competitions
-                   (slug, domain, task, metric, definition, profile, updated_at)
-               VALUES (%s, %s, %s, %s, %s, %s, now())
-               ON CONFLICT (slug) DO UPDATE SET domain = EXCLUDED.domain, task = EXCLUDED.task,
-                   metric = EXCLUDED.metric, definition = EXCLUDED.definition,
-                   profile = EXCLUDED.profile, updated_at = now()""",
-            (d.slug, d.domain, d.task, d.metric, Jsonb(d.model_dump(mode="json")), Jsonb(profile)),
-        )
+    record_competition(conn, competition, profile)
 
 
 def competition_data_step(slug: str, database: DatabaseResource) -> StepResult:

@@ -55,6 +55,8 @@ PROFILE_KEYS: frozenset[str] = frozenset(
         "is_forecast",
         "horizon",
         "rows_per_feature",
+        "text_mean_chars",
+        "seasonal_period",
     }
 )
 

@@ -598,7 +598,10 @@ class SkillStore:
         * ``none``: no skills.
         * ``flat``: every active skill of every tier and scope, conditions ignored.
         * ``tiered``: active skills whose conditions hold on ``profile``: the competition's
-          own skills, its domain's skills, and the ``top_k_global`` global skills most
+          own skills, its domain's skills, up to ``MAX_CANDIDATES`` *cross-evaluation
+          candidates* (recipes and rules of other competitions of the domain whose pattern
+          has no domain or global skill yet: tried here so that evidence of transfer can
+          accumulate; see ``cross_candidates``), and the ``top_k_global`` global skills most
           relevant to the competition (cosine similarity of their embedding to
           ``describe_profile``; near-ties, to 3 decimals, broken by utility).
 
@@ -624,9 +627,12 @@ class SkillStore:
             scoped_cursor = self.conn.execute(
                 f"""{_SELECT} WHERE s.is_current AND s.status = 'active'
                     AND ((s.tier = 'competition' AND s.scope_key = %s)
-                         OR (s.tier = 'domain' AND s.scope_key = %s))
+                         OR (s.tier = 'domain' AND s.scope_key = %s)
+                         OR (s.tier = 'competition' AND s.domain = %s AND s.scope_key <> %s
+                             AND s.kind IN ('recipe', 'rule')
+                             AND NOT s.payload ? 'hurt'))
                     AND skill_conditions_may_hold(s.conditions, %s)""",
-                (slug, domain, _profile_json(profile)),
+                (slug, domain, domain, slug, _profile_json(profile)),
             )
             nearest_cursor = (
                 self._nearest_cursor(query, limit, "global", "active") if top_k_global > 0
@@ -640,9 +646,14 @@ class SkillStore:
         def by_utility(s: Skill) -> tuple[Any, ...]:
             return (-s.utility, s.id)
 
-        competition = sorted((s for s in scoped if s.tier == "competition"), key=by_utility)
-        domain_skills = sorted((s for s in scoped if s.tier == "domain"), key=by_utility)
-        return [*competition, *domain_skills, *globals_]
+        own = [s for s in scoped if s.tier != "competition" or s.scope_key == slug]
+        competition = sorted((s for s in own if s.tier == "competition"), key=by_utility)
+        domain_skills = sorted((s for s in own if s.tier == "domain"), key=by_utility)
+        candidates = cross_candidates(
+            [s for s in scoped if s.tier == "competition" and s.scope_key != slug],
+            {s.pattern for s in [*domain_skills, *globals_] if s.pattern},
+        )
+        return [*competition, *domain_skills, *candidates, *globals_]
 
     def _top_global(
         self,
@@ -688,11 +699,19 @@ class SkillStore:
         skill_ids: Iterable[str],
         kept: bool,
         delta: float | None,
+        *,
+        event: str = "applied",
     ) -> int:
         """Record that iteration ``iteration_idx`` applied these skills, whether its change
         was kept and its delta (positive = better). The version is the one the attempt
         loaded, else the current one; unknown ids are logged and skipped. Re-recording an
-        iteration overwrites kept/delta (a resumed attempt never counts twice)."""
+        iteration overwrites kept/delta (a resumed attempt never counts twice).
+
+        ``event='screened'``: the skills were tried outside the iterations (a prototype in
+        the screen, the skill-shaped initial spec against the plain-default control) and
+        ``delta`` is their effect against the default on the same folds."""
+        if event not in ("applied", "screened"):
+            raise SkillError(f"usage event {event!r}; allowed: applied, screened")
         ids = sorted(set(skill_ids))
         if not ids:
             return 0
@@ -715,12 +734,36 @@ class SkillStore:
                 cur.executemany(
                     """INSERT INTO skill_usage (attempt_id, iteration_idx, skill_id,
                            skill_version, event, kept, delta)
-                       VALUES (%s, %s, %s, %s, 'applied', %s, %s)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s)
                        ON CONFLICT (attempt_id, skill_id, event, (COALESCE(iteration_idx, -1)))
                        DO UPDATE SET kept = EXCLUDED.kept, delta = EXCLUDED.delta""",
-                    [(attempt_id, iteration_idx, i, v, kept, delta) for i, v in versions.items()],
+                    [(attempt_id, iteration_idx, i, v, event, kept, delta)
+                     for i, v in versions.items()],
                 )
         return len(versions)
+
+    def measured_effects(self, skill_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Cross-evaluation evidence: per skill id, every measured use of it (applied in an
+        iteration or screened against the default), with the competition it was measured on
+        and its delta (positive = better). Promotion reads this beside a skill's own
+        evidence."""
+        ids = sorted(set(skill_ids))
+        out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        if not ids:
+            return out
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                """SELECT u.skill_id, u.attempt_id, u.iteration_idx, u.event, u.kept, u.delta,
+                          a.slug
+                   FROM skill_usage u JOIN attempts a ON a.id = u.attempt_id
+                   WHERE u.skill_id = ANY(%s) AND u.event IN ('applied', 'screened')
+                     AND u.delta IS NOT NULL
+                   ORDER BY u.skill_id, u.attempt_id, u.iteration_idx""",
+                (ids,),
+            ).fetchall()
+        for r in rows:
+            out[r["skill_id"]].append(dict(r))
+        return out
 
     def utility(self, skill_id: str) -> float:
         """Expected improvement per application (see ``Skill.utility``); 0 if never tried."""
@@ -873,6 +916,23 @@ class SkillStore:
                 )
             frontier = nxt
         return out
+
+
+MAX_CANDIDATES = 4  # cross-evaluation candidates an attempt loads
+
+
+def cross_candidates(skills: Sequence[Skill], covered: set[str]) -> list[Skill]:
+    """Recipes and rules learnt on other competitions of the domain, to be tried (and their
+    measured effect recorded) here: one per pattern not covered by a promoted skill, best
+    measured effect first, at most ``MAX_CANDIDATES``; recipes first (one prototype each)."""
+    best: dict[str, Skill] = {}
+    for s in skills:
+        if not s.pattern or s.pattern in covered or (s.effect or 0.0) <= 0:
+            continue
+        if s.pattern not in best or (s.effect or 0.0) > (best[s.pattern].effect or 0.0):
+            best[s.pattern] = s
+    ranked = sorted(best.values(), key=lambda s: (s.kind != "recipe", -(s.effect or 0.0), s.id))
+    return ranked[:MAX_CANDIDATES]
 
 
 def _attempt_ids(skill: Skill) -> set[int]:
