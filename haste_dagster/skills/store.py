@@ -52,12 +52,14 @@ def _stats_join(alias: str) -> str:
     return _STATS_JOIN_TEMPLATE.replace("{alias}", alias)
 
 
+# A screened use (tried against the default outside the iterations) counts as an
+# application: kept when it beat the default, with its measured delta.
 _STATS_JOIN_TEMPLATE = """LEFT JOIN LATERAL (
     SELECT count(DISTINCT u.attempt_id) FILTER (WHERE u.event = 'loaded') AS loaded,
-           count(*) FILTER (WHERE u.event = 'applied') AS applied,
-           count(*) FILTER (WHERE u.event = 'applied' AND u.kept) AS kept,
-           avg(u.delta) FILTER (WHERE u.event = 'applied') AS mean_delta,
-           coalesce(sum(u.delta) FILTER (WHERE u.event = 'applied' AND u.kept), 0)
+           count(*) FILTER (WHERE u.event <> 'loaded') AS applied,
+           count(*) FILTER (WHERE u.event <> 'loaded' AND u.kept) AS kept,
+           avg(u.delta) FILTER (WHERE u.event <> 'loaded') AS mean_delta,
+           coalesce(sum(u.delta) FILTER (WHERE u.event <> 'loaded' AND u.kept), 0)
                AS kept_delta_sum
     FROM skill_usage u WHERE u.skill_id = {alias}.id) st ON true"""
 
