@@ -32,3 +32,7 @@ class LLMError(HasteError):
 
 class BudgetExceeded(HasteError):
     """An evaluation ran past the attempt's time budget and was stopped."""
+
+
+class AttemptConfigError(HasteError, ValueError):
+    """An attempt's settings are invalid (e.g. an unknown pipeline)."""

@@ -44,13 +44,15 @@ from haste_dagster.agents.policy import (
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.config import redact
 from haste_dagster.db import DatabaseError
-from haste_dagster.errors import HasteError
+from haste_dagster.errors import AttemptConfigError, HasteError
 from haste_dagster.solution.evaluate import CVResult, cross_validate
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
 
 log = logging.getLogger(__name__)
 
 Loading = Literal["tiered", "flat", "none"]
+Pipeline = Literal["straight", "staged"]
+PIPELINES = ("straight", "staged")
 KEEP_Z = 0.5
 MIN_REL_GAIN = 1e-4
 
@@ -65,6 +67,9 @@ class AttemptConfig:
     patience: int | None = None  # None: max(5, iterations // 2)
     seconds: float | None = None  # None: the competition's budget
     campaign_id: str | None = None  # groups LLM token budgets and ledger rows
+    # "straight": the domain default (plus skills) refined in one line; "staged": the
+    # specialist's screen → winner/runner-up branches → ensemble (agents.pipeline)
+    pipeline: Pipeline = "straight"
 
 
 @dataclass
@@ -135,7 +140,7 @@ def skill_views(skills: list[Any], utility: Callable[[str], float]) -> list[Skil
             conditions={
                 "all": [c if isinstance(c, dict) else c.model_dump() for c in s.conditions]
             },
-            kind=getattr(s, "kind", "change"),
+            kind=str(getattr(s, "kind", None) or "change"),
             payload=dict(getattr(s, "payload", None) or {}),
         )
         for s in skills
@@ -390,8 +395,9 @@ def iterations_since_kept(rows: list[records.IterationRow]) -> int:
 
 
 def iteration_json(r: records.IterationRow) -> dict[str, Any]:
-    return {
+    out = {
         "idx": r.idx,
+        "branch": r.branch,
         "score": r.cv_mean,
         "std": r.cv_std,
         "kept": r.kept,
@@ -402,6 +408,9 @@ def iteration_json(r: records.IterationRow) -> dict[str, Any]:
         "error": r.error,
         "tokens": r.prompt_tokens + r.completion_tokens,
     }
+    if r.detail:
+        out["detail"] = r.detail
+    return out
 
 
 def record_finished_attempt(
@@ -413,9 +422,14 @@ def record_finished_attempt(
     skills_loaded: list[dict[str, Any]],
     stopped: str,
     extra: dict[str, Any] | None = None,
+    *,
+    scored: list[records.IterationRow] | None = None,
+    best_cv: float | None = None,
 ) -> AttemptResult:
-    """The attempt's result from its recorded ``rows``, stored as finished."""
-    scored = rows[1:]
+    """The attempt's result from its recorded ``rows``, stored as finished. ``scored``: the
+    rows the kept rate is over (default: all after the baseline); ``best_cv``: the attempt's
+    score when it is not ``best_row``'s (a kept ensemble)."""
+    scored = rows[1:] if scored is None else scored
     result = AttemptResult(
         attempt_id=attempt.id,
         slug=attempt.slug,
@@ -423,7 +437,7 @@ def record_finished_attempt(
         loading=attempt.loading,
         seed=attempt.seed,
         best_spec=incumbent.model_dump(mode="json"),
-        best_cv=best_row.cv_mean,
+        best_cv=best_row.cv_mean if best_cv is None else best_cv,
         kept_rate=sum(r.kept for r in scored) / len(scored) if scored else 0.0,
         iterations=[iteration_json(r) for r in rows],
         skills_loaded=list(skills_loaded),
@@ -489,6 +503,7 @@ def open_attempt(
             budget_iterations=config.iterations or definition.budget.iterations,
             label=config.label,
             dagster_run_id=dagster_run_id,
+            pipeline=config.pipeline,
         )
         attempt = records.get_attempt(conn, attempt_id)
     if hasattr(policy, "bind_attempt"):  # the LLM policy tags its ledger rows
@@ -529,6 +544,10 @@ def run_attempt(
     from haste_dagster.agents.factory import make_policy, open_skill_store
     from haste_dagster.competitions.profile import profile_data
 
+    if config.pipeline not in PIPELINES:
+        raise AttemptConfigError(
+            f"pipeline: unknown pipeline {config.pipeline!r}; allowed: {', '.join(PIPELINES)}"
+        )
     store = store if store is not None else open_skill_store(conn)
     policy = (
         policy
@@ -547,7 +566,13 @@ def run_attempt(
         resume_attempt_id=resume_attempt_id,
     )
     skills, loaded = load_attempt_skills(store, attempt, definition, profile)
-    loop = RefinementLoop(
+    # A resumed attempt goes on in the pipeline it started with.
+    loop_class: type[RefinementLoop] = RefinementLoop
+    if attempt.pipeline == "staged":
+        from haste_dagster.agents.pipeline import StagedPipeline
+
+        loop_class = StagedPipeline
+    loop = loop_class(
         conn,
         competition,
         policy,

@@ -30,14 +30,17 @@ from typing import Any
 import numpy as np
 
 from haste_dagster.agents.policy import (
+    STRUCTURAL_PATHS,
     IterationRecord,
     PolicyContext,
     Proposal,
     SkillView,
     applicable_skills,
+    is_structural,
     touches_validation,
     try_patch,
 )
+from haste_dagster.agents.prototypes import Prototype, choose_prototypes
 from haste_dagster.competitions.problem import Problem
 from haste_dagster.errors import SpecError
 from haste_dagster.solution.space import (
@@ -129,6 +132,13 @@ class HeuristicPolicy:
             decided += paths
         return spec, applied
 
+    # ---- prototype screen --------------------------------------------------------------
+    def prototypes(
+        self, problem: Problem, profile: dict, skills: list[SkillView]
+    ) -> list[Prototype]:
+        """Recipe skills first, then the task kind's defaults (`agents.prototypes`)."""
+        return choose_prototypes(problem, profile, skills)
+
     # ---- proposals ---------------------------------------------------------------------
     def propose(self, ctx: PolicyContext) -> Proposal | None:
         state = self.search_state(ctx)
@@ -138,20 +148,26 @@ class HeuristicPolicy:
         rng = np.random.default_rng(
             [ctx.seed & 0xFFFFFFFF, max(ctx.iteration, 0), len(ctx.history), 0x4A57]
         )
+        # Auto-escalation: only structural moves, while there is one left to make.
+        structural = ctx.escalate and bool(self._moves(ctx, state, structural=True))
         for _ in range(self.max_draws):
-            move = self._draw_move(ctx, state, rng)
+            move = self._draw_move(ctx, state, rng, structural=structural)
             if move is None:
                 return None
             patch, rationale = move
             candidate = try_patch(ctx.incumbent, patch, ctx.problem)
             if candidate is None or candidate.key() in state.seen:
                 continue
+            if structural:
+                rationale = f"escalate after stalls: {rationale}"
             return Proposal(patch=patch, rationale=rationale, skill_ids=[])
         return None
 
     def _skill_proposal(self, ctx: PolicyContext, state: SearchState) -> Proposal | None:
         for skill, patch in applicable_skills(ctx.skills, ctx.profile, ctx.problem):
             if skill.id in state.tried_skills or skill.utility < 0 or touches_validation(patch):
+                continue
+            if ctx.escalate and not is_structural(patch):
                 continue
             candidate = try_patch(ctx.incumbent, patch, ctx.problem)
             if candidate is None or candidate.key() in state.seen:
@@ -200,7 +216,9 @@ class HeuristicPolicy:
         not land on ``ctx.incumbent`` (the attempt started elsewhere), each past patch is
         applied to the incumbent instead, which at least never repeats a past change verbatim.
         """
-        initial, _ = self.initial_spec(ctx.problem, ctx.profile, ctx.skills)
+        initial = ctx.initial
+        if initial is None:
+            initial, _ = self.initial_spec(ctx.problem, ctx.profile, ctx.skills)
         specs, spec = [initial], initial
         for rec in ctx.history:
             if rec.patch is None:
@@ -224,26 +242,38 @@ class HeuristicPolicy:
         return fallback
 
     # ---- moves -------------------------------------------------------------------------
-    def _moves(self, ctx: PolicyContext, state: SearchState) -> list[tuple[str, float, Any]]:
-        """(key, prior weight, payload) of every move available from the incumbent."""
+    def _moves(
+        self, ctx: PolicyContext, state: SearchState, *, structural: bool = False
+    ) -> list[tuple[str, float, Any]]:
+        """(key, prior weight, payload) of every move available from the incumbent; with
+        ``structural`` only family switches and structural feature/target changes."""
         spec, problem = ctx.incumbent, ctx.problem
         moves: list[tuple[str, float, Any]] = []
         for path, param in dimensions(spec, problem):
             if not _active(path, spec, ctx.profile):
+                continue
+            if structural and path not in STRUCTURAL_PATHS:
                 continue
             moves.append((path, param.importance, param))
         for family in fitting_families(problem):
             if family not in state.tried_families:
                 moves.append((f"family:{family}", 2.0, family))
         params = spec.model.params
+        if structural:
+            return moves
         if "learning_rate" in params and ("n_estimators" in params or "max_iter" in params):
             moves.append(("trade:learning_rate", 1.5, None))
         return moves
 
     def _draw_move(
-        self, ctx: PolicyContext, state: SearchState, rng: np.random.Generator
+        self,
+        ctx: PolicyContext,
+        state: SearchState,
+        rng: np.random.Generator,
+        *,
+        structural: bool = False,
     ) -> tuple[Patch, str] | None:
-        moves = self._moves(ctx, state)
+        moves = self._moves(ctx, state, structural=structural)
         if not moves:
             return None
         priors = move_priors(ctx.skills)

@@ -38,12 +38,18 @@ from haste_dagster.agents.policy import (
     PolicyContext,
     Proposal,
     SkillView,
+    is_structural,
     touches_validation,
 )
+from haste_dagster.agents.prototypes import N_PROTOTYPES, Prototype, choose_prototypes, signature
 from haste_dagster.competitions.problem import Problem
 from haste_dagster.errors import LLMError
 from haste_dagster.llm.client import LLMClient, ReplyRejected, TokenBudgetExceeded, Usage
-from haste_dagster.llm.prompts import competition_messages, specialist_messages
+from haste_dagster.llm.prompts import (
+    competition_messages,
+    prototype_messages,
+    specialist_messages,
+)
 from haste_dagster.solution.space import check_spec_for_problem, default_spec, describe_space
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
 
@@ -71,6 +77,19 @@ class PatchReply(BaseModel):
         default_factory=list, description="ids of skills that motivated this patch"
     )
     patch: Patch
+
+
+class PrototypeProposal(BaseModel):
+    name: str = Field(description="a short name, e.g. boosted_trees")
+    rationale: str = Field(default="", description="why this prototype suits the data")
+    skill_ids: list[str] = Field(default_factory=list, description="skills it comes from")
+    patch: Patch | None = Field(default=None, description="changes to the default spec")
+
+
+class PrototypesReply(BaseModel):
+    prototypes: list[PrototypeProposal] = Field(
+        description="fundamentally different prototypes (model families / feature pipelines)"
+    )
 
 
 @dataclass
@@ -174,6 +193,63 @@ class LLMPolicy:
         self.passed_down = passed or None
         return spec, applied
 
+    # -- domain specialist: the prototype screen ----------------------------------------
+
+    def prototypes(
+        self, problem: Problem, profile: dict, skills: list[SkillView]
+    ) -> list[Prototype]:
+        """The LLM's prototypes (each validated like a patch, of distinct signatures), then
+        recipe skills and the task kind's defaults to fill up to three."""
+        base = default_spec(problem)
+        scoped = {s.id for s in skills}
+        messages = prototype_messages(
+            problem, profile, skills, base, n=N_PROTOTYPES, domain=self.domain,
+            space=_space_text(problem),
+        )
+
+        def validate(reply: PrototypesReply) -> None:
+            if not reply.prototypes:
+                raise ReplyRejected("propose at least one prototype")
+            seen: dict[tuple, str] = {}
+            for j, proto in enumerate(reply.prototypes[:N_PROTOTYPES]):
+                if proto.patch is not None and touches_validation(proto.patch):
+                    raise ReplyRejected(
+                        f"prototypes[{j}]: validation.* is fixed (every prototype is scored "
+                        "on the same fold)"
+                    )
+                spec = apply_patch(base, proto.patch) if proto.patch is not None else base
+                check_spec_for_problem(spec, problem)
+                sig = signature(spec, problem)
+                if sig in seen:
+                    raise ReplyRejected(
+                        f"prototypes[{j}] ({proto.name}) has the same model family and feature "
+                        f"pipeline as {seen[sig]}: make them fundamentally different"
+                    )
+                seen[sig] = proto.name
+
+        try:
+            reply, _usage = self.client.complete_json(
+                messages, PrototypesReply, agent_level="specialist",
+                attempt_id=self.attempt_id, purpose="prototypes", validate=validate,
+            )
+        except TokenBudgetExceeded:
+            self.budget_exhausted = True
+            raise
+        except LLMError as exc:
+            log.warning("specialist LLM failed, screening the default prototypes: %s", exc)
+            return choose_prototypes(problem, profile, skills)
+        proposed = [
+            Prototype(
+                name=f"llm:{p.name[:60]}",
+                spec=apply_patch(base, p.patch) if p.patch is not None else base,
+                skill_ids=_in_scope_ids(p.skill_ids, scoped),
+                source="llm",
+                rationale=p.rationale[:MAX_RATIONALE],
+            )
+            for p in reply.prototypes[:N_PROTOTYPES]
+        ]
+        return choose_prototypes(problem, profile, skills, first=proposed)
+
     # -- competition agent -----------------------------------------------------------------
 
     def _visible(self, skills: list[SkillView]) -> list[SkillView]:
@@ -200,6 +276,12 @@ class LLMPolicy:
                 raise ReplyRejected(
                     "validation.*: the validation scheme is fixed during an attempt (scores "
                     "would not be comparable); change features or the model instead"
+                )
+            if ctx.escalate and not is_structural(reply.patch):
+                raise ReplyRejected(
+                    "the last two changes were not kept: this patch must be structural (a "
+                    "model family, feature step, target transform or lag/window change), "
+                    "not a parameter nudge"
                 )
             candidate = apply_patch(ctx.incumbent, reply.patch)
             check_spec_for_problem(candidate, ctx.problem)

@@ -60,10 +60,17 @@ def kept_changes(conn: psycopg.Connection, attempt_id: int, higher_is_better: bo
 
     sign = 1.0 if higher_is_better else -1.0
     attempt = records.get_attempt(conn, attempt_id)
+    # A staged attempt's changes count from the branch that went on (the other branch's
+    # patches were made against a different prototype).
+    branch = (attempt.result or {}).get("best_branch", "main")
     spec = (SolutionSpec.model_validate(attempt.initial_spec)
-            if attempt.initial_spec is not None else None)
+            if attempt.initial_spec is not None and branch == "main" else None)
     out = []
     for r in records.load_iterations(conn, attempt_id):
+        if r.branch != branch:
+            continue
+        if r.spec is not None:  # the start of a branch: the whole spec it evaluated
+            spec = SolutionSpec.model_validate(r.spec)
         if r.idx == 0 or not r.kept or r.patch is None:
             continue
         before = spec.model_dump(mode="json") if spec is not None else None
@@ -89,13 +96,17 @@ def best_spec_margin(
     conn: psycopg.Connection, competition: Any, attempt_id: int
 ) -> Any:
     """The recipe material of an attempt: its best spec, the domain default and the best's
-    measured margin over the default (best vs baseline, plus the baseline's measured delta
-    against the plain-default control when skills shaped it); None if not measurable."""
+    measured margin over the default (best vs the start of its line, plus that start's
+    measured delta against the plain-default control when skills shaped it); None when the
+    margin over the default was not measured (a staged attempt whose winning branch started
+    from a skill's recipe: that recipe's screen usage is its evidence)."""
     from haste_dagster.skills.extraction import BestSpec
+    from haste_dagster.skills.model import canonical_json as canonical
     from haste_dagster.solution.space import default_spec
 
     attempt = records.get_attempt(conn, attempt_id)
-    rows = records.load_iterations(conn, attempt_id)
+    branch = (attempt.result or {}).get("best_branch", "main")
+    rows = [r for r in records.load_iterations(conn, attempt_id) if r.branch == branch]
     if attempt.best_spec is None or attempt.best_cv is None or not rows:
         return None
     base = rows[0]
@@ -104,7 +115,17 @@ def best_spec_margin(
     sign = 1.0 if competition.metric.higher_is_better else -1.0
     default = default_spec(competition.problem).model_dump(mode="json")
     margin = sign * (attempt.best_cv - base.cv_mean)
-    if attempt.initial_spec != default:
+    start = base.spec if base.spec is not None else attempt.initial_spec
+    if start != default:
+        if branch != "main":
+            # the screen scored the branch's prototype and the domain default on one fold
+            screen = {canonical(r.spec): r.cv_mean for r in records.load_iterations(
+                conn, attempt_id) if r.branch == "screen" and r.spec is not None}
+            there, plain = screen.get(canonical(start)), screen.get(canonical(default))
+            if base.skill_ids or there is None or plain is None:
+                return None
+            return BestSpec(spec=attempt.best_spec, default=default,
+                            margin=margin + sign * (there - plain))
         row = conn.execute(
             """SELECT delta FROM skill_usage WHERE attempt_id = %s AND event = 'screened'
                AND iteration_idx = 0 AND delta IS NOT NULL LIMIT 1""",

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from haste_dagster.competitions.problem import Problem
 from haste_dagster.errors import SpecError
-from haste_dagster.solution.space import check_spec_for_problem, relevant_steps
+from haste_dagster.solution.space import SEARCH_STEPS, check_spec_for_problem, relevant_steps
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch, parse_patch
 
 
@@ -32,7 +32,9 @@ class SkillView:
     action: dict | None  # a Patch as JSON
     utility: float  # recorded mean delta × kept rate; 0 if never used
     conditions: dict = field(default_factory=dict)
-    kind: str = "change"  # change | recipe | rule | prior (skills.model.Kind)
+    # "change" (one patch) | "recipe" (a whole spec as a patch to the domain default: a
+    # prototype candidate of the screen) | "rule" | "prior"
+    kind: str = "change"
     payload: dict = field(default_factory=dict)  # a prior's move counts, a rule's template
 
 
@@ -59,6 +61,10 @@ class PolicyContext:
     budget: int
     seed: int
     higher_is_better: bool
+    # The staged pipeline: where this branch started (None: the policy's initial spec), and
+    # whether the next proposal must be structural (auto-escalation after two stalls).
+    initial: SolutionSpec | None = None
+    escalate: bool = False
 
 
 @dataclass
@@ -189,6 +195,43 @@ def patch_is_relevant(patch: Patch, problem: Problem) -> bool:
 def touches_validation(patch: Patch) -> bool:
     """Changing validation changes the folds, which makes scores incomparable mid-attempt."""
     return any(p.split(".")[0] == "validation" for p in patch.paths())
+
+
+# Changes that alter what the model is or sees, not how hard a parameter is turned: the
+# auto-escalation after stalls asks for one of these.
+STRUCTURAL_PATHS = frozenset(
+    {
+        "model.family",
+        "target_transform",
+        "numeric.scale",
+        "numeric.log1p_skewed",
+        "numeric.missing_indicator",
+        "categorical.encoding",
+        "text.analyzer",
+        "text.ngram_max",
+        "date.parts",
+        "date.cyclical",
+        "forecast.calendar",
+        "forecast.cyclical",
+        "forecast.trend",
+        "forecast.lags",
+        "forecast.rolling",
+    }
+)
+
+
+def is_structural(patch: Patch) -> bool:
+    """A model family switch, a feature-step change, a target transform or a lag/window set
+    change, as opposed to a parameter nudge."""
+    for op in patch.ops:
+        if op.op == "set_model":
+            return True
+        path = getattr(op, "path", "")
+        if path in STRUCTURAL_PATHS:
+            return True
+        if path in SEARCH_STEPS and op.op == "set":  # a whole step replaced
+            return True
+    return False
 
 
 def try_patch(spec: SolutionSpec, patch: Patch, problem: Problem) -> SolutionSpec | None:

@@ -30,6 +30,10 @@ class IterationRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    # the staged pipeline: "screen" | "winner" | "runner_up" | "ensemble"; "main" otherwise
+    branch: str = "main"
+    spec: dict | None = None  # the whole evaluated spec when it is not incumbent + patch
+    detail: dict | None = None  # stage details: prototype name/family, ensemble members
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,11 +57,15 @@ class AttemptRow:
     test_score: float | None = None
     medal: str | None = None
     error: str | None = None
+    pipeline: str = "straight"
+    plan: dict | None = None  # the staged pipeline's plan (prototypes, budget split)
+    result: dict | None = None
 
 
 _ATTEMPT_COLUMNS = (
     "id, slug, policy, loading, seed, budget_iterations, status, initial_spec, best_spec, "
-    "best_cv, skills_loaded, label, dagster_run_id, test_score, medal, error"
+    "best_cv, skills_loaded, label, dagster_run_id, test_score, medal, error, pipeline, plan, "
+    "result"
 )
 
 
@@ -71,13 +79,14 @@ def create_attempt(
     budget_iterations: int,
     label: str | None = None,
     dagster_run_id: str | None = None,
+    pipeline: str = "straight",
 ) -> int:
     with conn.transaction():
         row = conn.execute(
             """INSERT INTO attempts (slug, policy, loading, seed, budget_iterations, label,
-                                     dagster_run_id)
-               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
-            (slug, policy, loading, seed, budget_iterations, label, dagster_run_id),
+                                     dagster_run_id, pipeline)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (slug, policy, loading, seed, budget_iterations, label, dagster_run_id, pipeline),
         ).fetchone()
     return int(row["id"])
 
@@ -112,14 +121,23 @@ def set_attempt_start(
         )
 
 
+def set_attempt_plan(conn: psycopg.Connection, attempt_id: int, plan: dict) -> None:
+    """Store the staged pipeline's plan once; a resume reads it back instead of re-planning."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE attempts SET plan = %s WHERE id = %s AND plan IS NULL",
+            (Jsonb(plan), attempt_id),
+        )
+
+
 def record_iteration(conn: psycopg.Connection, row: IterationRow) -> None:
     """Insert one iteration; a replay of the same (attempt, idx) leaves the first row."""
     with conn.transaction():
         conn.execute(
             """INSERT INTO iterations (attempt_id, idx, patch, rationale, skill_ids, cv_mean,
                    cv_std, fold_scores, kept, incumbent_before, seconds, prompt_tokens,
-                   completion_tokens, error)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   completion_tokens, error, branch, spec, detail)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                ON CONFLICT (attempt_id, idx) DO NOTHING""",
             (
                 row.attempt_id,
@@ -136,9 +154,12 @@ def record_iteration(conn: psycopg.Connection, row: IterationRow) -> None:
                 row.prompt_tokens,
                 row.completion_tokens,
                 row.error,
+                row.branch,
+                Jsonb(row.spec) if row.spec is not None else None,
+                Jsonb(row.detail) if row.detail is not None else None,
             ),
         )
-        if row.kept and row.cv_mean is not None:
+        if row.kept and row.cv_mean is not None and row.branch in ("main", "winner", "runner_up"):
             conn.execute(
                 "UPDATE attempts SET best_cv = %s WHERE id = %s", (row.cv_mean, row.attempt_id)
             )
@@ -147,7 +168,8 @@ def record_iteration(conn: psycopg.Connection, row: IterationRow) -> None:
 def load_iterations(conn: psycopg.Connection, attempt_id: int) -> list[IterationRow]:
     rows = conn.execute(
         """SELECT attempt_id, idx, patch, rationale, skill_ids, cv_mean, cv_std, fold_scores,
-                  kept, incumbent_before, seconds, prompt_tokens, completion_tokens, error
+                  kept, incumbent_before, seconds, prompt_tokens, completion_tokens, error,
+                  branch, spec, detail
            FROM iterations WHERE attempt_id = %s ORDER BY idx""",
         (attempt_id,),
     ).fetchall()

@@ -1,4 +1,7 @@
-"""Fit the attempt's best spec on all training data, predict the hidden test split, grade."""
+"""Fit the attempt's best spec on all training data, predict the hidden test split, grade.
+
+When the staged pipeline kept its ensemble, the submission is the ensemble: every member
+fitted on all training data, their test predictions combined (`solution.ensemble`)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import psycopg
 
 from haste_dagster.agents import records
 from haste_dagster.competitions.grading import Grade, grade
+from haste_dagster.solution.ensemble import fit_predict_ensemble
 from haste_dagster.solution.evaluate import fit_predict
 from haste_dagster.solution.spec import SolutionSpec
 
@@ -24,23 +28,32 @@ def predictions_from_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def submission_members(attempt: records.AttemptRow) -> list[SolutionSpec]:
+    """The specs the submission fits: the kept ensemble's members, else the best spec."""
+    ensemble = (attempt.result or {}).get("ensemble") or {}
+    if ensemble.get("kept"):
+        return [SolutionSpec.model_validate(m["spec"]) for m in ensemble.get("members", [])]
+    if attempt.best_spec is None:
+        raise ValueError(f"attempt {attempt.id} has no best spec yet (status {attempt.status})")
+    return [SolutionSpec.model_validate(attempt.best_spec)]
+
+
+def predict_test(competition: Any, attempt: records.AttemptRow, device: str = "cpu") -> np.ndarray:
+    """The attempt's predictions on the hidden test features (fitted on all training data)."""
+    specs = submission_members(attempt)
+    problem, train, test = competition.problem, competition.train, competition.test_features
+    if len(specs) > 1:
+        return fit_predict_ensemble(specs, problem, train, test, attempt.seed, device=device)
+    return fit_predict(specs[0], problem, train, test, attempt.seed, device=device)
+
+
 def make_submission(
     conn: psycopg.Connection, competition: Any, attempt_id: int, device: str = "cpu"
 ) -> Grade:
-    """Fit the attempt's best spec on all training data (XGBoost on ``device``), predict the
-    hidden test split, grade it and store the graded submission."""
+    """Fit the attempt's best spec (or kept ensemble) on all training data (XGBoost on
+    ``device``), predict the hidden test split, grade it and store the graded submission."""
     attempt = records.get_attempt(conn, attempt_id)
-    if attempt.best_spec is None:
-        raise ValueError(f"attempt {attempt_id} has no best spec yet (status {attempt.status})")
-    spec = SolutionSpec.model_validate(attempt.best_spec)
-    predictions = fit_predict(
-        spec,
-        competition.problem,
-        competition.train,
-        competition.test_features,
-        attempt.seed,
-        device=device,
-    )
+    predictions = predict_test(competition, attempt, device)
     result = grade(competition, predictions)
     records.record_grade(
         conn,

@@ -78,6 +78,11 @@ def solve_command(
         None, help="refinement iterations (default: the competition budget)"
     ),
     seed: int = typer.Option(0, help="random seed (folds and search)"),
+    pipeline: str = typer.Option(
+        "straight",
+        help="straight (default spec refined in one line) | staged (prototype screen, "
+        "winner and runner-up branches, ensemble); a resumed attempt keeps its own",
+    ),
     resume: bool = typer.Option(False, "--resume", help="continue the last unfinished attempt"),
     json_out: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
     defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
@@ -87,7 +92,12 @@ def solve_command(
 
     if loading not in ("tiered", "flat", "none"):
         _fail(ValueError(f"--loading must be tiered, flat or none, not {loading!r}"))
-    config = AttemptConfig(policy=policy, loading=loading, iterations=iterations, seed=seed)  # type: ignore[arg-type]
+    if pipeline not in ("straight", "staged"):
+        _fail(ValueError(f"--pipeline must be straight or staged, not {pipeline!r}"))
+    config = AttemptConfig(
+        policy=policy, loading=loading, iterations=iterations, seed=seed,  # type: ignore[arg-type]
+        pipeline=pipeline,  # type: ignore[arg-type]
+    )
     try:
         with db.connection() as conn, _progress() as progress:
             task = progress.add_task(slug, total=iterations or 1, status="starting")

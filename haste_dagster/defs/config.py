@@ -14,6 +14,11 @@ class AttemptRunConfig(Config):
     iterations: int | None = Field(default=None, ge=1, description="None: the competition budget.")
     seed: int = 0
     label: str | None = None
+    pipeline: Literal["straight", "staged"] = Field(
+        default="straight",
+        description="straight: the default spec refined in one line; staged: prototype "
+        "screen, winner and runner-up branches, rank-average ensemble.",
+    )
     resume: bool = Field(
         default=True,
         description="Continue the newest unfinished attempt with the same policy, loading and "

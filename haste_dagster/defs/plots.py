@@ -26,6 +26,8 @@ def learning_curve_png(
 
     scored = [(int(r["idx"]), _score(r), bool(r.get("kept"))) for r in iterations]
     scored = [(i, s, k) for i, s, k in scored if s is not None]
+    if any(r.get("branch", "main") != "main" for r in iterations):
+        return _staged_curve(iterations, path, title=title, higher_is_better=higher_is_better)
     fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
     try:
         kept = [(i, s) for i, s, k in scored if k]
@@ -45,6 +47,65 @@ def learning_curve_png(
         ax.set_ylabel("CV score (" + ("higher" if higher_is_better else "lower") + " is better)")
         ax.set_title(title, fontsize=9)
         if scored:
+            ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+STAGE_STYLE = {  # branch: (label, colour, marker)
+    "screen": ("screen (1 fold)", "tab:purple", "^"),
+    "winner": ("winner branch", "tab:green", "o"),
+    "runner_up": ("runner-up branch", "tab:blue", "s"),
+    "ensemble": ("ensemble", "tab:red", "*"),
+}
+
+
+def _staged_curve(
+    iterations: Sequence[dict[str, Any]], path: Path, *, title: str, higher_is_better: bool
+) -> Path:
+    """The staged pipeline's curve: each stage in its colour, a dashed line where a stage
+    starts, each branch's incumbent as its own step line; hollow markers were not kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=80)
+    try:
+        starts: dict[str, int] = {}
+        for branch, (label, colour, marker) in STAGE_STYLE.items():
+            rows = [r for r in iterations if r.get("branch") == branch]
+            if not rows:
+                continue
+            starts[branch] = min(int(r["idx"]) for r in rows)
+            points = [(int(r["idx"]), _score(r), bool(r.get("kept"))) for r in rows]
+            points = [(i, s, k) for i, s, k in points if s is not None]
+            kept = [(i, s) for i, s, k in points if k or branch == "screen"]
+            other = [(i, s) for i, s, k in points if not (k or branch == "screen")]
+            if kept:
+                ax.scatter(*zip(*kept, strict=True), color=colour, marker=marker, s=22,
+                           label=label)
+            if other:
+                ax.scatter(*zip(*other, strict=True), facecolors="none", edgecolors=colour,
+                           marker=marker, s=22, label=None if kept else label)
+            if branch in ("winner", "runner_up") and kept and points:
+                last = max(i for i, _, _ in points)
+                xs = [i for i, _ in kept] + [last]
+                ys = [s for _, s in kept] + [kept[-1][1]]
+                ax.step(xs, ys, where="post", color=colour, linewidth=1.2)
+        for idx in starts.values():
+            if idx > 0:
+                ax.axvline(idx - 0.5, color="0.7", linestyle="--", linewidth=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("iteration (stages: screen → winner → runner-up → ensemble)")
+        ax.set_ylabel("CV score (" + ("higher" if higher_is_better else "lower") + " is better)")
+        ax.set_title(title, fontsize=9)
+        if starts:
             ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,7 @@ def attempt_step(
                 iterations=cfg.iterations,
                 seed=cfg.seed,
                 label=cfg.label,
+                pipeline=cfg.pipeline,
             ),
             store=store,
             policy=llm.policy(cfg.policy, conn, campaign_id=run_id),
@@ -212,6 +213,23 @@ def attempt_metadata(result: Any) -> dict[str, Any]:
     }
     if result.best_cv is not None:
         metadata["best_cv"] = float(result.best_cv)
+    if result.extra.get("pipeline") == "staged":  # the specialist's stages
+        metadata["pipeline"] = "staged"
+        metadata["stages"] = MetadataValue.json(
+            {k: result.extra.get(k) for k in ("split", "prototypes", "branches", "best_branch")}
+        )
+        ensemble = result.extra.get("ensemble")
+        metadata["ensemble"] = MetadataValue.json(
+            None if ensemble is None else {
+                "kept": ensemble["kept"], "cv_mean": ensemble["cv_mean"],
+                "combine": ensemble["combine"],
+                "members": [
+                    {k: m[k] for k in ("branch", "idx", "family", "cv_mean")}
+                    for m in ensemble["members"]
+                ],
+            }
+        )
+        metadata["submission"] = result.extra.get("submission", "single")
     return metadata
 
 

@@ -62,6 +62,14 @@ TAXONOMY_TEXT = (
 # -- data blocks --------------------------------------------------------------------------
 
 
+ESCALATE_TEXT = (
+    "The last two changes were not kept: this turn's patch MUST be structural (switch the "
+    "model family, change a feature step such as scaling, encoding, text analyzer, date or "
+    "calendar parts, lags or rolling windows, or the target transform), not a parameter "
+    "nudge."
+)
+
+
 def _escape(text: str) -> str:
     # JSON-escaped angle brackets read the same to a model but can never form a marker.
     return text.replace("<", "\\u003c").replace(">", "\\u003e")
@@ -296,6 +304,45 @@ def specialist_messages(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+def prototype_messages(
+    problem: Any,
+    profile: dict[str, Any],
+    skills: Sequence[Any],
+    default_spec: Any,
+    *,
+    n: int = 3,
+    domain: str | None = None,
+    space: str = "",
+) -> list[dict[str, str]]:
+    """The domain specialist's prototype screen: ``n`` fundamentally different prototypes."""
+    slug = _get(problem, "slug")
+    scoped = in_scope(skills, competition=slug, domain=domain)
+    system = (
+        "You are the domain specialist of an ML-engineering team. Before refinement you "
+        f"screen {n} FUNDAMENTALLY DIFFERENT prototype solutions on one validation fold: "
+        "different model families and/or different feature pipelines (e.g. boosted trees, a "
+        "linear model on expanded features, bagged trees; for text word vs character n-grams "
+        "vs trees on TF-IDF; for forecasts lags vs calendar vs a seasonal baseline), not "
+        "variations of one parameter. Each prototype is a patch over the domain default "
+        "spec. A skill that carries a whole recipe fitting this dataset is a good prototype.\n"
+        "Rules: cite only skill ids listed in the skills block; use only the steps, models and "
+        "parameters of the spec format; never change validation.\n"
+        + DATA_RULE
+    )
+    user = "\n\n".join(
+        part for part in (
+            "Competition (data):\n" + data_block("problem", _problem_record(problem)),
+            "Dataset profile (data):\n" + data_block("profile", profile),
+            "Skills in scope (data):\n" + skills_block(scoped),
+            f"Default spec:\n{_spec_json(default_spec)}",
+            f"Parameter space:\n{space}" if space else "",
+            f"Reply with {n} prototypes, each with a short name, the patch over the default "
+            "spec, the ids of the skills it comes from, and a one-sentence rationale.",
+        ) if part
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
 def competition_messages(
     ctx: Any, *, domain: str | None = None, space: str = ""
 ) -> list[dict[str, str]]:
@@ -326,6 +373,7 @@ def competition_messages(
             f"{_spec_json(_get(ctx, 'incumbent'))}",
             f"Parameter space:\n{space}" if space else "",
             "History (oldest first, at most 20 lines):\n" + ("\n".join(history) or "(none)"),
+            ESCALATE_TEXT if _get(ctx, "escalate", False) else "",
             f"Iteration {_get(ctx, 'iteration')} of {_get(ctx, 'budget')}. Reply with the "
             "patch, the skill ids that motivated it, and a short rationale.",
         ) if part

@@ -187,11 +187,14 @@ def cross_validate(
     device: str = "cpu",
     n_jobs: int = 1,
     deadline: float | None = None,
+    only_fold: int | None = None,
 ) -> CVResult:
     """Score ``spec`` with the competition metric on ``spec.validation`` folds of ``train_df``.
 
     ``deadline`` (a `time.monotonic` value): raise `BudgetExceeded` once it has passed,
-    checked before every fold and between XGBoost's boosting rounds."""
+    checked before every fold and between XGBoost's boosting rounds. ``only_fold``: score
+    just that fold (Python indexing, -1 = the last, the most recent for forecasts), the
+    prototype screen's cheap one-fold estimate."""
     wall, cpu = time.perf_counter(), time.process_time()
     check_spec_for_problem(spec, problem)
     metric = get_metric(problem.metric)
@@ -199,7 +202,10 @@ def cross_validate(
     problem = with_classes(problem, train_df[problem.target])
     X, y = _features(problem, train_df), _target(problem, train_df)
     scores = []
-    for fold, (train_idx, valid_idx) in enumerate(make_folds(spec, problem, train_df, seed)):
+    folds = make_folds(spec, problem, train_df, seed)
+    if only_fold is not None:
+        folds = [folds[only_fold]]
+    for fold, (train_idx, valid_idx) in enumerate(folds):
         if deadline is not None and time.monotonic() > deadline:
             raise BudgetExceeded(f"the attempt's time budget ran out before fold {fold + 1}")
         pred = _fit_and_predict(
