@@ -34,28 +34,36 @@ def _usage(conn: psycopg.Connection, attempt_id: int) -> list[dict]:
     ).fetchall()
 
 
-def test_a_recipe_learnt_on_one_competition_is_tried_on_another_and_its_usage_recorded(
+def test_a_recipe_learnt_on_one_competition_is_tried_in_the_screen_of_another(
     conn: psycopg.Connection, two_defs: Path
 ) -> None:
+    from haste_dagster.agents import records
+
     first = solve(conn, "tiny_a", AttemptConfig(seed=0), defs_dir=two_defs)
     store = open_skill_store(conn)
     (recipe,) = store.list(tier="competition", scope_key="tiny_a", kind="recipe")
     assert recipe.payload["margin"] > 0 and recipe.pattern.startswith("recipe:regression:")
     assert "Evidence: on tiny_a it beat the default" in recipe.guidance
     assert first.attempt.attempt_id == recipe.source_attempt
-    second = solve(conn, "tiny_b", AttemptConfig(seed=0), defs_dir=two_defs)
+    second = solve(conn, "tiny_b", AttemptConfig(seed=0, iterations=4, pipeline="staged"),
+                   defs_dir=two_defs)
     loaded = {s["id"] for s in second.attempt.skills_loaded}
     assert recipe.id in loaded  # a cross-evaluation candidate of the same domain
-    screened = [u for u in _usage(conn, second.attempt.attempt_id)
+    screen = [r for r in records.load_iterations(conn, second.attempt.attempt_id)
+              if r.branch == "screen"]
+    (row,) = [r for r in screen if recipe.id in r.skill_ids]  # it became a prototype
+    (usage,) = [u for u in _usage(conn, second.attempt.attempt_id)
                 if u["skill_id"] == recipe.id and u["event"] == "screened"]
-    assert len(screened) == 1 and screened[0]["delta"] is not None
-    control = second.attempt.extra["control"]
-    assert recipe.id in control["skills"]
-    assert screened[0]["delta"] == pytest.approx(control["delta"])
-    # the evidence now spans two competitions: promotion reads it
+    assert usage["iteration_idx"] == row.idx and usage["delta"] is not None
+    # the evidence now spans two competitions: promotion decides on it
     promote(conn, [DOMAIN], store)
-    if screened[0]["delta"] > 0:
-        assert [s.pattern for s in store.list(tier="domain", kind="recipe")] == [recipe.pattern]
+    from haste_dagster.skills.promotion import decisions
+
+    latest = decisions(store, recipe.pattern)[-1]
+    measured = {e["where"]: e["deltas"] for e in latest["evidence"]}
+    assert usage["delta"] == pytest.approx(
+        next(d for d in measured["tiny_b"] if d == pytest.approx(usage["delta"])))
+    assert recipe.id in latest["source_ids"]
 
 
 def _harmful_recipe(slug: str = "elsewhere") -> Skill:
