@@ -124,3 +124,19 @@ def test_a_recipe_whose_parameter_was_renamed_is_skipped_with_a_logged_reason(
     warned = [r.getMessage() for r in caplog.records if stored.id in r.getMessage()]
     assert warned and "no longer validates" in warned[0] and "max_dept" in warned[0]
     assert "control" not in result.attempt.extra  # nothing applied it
+
+
+def test_a_domain_search_prior_weights_the_heuristic_move_draw() -> None:
+    from haste_dagster.agents.heuristic import move_priors
+    from haste_dagster.agents.policy import SkillView
+
+    prior = SkillView(id="sk_0000000000000001", tier="domain", title="prior", guidance="g",
+                      action=None, utility=0.0, kind="prior",
+                      payload={"moves": {"model.params.max_depth": [8, 7],
+                                         "family:ridge": [6, 0]}})
+    change = SkillView(id="sk_0000000000000002", tier="domain", title="c", guidance="g",
+                       action=None, utility=0.0, payload={"moves": {"x": [1, 1]}})
+    weights = move_priors([prior, change])
+    assert set(weights) == {"model.params.max_depth", "family:ridge"}  # only kind prior
+    assert weights["model.params.max_depth"] == 2.0 * 8 / 10  # kept often: drawn more
+    assert weights["family:ridge"] == 2.0 * 1 / 8  # never kept: drawn less

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -137,3 +138,37 @@ def test_rules_state_thresholds_relative_to_the_data_they_were_learnt_on() -> No
     assert text is not None and text.key == "set:text.analyzer='char_wb'"
     assert {(c.key, c.op, c.value) for c in text.conditions} >= {
         ("text_mean_chars", ">=", 40.0), ("text_mean_chars", "<=", 160.0)}
+
+
+def test_recipes_rules_and_priors_round_trip_through_the_markdown_export(
+    store: SkillStore, tmp_path: Any
+) -> None:
+    from haste_dagster.skills.embeddings import HashingEmbedder
+    from haste_dagster.skills.export import export_skills, import_skills
+    from haste_dagster.skills.priors import write_domain_prior
+
+    _deepen(store, "comp_a", 9, 0.03, 1000, 100.0)
+    prior = write_domain_prior(store, DOMAIN, {"model.params.max_depth": [4, 3],
+                                               "family:ridge": [5, 0]}, attempts=2)
+    assert prior is not None and prior.kind == "prior"
+    assert "model.params.max_depth (kept 3/4)" in prior.guidance
+    assert "try last: family:ridge (kept 0/5)" in prior.guidance
+    # new counts: a new version of the same prior skill, not a second one
+    again = write_domain_prior(store, DOMAIN, {"model.params.max_depth": [5, 4]}, attempts=3)
+    assert again is not None and again.id == prior.id and again.version == prior.version + 1
+    paths = export_skills(store, tmp_path / "a")
+    rule_file = next(p for p in paths if "kind: rule" in p.read_text())
+    text = rule_file.read_text()
+    assert f"pattern: {RULE}" in text and "kind: rule" in text
+    assert "When " in text and "Evidence: on comp_a" in text  # reads as a sentence
+    from haste_dagster import db
+
+    fresh = db.create_database(db.database_url(), f"t_roundtrip_{uuid.uuid4().hex[:10]}")
+    with db.connection(fresh) as other_conn:
+        other = SkillStore(other_conn, HashingEmbedder())
+        import_skills(other, tmp_path / "a")
+        export_skills(other, tmp_path / "b")
+    first = {p.relative_to(tmp_path / "a"): p.read_text() for p in paths}
+    second = {p.relative_to(tmp_path / "b"): p.read_text()
+              for p in (tmp_path / "b").rglob("*.md")}
+    assert first == second
