@@ -442,6 +442,33 @@ class CampaignRun:
                 "inventory": self.inventory, "steps": [s.as_json() for s in self.steps]}
 
 
+def latest_campaign(conn: psycopg.Connection) -> CampaignRun | None:
+    """The newest campaign's steps read back from its labelled attempts (for reports)."""
+    row = conn.execute(
+        """SELECT split_part(label, ':', 2) AS cid FROM attempts WHERE label LIKE 'campaign:%%'
+           ORDER BY id DESC LIMIT 1"""
+    ).fetchone()
+    if row is None:
+        return None
+    run = CampaignRun(row["cid"])
+    for r in conn.execute(
+        """SELECT id, label, loading, seed, status, test_score, medal, error FROM attempts
+           WHERE label LIKE %s ORDER BY id""",
+        (f"campaign:{row['cid']}:%",),
+    ).fetchall():
+        _, _, phase, arm, slug = r["label"].split(":", 4)
+        run.steps.append(ProtocolStep(
+            phase, arm, slug, r["loading"], r["seed"], extract=arm != "control",
+            attempt_id=r["id"], score=r["test_score"], medal=r["medal"],
+            error=r["error"] if r["status"] == "failed" else None,
+        ))
+    return run
+
+
+def protocol_label(campaign_id: str, phase: str, arm: str, slug: str) -> str:
+    return f"campaign:{campaign_id}:{phase}:{arm}:{slug}"
+
+
 def protocol_rounds(slugs: list[str], domains: dict[str, str]) -> tuple[list[str], list[str]]:
     """Round 1: the first competition of each domain (in the given order); round 2: the
     rest. Slugs without a known domain (broken definitions) go to round 2, to be reported."""
@@ -524,7 +551,7 @@ def campaign_protocol(
 
     def attempt(step: ProtocolStep) -> bool:
         """Run (or reuse) one step; False when the token budget ends the campaign."""
-        label = f"campaign:{campaign_id}:{step.phase}:{step.arm}:{step.slug}"
+        label = protocol_label(campaign_id, step.phase, step.arm, step.slug)
         if on_start:
             on_start(step)
         found = _labelled(conn, label)

@@ -151,11 +151,17 @@ def _solve(
     artifacts: ArtifactsResource,
     database: DatabaseResource,
 ) -> dict:
+    from haste_dagster.agents.orchestrator import protocol_label
     from haste_dagster.errors import HasteError
 
     slug = step["slug"]
-    # Round 1 is cold: no skills loaded, whatever the store holds.
-    cfg = config.model_copy(update={"loading": "none"}) if step["phase"] == "round1" else config
+    # Round 1 is cold: no skills loaded, whatever the store holds. The label ties the
+    # attempt to this campaign run (the transfer report reads the protocol back from it).
+    arm = "cold" if step["phase"] == "round1" else "warm"
+    update: dict = {"label": protocol_label(context.run_id, step["phase"], arm, slug)}
+    if step["phase"] == "round1":
+        update["loading"] = "none"
+    cfg = config.model_copy(update=update)
     try:
         data = steps.competition_data_step(slug, database)
         _emit(context, "competition_data", data, slug)
@@ -229,7 +235,12 @@ def rerun_phase(
     skill_store: SkillStoreResource,
 ) -> list[dict]:
     from haste_dagster.agents.competition_agent import AttemptConfig
-    from haste_dagster.agents.orchestrator import RERUN_SEED_OFFSET, promote, solve
+    from haste_dagster.agents.orchestrator import (
+        RERUN_SEED_OFFSET,
+        promote,
+        protocol_label,
+        solve,
+    )
     from haste_dagster.errors import HasteError
     from haste_dagster.skills import consolidate
 
@@ -243,7 +254,7 @@ def rerun_phase(
             for arm, loading in (("warm", warm), ("control", "none")):
                 attempt = AttemptConfig(
                     policy=config.policy, loading=loading, iterations=config.iterations,
-                    seed=seed, label=f"campaign:{context.run_id}:rerun:{arm}:{entry['slug']}",
+                    seed=seed, label=protocol_label(context.run_id, "rerun", arm, entry["slug"]),
                 )
                 try:
                     result = solve(conn, entry["slug"], attempt, extract=arm == "warm",
@@ -262,22 +273,6 @@ def rerun_phase(
     return [*solved, *reruns]
 
 
-def campaign_summary(entries: list[dict]) -> dict:
-    """Medal counts of the first pass, the warm re-run and the retry without skills."""
-
-    def rate(group: list[dict]) -> dict:
-        done = [e for e in group if e["error"] is None and e["medal"] is not None]
-        medals = sum(1 for e in done if e["medal"] != "none")
-        return {"attempts": len(done), "medals": medals,
-                "medal_rate": medals / len(done) if done else None}
-
-    return {
-        "cold_pass": rate([e for e in entries if e["phase"] != "rerun"]),
-        "rerun_warm": rate([e for e in entries if e.get("arm") == "warm"]),
-        "rerun_control": rate([e for e in entries if e.get("arm") == "control"]),
-    }
-
-
 def build_campaign(domains: Sequence[str]) -> JobDefinition:
     known_domains = set(domains)
 
@@ -289,8 +284,6 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
         skill_store: SkillStoreResource,
         artifacts: ArtifactsResource,
     ) -> None:
-        from dagster import MetadataValue
-
         for domain in sorted({s["domain"] for s in solved if s["domain"]}):
             result = steps.domain_skills_step(domain, skill_store)
             # A domain added after the code loaded has no partition yet: record it unpartitioned
@@ -301,9 +294,7 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
                 context.log.warning(f"domain {domain!r} is new: reload the code location to see it")
         _emit(context, "global_skills", steps.global_skills_step(skill_store), None)
         _emit(context, "skill_inventory", steps.skill_inventory_step(skill_store, artifacts), None)
-        report = steps.transfer_report_step(database, artifacts)
-        report.metadata["campaign"] = MetadataValue.json(campaign_summary(solved))
-        _emit(context, "transfer_report", report, None)
+        _emit(context, "transfer_report", steps.transfer_report_step(database, artifacts), None)
         failed = [s for s in solved if s["error"]]
         if failed:
             raise Failure(

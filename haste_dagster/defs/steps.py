@@ -485,8 +485,11 @@ def transfer_report_step(database: DatabaseResource, artifacts: ArtifactsResourc
     """
     import csv
 
+    from haste_dagster.agents.orchestrator import latest_campaign
+
     with database.connection() as conn:
         rows = [dict(r) for r in conn.execute(_LATEST_ATTEMPTS).fetchall()]
+        campaign = latest_campaign(conn)
     table = markdown_table(rows, REPORT_COLUMNS)
     md_path = artifacts.path("transfer_report.md")
     md_path.write_text("# Latest attempts\n\n" + table)
@@ -511,6 +514,11 @@ def transfer_report_step(database: DatabaseResource, artifacts: ArtifactsResourc
             "competitions": len({r["slug"] for r in rows}),
             "medals": MetadataValue.json(dict(medals)),
             "by_loading": MetadataValue.json(by_loading),
+            # the newest campaign's protocol figures: first pass (round 1 cold, round 2
+            # warm), warm re-run and the retry without skills
+            "campaign": MetadataValue.json(
+                {"campaign_id": campaign.campaign_id, **campaign.summary()} if campaign else {}
+            ),
             "table": MetadataValue.md(table),
             "report_path": MetadataValue.path(str(md_path)),
             "csv_path": MetadataValue.path(str(csv_path)),
