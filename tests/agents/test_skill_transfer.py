@@ -59,7 +59,7 @@ def test_a_recipe_learnt_on_one_competition_is_tried_in_the_screen_of_another(
     promote(conn, [DOMAIN], store)
     from haste_dagster.skills.promotion import decisions
 
-    latest = decisions(store, recipe.pattern)[-1]
+    latest = [d for d in decisions(store, recipe.pattern) if d["tier"] == "domain"][-1]
     measured = {e["where"]: e["deltas"] for e in latest["evidence"]}
     assert usage["delta"] == pytest.approx(
         next(d for d in measured["tiny_b"] if d == pytest.approx(usage["delta"])))
