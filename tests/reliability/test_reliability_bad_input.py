@@ -302,7 +302,7 @@ def test_haste_campaign_cli_reports_broken_definitions_and_solves_the_rest(
     write_competition(tmp_path, "good", seed=3, rows=120)
     tally["inputs_tried"] += 1
     done = subprocess.run(
-        haste("campaign", "--iterations", "1", "--defs", str(tmp_path)),
+        haste("campaign", "--iterations", "1", "--no-rerun", "--defs", str(tmp_path)),
         env=child_env(db_url), capture_output=True, text=True, timeout=300,
     )
     output = done.stdout + done.stderr
