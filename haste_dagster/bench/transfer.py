@@ -265,7 +265,11 @@ def connect(conninfo: str) -> psycopg.Connection:
     from pgvector.psycopg import register_vector
 
     try:
-        conn = psycopg.connect(conninfo, row_factory=dict_row, connect_timeout=10)
+        # autocommit as `db.connect`: otherwise every write of the benchmark sits in one
+        # implicit transaction, invisible to other connections until the end
+        conn = psycopg.connect(
+            conninfo, row_factory=dict_row, connect_timeout=10, autocommit=True
+        )
     except psycopg.Error as exc:
         raise BenchmarkError(
             f"cannot connect to the benchmark database: {redact(str(exc))}"

@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 app = typer.Typer(
-    help="Benchmarks that print figures: the skill store, transfer.", no_args_is_help=True
+    help="Benchmarks that print figures: the skill store, transfer, the staged pipeline.",
+    no_args_is_help=True,
 )
 
 
@@ -132,6 +133,77 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
     inv = report.inventory_domains
     out.print(f"inventory by tier {inv.get('by_tier', {})}; domain skills by kind "
               f"{inv.get('domain_by_kind', {})}")
+
+
+@app.command("pipeline")
+def pipeline_command(
+    competitions: list[str] = typer.Option(
+        [], "--competitions", help="competitions (comma-separated or repeated; default: all)"
+    ),
+    seeds: int = typer.Option(3, "--seeds", help="seeds per competition"),
+    iterations: int | None = typer.Option(
+        None, "--iterations", help="iterations per attempt (default: each budget)"
+    ),
+    policy: str = typer.Option("heuristic", help="heuristic | llm"),
+    defs: Path | None = typer.Option(None, "--defs", help="folder of competition YAMLs"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON here"),
+    keep_database: bool = typer.Option(
+        False, "--keep-database", help="keep the throwaway benchmark database for inspection"
+    ),
+) -> None:
+    """Straight line vs the staged pipeline (screen, two branches, ensemble) at equal
+    evaluation budgets: hidden-test score, percentile, medals, CPU seconds, the verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from haste_dagster import db
+    from haste_dagster.bench.pipeline import PipelineOptions, run_pipeline_benchmark, write_json
+    from haste_dagster.errors import HasteError
+
+    console = Console(stderr=True)
+    options = PipelineOptions(
+        competitions=_split_names(competitions), seeds=seeds, iterations=iterations,
+        policy=policy, defs_dir=defs, keep_database=keep_database,
+        log=lambda message: console.print(message, highlight=False, markup=False),
+        json_path=json_out,
+    )
+    try:
+        report = run_pipeline_benchmark(db.database_url(), options)
+    except (HasteError, ValueError, KeyError, db.DatabaseError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=2) from exc
+    if json_out is not None:
+        console.print(f"wrote {write_json(report, json_out)}")
+
+    def fmt(value: object) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    table = Table(title="straight vs staged (equal evaluations)")
+    for column in ("competition", "straight test", "staged test", "± SE", "pct straight",
+                   "pct staged", "medals st/sg", "runner-up won", "ensemble kept",
+                   "cpu s st/sg", "≥"):
+        table.add_column(column)
+    for slug, c in report["per_competition"].items():
+        st, sg = c["straight"], c["staged"]
+        table.add_row(
+            slug, fmt(st["test_score"]), fmt(sg["test_score"]), fmt(c["bootstrap_se"]),
+            fmt(st["percentile"]), fmt(sg["percentile"]),
+            f"{','.join(st['medals'])} / {','.join(sg['medals'])}",
+            str(sg["runner_up_won"]), str(sg["ensemble_kept"]),
+            f"{fmt(st['cpu_seconds'])} / {fmt(sg['cpu_seconds'])}",
+            "yes" if c["better_or_equal"] else "no",
+        )
+    Console().print(table)
+    v = report["verdict"]
+    Console().print(
+        f"better or equal within one SE: {v['better_or_equal']}/{v['competitions']} "
+        f"(needed {v['needed']}); mean percentile straight "
+        f"{fmt(v['mean_percentile']['straight'])} vs staged {fmt(v['mean_percentile']['staged'])}"
+        f"; target {'met' if v['met'] else 'missed'}"
+        + (" (reduced run)" if v["reduced"] else "")
+    )
 
 
 @app.command("store")

@@ -132,6 +132,7 @@ def campaign_command(
         None, help="iterations per competition (default: each budget)"
     ),
     seed: int = typer.Option(0),
+    pipeline: str = typer.Option("straight", help="straight | staged (see haste solve)"),
     only: list[str] = typer.Option([], "--only", help="solve only these slugs (repeatable)"),
     json_out: Path | None = typer.Option(None, "--json", help="write all results as JSON here"),
     defs: Path | None = typer.Option(None, help="folder of competition YAMLs"),
@@ -151,8 +152,11 @@ def campaign_command(
     for error in errors:
         console.print(f"[yellow]skipping broken definition:[/yellow] {escape(str(error))}")
     slugs = [d.slug for d in definitions if not only or d.slug in only]
-    config = AttemptConfig(  # type: ignore[arg-type]
-        policy=policy, loading=loading, iterations=iterations, seed=seed,
+    if pipeline not in ("straight", "staged"):
+        _fail(ValueError(f"--pipeline must be straight or staged, not {pipeline!r}"))
+    config = AttemptConfig(
+        policy=policy, loading=loading, iterations=iterations, seed=seed,  # type: ignore[arg-type]
+        pipeline=pipeline,  # type: ignore[arg-type]
         campaign_id=campaign_id,
     )
     table = Table(title="HASTE campaign")
