@@ -38,6 +38,7 @@ from haste_dagster.agents.policy import (
     Policy,
     PolicyContext,
     SkillView,
+    resolve_skill_views,
     touches_validation,
 )
 from haste_dagster.competitions.metrics import get_metric
@@ -150,6 +151,7 @@ def skill_views(skills: list[Any], utility: Callable[[str], float]) -> list[Skil
                 "all": [c if isinstance(c, dict) else c.model_dump() for c in s.conditions]
             },
             kind=str(getattr(s, "kind", None) or "change"),
+            payload=dict(getattr(s, "payload", None) or {}),
         )
         for s in skills
     ]
@@ -193,7 +195,7 @@ class RefinementLoop:
         *,
         skills: list[Any],
         skills_loaded: list[dict[str, Any]],
-        record_usage: Callable[[int, int, list[str], bool, float], None] | None = None,
+        record_usage: Callable[..., Any] | None = None,
         progress: ProgressFn | None = None,
         fold_cache: bool = True,
     ) -> None:
@@ -209,6 +211,7 @@ class RefinementLoop:
         # candidates that change only the model reuse their folds' feature matrices
         cache = FoldCache() if fold_cache else None  # HASTE_FOLD_CACHE_MB=0 turns it off
         self.fold_cache = cache if cache is not None and cache.max_bytes > 0 else None
+        self.control: dict[str, Any] | None = None  # the guard's result (see _control_guard)
 
     def _evaluate(self, spec: SolutionSpec, seed: int, deadline: float | None = None) -> CVResult:
         return cross_validate(
@@ -230,15 +233,18 @@ class RefinementLoop:
         started = time.monotonic()
         rows = records.load_iterations(self.conn, attempt.id)
 
+        self.views = resolve_skill_views(self.views, problem, profile)
         if not rows:
             initial, applied = self.policy.initial_spec(problem, profile, self.views)
+            scored: CVResult | None = None
             if attempt.initial_spec is None:
+                initial, applied, scored = self._control_guard(attempt, initial, applied)
                 records.set_attempt_start(
                     self.conn, attempt.id, initial.model_dump(mode="json"), self.skills_loaded
                 )
             else:  # crashed before the baseline was scored: keep what was recorded
                 initial = SolutionSpec.model_validate(attempt.initial_spec)
-            rows = [self._baseline(attempt, initial, applied, budget)]
+            rows = [self._baseline(attempt, initial, applied, budget, scored)]
         else:
             initial = SolutionSpec.model_validate(attempt.initial_spec)
 
@@ -296,17 +302,50 @@ class RefinementLoop:
                 since_kept += 1
             idx += 1
 
-        cache = self.fold_cache
-        extra = {"fold_cache": cache.stats()} if cache is not None else None
+        extra: dict[str, Any] = {}
+        if self.fold_cache is not None:
+            extra["fold_cache"] = self.fold_cache.stats()
+        if self.control is not None:
+            extra["control"] = self.control
         return record_finished_attempt(
             self.conn, attempt, rows, incumbent, best_row, self.skills_loaded, stopped, extra
         )
 
+    def _control_guard(
+        self, attempt: records.AttemptRow, initial: SolutionSpec, applied: list[str]
+    ) -> tuple[SolutionSpec, list[str], CVResult | None]:
+        """The negative-transfer guard. When skills shaped the initial spec, the plain domain
+        default is evaluated as a control on the same folds. Each responsible skill gets a
+        'screened' usage row with the skill-shaped spec's delta against the control (negative
+        = it hurt); when the control scores better, the attempt starts from the control.
+        Returns (initial spec, skills it applied, its CV result when already evaluated)."""
+        from haste_dagster.solution.space import default_spec
+
+        control = default_spec(self.competition.problem)
+        if not applied or initial == control:
+            return initial, applied, None
+        shaped = self._evaluate(initial, attempt.seed)
+        plain = self._evaluate(control, attempt.seed)
+        sign = 1.0 if self.metric.higher_is_better else -1.0
+        delta = sign * (shaped.mean - plain.mean)
+        won = delta >= 0
+        self.control = {"cv": plain.mean, "skill_shaped_cv": shaped.mean, "delta": delta,
+                        "skills": list(applied), "control_won": not won}
+        if self.record_usage:
+            self.record_usage(attempt.id, 0, applied, won, delta, event="screened")
+        if won:
+            return initial, applied, shaped
+        log.info("attempt %s: the plain default beat the skill-shaped initial spec by %.4g; "
+                 "starting from the control (skills %s get negative usage)", attempt.id,
+                 -delta, ", ".join(applied))
+        return control, [], plain
+
     def _baseline(
-        self, attempt: records.AttemptRow, initial: SolutionSpec, applied: list[str], budget: int
+        self, attempt: records.AttemptRow, initial: SolutionSpec, applied: list[str], budget: int,
+        scored: CVResult | None = None,
     ) -> records.IterationRow:
         t0 = time.monotonic()
-        cv = self._evaluate(initial, attempt.seed)
+        cv = scored if scored is not None else self._evaluate(initial, attempt.seed)
         base = baseline_row(attempt.id, applied, cv, time.monotonic() - t0)
         records.record_iteration(self.conn, base)
         self._report(base, budget)
@@ -540,6 +579,7 @@ def run_attempt(
     )
     definition = competition.definition
     profile = profile_data(competition).as_dict()
+    records.record_competition(conn, competition, profile)
     attempt = open_attempt(
         conn,
         competition,

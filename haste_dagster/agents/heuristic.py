@@ -276,9 +276,10 @@ class HeuristicPolicy:
         moves = self._moves(ctx, state, structural=structural)
         if not moves:
             return None
+        priors = move_priors(ctx.skills)
         draws = [
             rng.beta(
-                prior + state.kept.get(key, 0),
+                prior * priors.get(key, 1.0) + state.kept.get(key, 0),
                 1.0 + state.tries.get(key, 0) - state.kept.get(key, 0),
             )
             for key, prior, _ in moves
@@ -346,6 +347,22 @@ class HeuristicPolicy:
             new = param.mutate(current, rng, sigma)
         patch = parse_patch({"ops": [{"op": "set", "path": path, "value": new}]})
         return patch, f"explore: {path} {current!r} → {new!r} (σ={sigma:.2f}, {record})"
+
+
+def move_priors(skills: list[SkillView]) -> dict[str, float]:
+    """Move weights from the domain's search priors (skills of kind ``prior``, whose payload
+    holds ``moves: {key: [tried, kept]}`` over earlier attempts of the domain): twice the
+    smoothed kept rate, so a move kept half the time elsewhere keeps its space weight, one
+    kept more often is drawn more, one rarely kept less."""
+    counts: dict[str, list[int]] = {}
+    for skill in skills:
+        if skill.kind != "prior":
+            continue
+        for key, pair in (skill.payload.get("moves") or {}).items():
+            tried, kept = (int(pair[0]), int(pair[1])) if len(pair) == 2 else (0, 0)
+            have = counts.setdefault(key, [0, 0])
+            have[0], have[1] = have[0] + tried, have[1] + kept
+    return {key: 2.0 * (kept + 1) / (tried + 2) for key, (tried, kept) in counts.items()}
 
 
 def _overlaps(a: str, b: str) -> bool:

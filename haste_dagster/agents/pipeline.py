@@ -41,7 +41,7 @@ from haste_dagster.agents.competition_agent import (
     record_finished_attempt,
     should_keep,
 )
-from haste_dagster.agents.policy import PolicyContext, is_structural
+from haste_dagster.agents.policy import PolicyContext, is_structural, resolve_skill_views
 from haste_dagster.agents.prototypes import N_PROTOTYPES, Prototype, choose_prototypes, signature
 from haste_dagster.errors import HasteError
 from haste_dagster.solution.ensemble import combination, cross_validate_ensemble
@@ -160,6 +160,8 @@ class StagedPipeline(RefinementLoop):
         self.config = config
         self.profile = profile
         self.attempt = attempt
+        # rules restated for this data; recipes that no longer validate skipped, logged
+        self.views = resolve_skill_views(self.views, self.competition.problem, profile)
         plan = self._plan(attempt, profile)
         split = BudgetSplit(**plan["split"])
         prototypes = [Prototype.from_json(p) for p in plan["prototypes"]]
@@ -309,7 +311,9 @@ class StagedPipeline(RefinementLoop):
                 0.0 if row.cv_mean is None or best_default is None
                 else sign * (row.cv_mean - best_default)
             )
-            self.record_usage(self.attempt.id, row.idx, row.skill_ids, proto.name == winner, delta)
+            # 'screened': tried against the defaults outside the refinement iterations
+            self.record_usage(self.attempt.id, row.idx, row.skill_ids, proto.name == winner,
+                              delta, event="screened")
 
     def _rank_screen(
         self, prototypes: list[Prototype], rows: list[records.IterationRow]

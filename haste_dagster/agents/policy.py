@@ -35,6 +35,7 @@ class SkillView:
     # "change" (one patch) | "recipe" (a whole spec as a patch to the domain default: a
     # prototype candidate of the screen) | "rule" | "prior"
     kind: str = "change"
+    payload: dict = field(default_factory=dict)  # a prior's move counts, a rule's template
 
 
 @dataclass
@@ -256,3 +257,43 @@ def applicable_skills(
             continue
         out.append((skill, patch))
     return sorted(out, key=lambda sp: (-sp[0].utility, sp[0].id))
+
+
+def resolve_skill_views(
+    views: list[SkillView], problem: Problem, profile: dict
+) -> list[SkillView]:
+    """The views as this competition can use them: a rule restated for its data
+    (``skills.rules.resolve``), and every recipe or rule checked against the spec space on
+    the domain default. One that no longer validates (a renamed parameter, a family that
+    cannot solve this task) or does not translate is skipped with a logged reason, never
+    passed on to break an attempt."""
+    import logging
+
+    from haste_dagster.skills.rules import resolve
+    from haste_dagster.solution.space import default_spec
+
+    log = logging.getLogger(__name__)
+    default = default_spec(problem)
+    default_json = default.model_dump(mode="json")
+    out: list[SkillView] = []
+    for view in views:
+        if view.kind not in ("recipe", "rule"):
+            out.append(view)
+            continue
+        action = view.action
+        if view.kind == "rule" and isinstance(view.payload.get("rule"), dict):
+            action = resolve(view.payload["rule"], default_json, profile)
+            if action is None:
+                log.info("skill %s skipped on %s: its rule does not translate to this "
+                         "competition's data or model", view.id, problem.slug)
+                continue
+        try:
+            patch = parse_patch(action)
+            candidate = apply_patch(default, patch)
+            check_spec_for_problem(candidate, problem)
+        except (SpecError, ValidationError) as exc:
+            log.warning("skill %s (%s) skipped on %s: its action no longer validates against "
+                        "the spec space: %s", view.id, view.kind, problem.slug, exc)
+            continue
+        out.append(SkillView(**{**view.__dict__, "action": patch.model_dump(mode="json")}))
+    return out

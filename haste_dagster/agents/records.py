@@ -288,3 +288,19 @@ def load_submission(conn: psycopg.Connection, attempt_id: int) -> tuple[bytes, d
         "SELECT predictions, grade FROM submissions WHERE attempt_id = %s", (attempt_id,)
     ).fetchone()
     return (bytes(row["predictions"]), row["grade"]) if row else None
+
+
+def record_competition(conn: psycopg.Connection, competition: Any, profile: dict) -> None:
+    """Upsert the competitions row (definition + profile) that reports and queries join on;
+    promotion reads the profile of a competition a skill was cross-evaluated on."""
+    d = competition.definition
+    with conn.transaction():
+        conn.execute(
+            """INSERT INTO competitions
+                   (slug, domain, task, metric, definition, profile, updated_at)
+               VALUES (%s, %s, %s, %s, %s, %s, now())
+               ON CONFLICT (slug) DO UPDATE SET domain = EXCLUDED.domain, task = EXCLUDED.task,
+                   metric = EXCLUDED.metric, definition = EXCLUDED.definition,
+                   profile = EXCLUDED.profile, updated_at = now()""",
+            (d.slug, d.domain, d.task, d.metric, Jsonb(d.model_dump(mode="json")), Jsonb(profile)),
+        )

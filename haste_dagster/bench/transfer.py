@@ -4,9 +4,13 @@ Phases (all in throwaway databases created on the same PostgreSQL server as the 
 caller named, and dropped afterwards; the caller's own database is never written):
 
 1. **Campaign** (database ``<tag>_inv``): an empty skill store; the development
-   competitions are solved in order (attempt → graded submission → competition skills),
-   promoting skills to domain and global tiers after each one. For every attempt the number
-   of active skills when it started is recorded.
+   competitions are solved by the campaign protocol (``orchestrator.campaign_protocol``):
+   round 1 = the first competition of each domain, cold (no skills loaded); round 2 = the
+   rest, tiered; promotion after each competition and consolidation between rounds; then the
+   re-run phase: every development competition that did not medal again warm (``rerun_warm``)
+   and again without skills (``rerun_control``), both with seed ``campaign_seed + 1000``.
+   For every attempt the number of active skills when it started is recorded; the inventory
+   by tier and per domain and kind is reported after the campaign.
 2. **Warm vs cold** on each evaluation competition (never solved in the campaign), for every
    seed: *warm* = an attempt with ``tiered`` loading against the frozen inventory of (1).
    An evaluation competition has no competition skills of its own, so tiered loading gives
@@ -68,7 +72,7 @@ from haste_dagster.errors import HasteError
 log = logging.getLogger(__name__)
 
 Loading = Literal["tiered", "flat", "none"]
-Arm = Literal["campaign", "cold", "warm", "flat", "none"]
+Arm = Literal["campaign", "rerun_warm", "rerun_control", "cold", "warm", "flat", "none"]
 MODES: tuple[Loading, ...] = ("tiered", "flat", "none")
 SCHEMA = "haste.bench.transfer/1"
 
@@ -96,6 +100,10 @@ QUICK_ITERATIONS = 10
 
 TARGETS = {
     "warm_cold_iteration_ratio": 0.35,  # warm needs ≤ 35% of the cold evaluations
+    "domain_skills_per_domain": 2,  # active domain skills in every domain after the campaign
+    "global_skills": 1,
+    "warm_test_at_least_cold_share": 0.75,  # of (competition, seed) pairs
+    "warm_cold_kept_rate_ratio": 2.0,
     "kept_rate_at_50_skills": 0.85,
     "tiered_minus_flat_medal_rate": 0.25,
     "warm_at_least_flaml_share": 0.75,
@@ -359,6 +367,11 @@ class AttemptRecord:
     bootstrap_se: float | None
     new_skills: list[str] = field(default_factory=list)
     llm: dict[str, Any] | None = None  # token-ledger totals of the attempt (llm policy)
+    # 1 when the negative-transfer guard evaluated the plain default beside the
+    # skill-shaped initial spec: an evaluation the iterations do not show, counted by
+    # pair_ratio so warm is not credited with a free evaluation.
+    control_evaluations: int = 0
+    control_won: bool | None = None
 
     @property
     def usage(self) -> Usage:
@@ -433,6 +446,7 @@ def _run_one(
     seed: int,
     options: TransferOptions,
     plan: Plan,
+    extract: bool = True,
 ) -> AttemptRecord:
     from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
     from haste_dagster.agents.orchestrator import extract_skills
@@ -450,8 +464,9 @@ def _run_one(
     with Stopwatch() as submit:
         graded = _graded(conn, competition, result.attempt_id, plan.graded[competition.slug])
     new_skills: list[str] = []
-    if phase == "campaign":
+    if phase == "campaign" and extract:
         new_skills = [s.id for s in extract_skills(conn, competition, result.attempt_id, store)]
+    control = result.extra.get("control")
     tiers: dict[str, int] = {}
     for entry in result.skills_loaded:
         tiers[entry.get("tier", "?")] = tiers.get(entry.get("tier", "?"), 0) + 1
@@ -493,6 +508,8 @@ def _run_one(
         bootstrap_se=graded.bootstrap_se,
         new_skills=new_skills,
         llm=llm,
+        control_evaluations=1 if control else 0,
+        control_won=bool(control["control_won"]) if control else None,
     )
 
 
@@ -553,7 +570,7 @@ def pair_ratio(cold: AttemptRecord, warm: AttemptRecord) -> PairRatio:
     assert cold_n is not None  # its own best is always reached
     warm_n = evaluations_to_reach(warm.iterations, cold.best_cv, higher)
     reached = warm_n is not None
-    warm_count = warm_n if warm_n is not None else warm.budget + 1
+    warm_count = (warm_n if warm_n is not None else warm.budget + 1) + warm.control_evaluations
     return PairRatio(
         cold.slug, cold.seed, cold.best_cv, cold_n, warm_count, reached, warm_count / cold_n
     )
@@ -663,6 +680,7 @@ class TransferReport:
     inventory_before: dict[str, Any] = field(default_factory=dict)
     inventory_after: dict[str, Any] = field(default_factory=dict)
     inventory_skills: list[dict[str, Any]] = field(default_factory=list)
+    inventory_domains: dict[str, Any] = field(default_factory=dict)  # by tier, domain × kind
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     # ---- selections ----------------------------------------------------------------------
@@ -698,8 +716,46 @@ class TransferReport:
                 "scored_iterations": r.scored_iterations,
             }
             for i, r in enumerate([*self.campaign, *self.evaluation])
-            if r.arm != "none"
+            if r.loading != "none"
         ]
+
+    def warm_test_vs_cold(self) -> dict[str, Any]:
+        """Pairs whose warm hidden-test score is at least the cold one's (same seed)."""
+        compared = [
+            (c, w) for c, w in self.pairs() if c.test_score is not None and w.test_score is not None
+        ]
+        wins = sum(1 for c, w in compared if _at_least(w.test_score, c.test_score,  # type: ignore[arg-type]
+                                                       c.higher_is_better))
+        return {"pairs": len(compared), "warm_at_least_cold": wins,
+                "share": wins / len(compared) if compared else None}
+
+    def kept_rates(self) -> dict[str, Any]:
+        """Mean kept rate of the warm and the cold evaluation attempts, and their ratio."""
+        warm = [r.kept_rate for r in self.arm("warm") if r.scored_iterations]
+        cold = [r.kept_rate for r in self.arm("cold") if r.scored_iterations]
+        w = float(np.mean(warm)) if warm else None
+        c = float(np.mean(cold)) if cold else None
+        return {"warm": w, "cold": c,
+                "ratio": (w / c) if w is not None and c else None,
+                "warm_attempts": len(warm), "cold_attempts": len(cold)}
+
+    def rerun_phase(self) -> dict[str, Any]:
+        """The campaign's re-run of competitions that did not medal: warm vs the retry
+        without skills (same new seed), medal counts."""
+        def count(arm: str) -> dict[str, Any]:
+            runs = [r for r in self.campaign if r.arm == arm]
+            medals = sum(1 for r in runs if r.medal not in (None, "none"))
+            return {"attempts": len(runs), "medals": medals,
+                    "slugs": [r.slug for r in runs],
+                    "test_score": {r.slug: r.test_score for r in runs}}
+
+        first = [r for r in self.campaign if r.arm == "campaign"]
+        return {
+            "first_pass": {"attempts": len(first),
+                           "medals": sum(1 for r in first if r.medal not in (None, "none"))},
+            "warm": count("rerun_warm"),
+            "control": count("rerun_control"),
+        }
 
     # ---- summaries -----------------------------------------------------------------------
     def warm_vs_cold(self) -> dict[str, Any]:
@@ -830,7 +886,37 @@ class TransferReport:
 
         kept = float(np.mean(big)) if big else None
         diff = tiered - flat if tiered is not None and flat is not None else None
+        per_domain = self.inventory_domains.get("domain_by_kind", {})
+        domains = sorted(set(self.plan.domains[s] for s in self.plan.development))
+        counts = {d: sum(per_domain.get(d, {}).values()) for d in domains}
+        fewest = min(counts.values()) if counts else None
+        globals_ = self.inventory_domains.get("by_tier", {}).get("global", 0)
+        share_vs_cold = self.warm_test_vs_cold()["share"]
+        kept_ratio = self.kept_rates()["ratio"]
         return {
+            "domain_skills_per_domain": {
+                "target": f">= {TARGETS['domain_skills_per_domain']} active domain skills in "
+                "every campaign domain",
+                "per_domain": counts,
+                **verdict(fewest, lambda v: v >= TARGETS["domain_skills_per_domain"],
+                          "no inventory"),
+            },
+            "global_skills": {
+                "target": f">= {TARGETS['global_skills']}",
+                **verdict(float(globals_), lambda v: v >= TARGETS["global_skills"], ""),
+            },
+            "warm_test_at_least_cold_share": {
+                "target": f">= {TARGETS['warm_test_at_least_cold_share']} of (competition, seed)"
+                " pairs",
+                **verdict(share_vs_cold,
+                          lambda v: v >= TARGETS["warm_test_at_least_cold_share"],
+                          "no graded warm/cold pairs"),
+            },
+            "warm_cold_kept_rate_ratio": {
+                "target": f">= {TARGETS['warm_cold_kept_rate_ratio']}",
+                **verdict(kept_ratio, lambda v: v >= TARGETS["warm_cold_kept_rate_ratio"],
+                          "cold kept rate is 0 or no attempts"),
+            },
             "warm_cold_iteration_ratio": {
                 "target": f"<= {TARGETS['warm_cold_iteration_ratio']}",
                 **verdict(
@@ -889,6 +975,9 @@ class TransferReport:
             },
             "warm_cold_iteration_ratio": self.warm_cold_iteration_ratio(),
             "warm_vs_cold": self.warm_vs_cold(),
+            "warm_test_vs_cold": self.warm_test_vs_cold(),
+            "kept_rates": self.kept_rates(),
+            "rerun_phase": self.rerun_phase(),
             "kept_rate_curve": curve,
             "kept_rate_by_inventory": kept_rate_bins(curve),
             "ablation": self.ablation(),
@@ -899,6 +988,7 @@ class TransferReport:
                 "frozen": self.inventory_before.get("fingerprint")
                 == self.inventory_after.get("fingerprint"),
                 "skills": self.inventory_skills,
+                "by_tier_and_domain": self.inventory_domains,
             },
             "targets": self.targets(),
             **({"llm": self.llm_summary()} if self.options.policy == "llm" else {}),
@@ -964,7 +1054,13 @@ def run_transfer_benchmark(
     with ``options.keep_databases``; their names are in ``report.databases``).
     """
     from haste_dagster.agents.factory import open_skill_store
-    from haste_dagster.agents.orchestrator import promote
+    from haste_dagster.agents.orchestrator import (
+        RERUN_SEED_OFFSET,
+        inventory_by_tier,
+        promote,
+        protocol_rounds,
+    )
+    from haste_dagster.skills import consolidate
 
     options = options or TransferOptions()
     plan = plan_benchmark(options)
@@ -992,7 +1088,9 @@ def run_transfer_benchmark(
         seed: int,
     ) -> AttemptRecord | None:
         """One attempt; a failing one is reported (as `haste campaign` does) and skipped."""
-        phase: Literal["campaign", "evaluation"] = "campaign" if arm == "campaign" else "evaluation"
+        phase: Literal["campaign", "evaluation"] = (
+            "campaign" if arm in ("campaign", "rerun_warm", "rerun_control") else "evaluation"
+        )
         try:
             record = _run_one(
                 conn,
@@ -1005,6 +1103,7 @@ def run_transfer_benchmark(
                 seed=seed,
                 options=options,
                 plan=plan,
+                extract=arm != "rerun_control",
             )
         except (HasteError, ValueError, KeyError) as exc:
             conn.rollback()
@@ -1026,18 +1125,27 @@ def run_transfer_benchmark(
     ):
         with db.connect(inv_url) as conn:
             store = open_skill_store(conn)
-            for slug in plan.development:
-                attempt(
-                    conn,
-                    names["inventory"],
-                    store,
-                    slug,
-                    "campaign",
-                    "tiered",
-                    options.campaign_seed,
-                )
+            # The campaign protocol (orchestrator.campaign_protocol): round 1 one competition
+            # per domain cold, round 2 the rest warm, consolidation between rounds, then the
+            # re-run phase (warm, and without skills as the control, with a new seed).
+            round1, round2 = protocol_rounds(plan.development, plan.domains)
+            for loading, slugs in (("none", round1), ("tiered", round2)):
+                for slug in slugs:
+                    attempt(conn, names["inventory"], store, slug, "campaign", loading,
+                            options.campaign_seed)
+                    promote(conn, [plan.domains[slug]], store)
+                consolidate(store)
+            missed = [r.slug for r in report.campaign if r.medal == "none"]
+            rerun_seed = options.campaign_seed + RERUN_SEED_OFFSET
+            for slug in missed:
+                attempt(conn, names["inventory"], store, slug, "rerun_warm", "tiered", rerun_seed)
                 promote(conn, [plan.domains[slug]], store)
+                attempt(conn, names["inventory"], store, slug, "rerun_control", "none",
+                        rerun_seed)
+            if missed:
+                consolidate(store)
             report.inventory_before = inventory(conn)
+            report.inventory_domains = inventory_by_tier(conn)
             report.inventory_skills = inventory_listing(conn)
             _say(
                 options,

@@ -121,6 +121,20 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
             f"({summary['medals']}/{summary['graded']}), completion tokens "
             f"{summary['tokens']['completion']}"
         )
+    rerun = report.rerun_phase()
+    out.print(
+        f"campaign first pass medals {rerun['first_pass']['medals']}/"
+        f"{rerun['first_pass']['attempts']}; re-run phase: warm "
+        f"{rerun['warm']['medals']}/{rerun['warm']['attempts']} vs retry without skills "
+        f"{rerun['control']['medals']}/{rerun['control']['attempts']}"
+    )
+    kept = report.kept_rates()
+    out.print(
+        f"kept rate: warm {fmt(kept['warm'], '{:.0%}')} vs cold {fmt(kept['cold'], '{:.0%}')}"
+    )
+    inv = report.inventory_domains
+    out.print(f"inventory by tier {inv.get('by_tier', {})}; domain skills by kind "
+              f"{inv.get('domain_by_kind', {})}")
     if report.options.policy == "llm":
         _print_llm_summary(out, report.llm_summary())
 

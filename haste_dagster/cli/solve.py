@@ -165,7 +165,7 @@ def _write_submission(slug: str, defs: Path | None, attempt_id: int, path: Path)
 
 def campaign_command(
     policy: str = typer.Option("heuristic", help="heuristic | llm"),
-    loading: str = typer.Option("tiered", help="tiered | flat | none"),
+    loading: str = typer.Option("tiered", help="loading of the warm attempts: tiered | flat"),
     iterations: int | None = typer.Option(
         None, min=1, help="iterations per competition (default: each budget)"
     ),
@@ -174,9 +174,15 @@ def campaign_command(
     only: list[str] = typer.Option([], "--only", help="solve only these slugs (repeatable)"),
     json_out: Path | None = typer.Option(None, "--json", help="write all results as JSON here"),
     defs: Path | None = typer.Option(None, help=DEFS_HELP),
+    campaign_id: str | None = typer.Option(
+        None, "--campaign-id", help="resume this campaign (its id is printed at the end)"
+    ),
+    rerun: bool = typer.Option(True, "--rerun/--no-rerun", help="run the re-run phase"),
 ) -> None:
-    """Solve every bundled competition in order, promoting skills after each; print a table."""
-    from haste_dagster.agents.orchestrator import campaign
+    """The campaign protocol: round 1 one competition per domain cold, round 2 the rest warm,
+    promotion and consolidation between rounds, then a re-run of every competition that did
+    not medal, warm and without skills (control), with a new seed."""
+    from haste_dagster.agents.orchestrator import campaign_protocol
     from haste_dagster.competitions.registry import load_definitions
     from haste_dagster.config import competition_defs_dir
 
@@ -193,67 +199,63 @@ def campaign_command(
     config = AttemptConfig(
         policy=policy, loading=loading, iterations=iterations, seed=seed,  # type: ignore[arg-type]
         pipeline=pipeline,  # type: ignore[arg-type]
+        campaign_id=campaign_id,
     )
     table = Table(title="HASTE campaign")
-    for column in ("competition", "metric", "cv", "test", "rank", "medal", "kept", "skills"):
+    for column in ("phase", "arm", "competition", "metric", "test", "medal", "attempt"):
         table.add_column(column)
     try:
         with db.connection() as conn, _progress() as progress:
             overall = progress.add_task("campaign", total=len(slugs), status="")
             current: dict[str, Any] = {}
 
-            def on_start(slug: str) -> None:
-                current["task"] = progress.add_task(slug, total=iterations or 1, status="starting")
+            def on_start(step: Any) -> None:
+                current["task"] = progress.add_task(
+                    f"{step.phase} {step.arm} {step.slug}", total=iterations or 1,
+                    status="starting",
+                )
 
             def report(idx: int, budget: int, row: Any) -> None:
                 _iteration_callback(progress, current["task"])(idx, budget, row)
 
-            def on_done(entry: Any) -> None:
+            def on_done(step: Any) -> None:
                 progress.advance(overall)
-                progress.update(current["task"], status="done" if entry.result else "[red]failed")
+                progress.update(current["task"], status="[red]failed" if step.error else "done")
                 # An attempt that stopped early (stagnation, time) leaves its bar short of the
                 # budget; stop its clock so the elapsed column shows its own duration.
                 progress.stop_task(current["task"])
 
-            entries = campaign(
-                conn,
-                slugs,
-                config,
-                defs_dir=defs,
-                on_start=on_start,
-                on_done=on_done,
-                progress=report,
+            run = campaign_protocol(
+                conn, slugs, config, defs_dir=defs, rerun=rerun, on_start=on_start,
+                on_done=on_done, progress=report,
             )
     except HasteError as exc:
         _fail(exc)
     except psycopg.Error as exc:
         _fail(_database_failed(exc, "rerun the campaign"))
     metric_of = {d.slug: d.metric for d in definitions}
-    for entry in entries:
-        if entry.result is None:
-            table.add_row(
-                entry.slug, metric_of.get(entry.slug, ""), "", "", "", "[red]failed", "", ""
-            )
-            continue
-        r, g = entry.result, entry.result.grade
+    for step in run.steps:
+        style = MEDAL_STYLE.get(step.medal or "", "")
+        medal = (
+            "[red]failed" if step.error
+            else f"[{style}]{step.medal}[/]" if step.medal else "ungraded"
+        )
         table.add_row(
-            entry.slug,
-            metric_of[entry.slug],
-            f"{r.attempt.best_cv:.4g}",
-            f"{g.score:.4g}",
-            f"{g.rank}/{g.n_teams}" if g.rank is not None else "—",
-            f"[{MEDAL_STYLE.get(g.medal, '')}]{g.medal}[/]" if g.medal else "ungraded",
-            f"{r.attempt.kept_rate:.0%}",
-            str(len(r.attempt.skills_loaded)),
+            step.phase, step.arm, step.slug, metric_of.get(step.slug, ""),
+            "" if step.score is None else f"{step.score:.4g}", medal,
+            "" if step.attempt_id is None else str(step.attempt_id)
+            + (" (reused)" if step.reused else ""),
         )
     Console().print(table)
-    medals = sum(1 for e in entries if e.result and e.result.grade.medal not in (None, "none"))
-    Console().print(f"medals: {medals}/{len(entries)}")
-    _write_json(json_out, [e.as_json() for e in entries])
-    if any(e.error for e in entries):
-        for e in entries:
-            if e.error:
-                console.print(f"[red]{e.slug}[/red]: {escape(e.error)}")
+    summary = run.summary()
+    for key in ("cold_pass", "rerun_warm", "rerun_control"):
+        Console().print(f"{key} medals: {summary[key]['medals']}/{summary[key]['attempts']}")
+    Console().print(f"inventory: {run.inventory.get('by_tier', {})}; campaign id {run.campaign_id}")
+    _write_json(json_out, run.as_json())
+    if any(s.error for s in run.steps):
+        for s in run.steps:
+            if s.error:
+                console.print(f"[red]{s.slug}[/red]: {escape(s.error)}")
         sys.exit(1)
 
 

@@ -29,6 +29,10 @@ class DataProfile(BaseModel):
     is_forecast: bool
     horizon: int | None
     rows_per_feature: float
+    # Mean characters per non-empty text cell (text problems); the strongest seasonal lag of
+    # the target in rows of one series (forecast problems), from its autocorrelation.
+    text_mean_chars: float | None = None
+    seasonal_period: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Flat JSON-friendly dict, the vocabulary of skill conditions."""
@@ -74,4 +78,41 @@ def profile_data(competition: Competition) -> DataProfile:
         is_forecast=problem.task == "forecast",
         horizon=problem.horizon,
         rows_per_feature=round(rows / max(1, len(features)), 3),
+        text_mean_chars=_text_mean_chars(train, problem.text),
+        seasonal_period=_seasonal_period(train, problem) if problem.task == "forecast" else None,
     )
+
+
+def _text_mean_chars(train: Any, columns: list[str]) -> float | None:
+    lengths = [train[c].dropna().astype(str).str.len() for c in columns]
+    lengths = [s for s in lengths if len(s)]
+    if not lengths:
+        return None
+    return round(float(np.mean([float(s.mean()) for s in lengths])), 2)
+
+
+def _seasonal_period(train: Any, problem: Any, max_lag: int = 400) -> int | None:
+    """The lag (>= 2) of the highest autocorrelation peak of the target over one series
+    (the longest, in time order); None when no peak reaches 0.2."""
+    frame = train
+    if problem.group_column and problem.group_column in train:
+        sizes = train.groupby(problem.group_column).size()
+        frame = train[train[problem.group_column] == sizes.idxmax()]
+    if problem.time_column and problem.time_column in frame:
+        frame = frame.sort_values(problem.time_column)
+    y = frame[problem.target].astype(float).to_numpy()
+    y = y[np.isfinite(y)]
+    top = min(max_lag, len(y) // 3)
+    if top < 3:
+        return None
+    y = y - y.mean()
+    denom = float(np.dot(y, y))
+    if denom <= 0:
+        return None
+    acf = np.array([float(np.dot(y[:-k], y[k:])) / denom for k in range(1, top + 1)])
+    best, best_lag = 0.2, None
+    for k in range(2, top):  # acf[k - 1] is the autocorrelation at lag k
+        a = acf[k - 1]
+        if a > best and a >= acf[k - 2] and a >= acf[k]:
+            best, best_lag = a, k
+    return best_lag

@@ -3,10 +3,13 @@
 - `solve_competition`: one competition partition's chain (asset job).
 - `promote_domain`: one domain's skill promotion (asset job on the domain partitions).
 - `refresh_skills`: global skills, the exported inventory and the transfer report.
-- `campaign`: every competition, then promotion and the report. Asset jobs cannot span
-  assets with different partitions, so this is an op job fanning out one step per
-  competition; each step records materializations of the same assets and partitions
-  (through the same functions as the assets) so lineage and history stay in one place.
+- `campaign`: the campaign protocol (``orchestrator.campaign_protocol``): round 1 (one
+  competition per domain, cold) fanned out, promotion and consolidation, round 2 (the rest,
+  warm) fanned out, promotion and consolidation, then the re-run phase (every competition
+  that did not medal, warm and without skills, with a new seed), promotion and the report.
+  Asset jobs cannot span assets with different partitions, so this is an op job; each
+  competition step records materializations of the same assets and partitions (through the
+  same functions as the assets) so lineage and history stay in one place.
 - `consolidate_skills` + nightly schedule (cron from HASTE_CONSOLIDATE_CRON).
 - `transfer_benchmark`: `haste bench transfer` as a job; its figures and plots are recorded
   on `transfer_report`.
@@ -121,8 +124,7 @@ def _mapping_key(slug: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", slug)
 
 
-@op(out=DynamicOut(str), description="The competitions to solve; adds missing partitions.")
-def campaign_competitions(context: OpExecutionContext, config: CampaignConfig):  # noqa: ANN201
+def _campaign_slugs(context: OpExecutionContext, config: CampaignConfig) -> list[str]:
     from haste_dagster.competitions import load_definitions
 
     definitions, errors = load_definitions(check_data=False)
@@ -137,22 +139,44 @@ def campaign_competitions(context: OpExecutionContext, config: CampaignConfig): 
     missing = [s for s in slugs if s not in existing]
     if missing:
         context.instance.add_dynamic_partitions(COMPETITION_PARTITIONS_NAME, missing)
-    for slug in slugs:
-        yield DynamicOutput(slug, mapping_key=_mapping_key(slug))
+    return slugs
 
 
-@op(tags=TRAIN_TAGS, description="Solve one competition as the per-competition assets do.")
-def solve_one(
+def _rounds(slugs: list[str]) -> tuple[list[str], list[str]]:
+    from haste_dagster.agents.orchestrator import protocol_rounds
+    from haste_dagster.competitions.registry import load_competition
+
+    return protocol_rounds(slugs, {s: load_competition(s).definition.domain for s in slugs})
+
+
+@op(out=DynamicOut(dict), description="Round 1: one competition per domain, cold; adds "
+    "missing partitions.")
+def campaign_competitions(context: OpExecutionContext, config: CampaignConfig):  # noqa: ANN201
+    round1, _ = _rounds(_campaign_slugs(context, config))
+    for slug in round1:
+        yield DynamicOutput({"slug": slug, "phase": "round1"}, mapping_key=_mapping_key(slug))
+
+
+def _solve(
     context: OpExecutionContext,
-    slug: str,
+    step: dict,
     config: AttemptRunConfig,
-    database: DatabaseResource,
     skill_store: SkillStoreResource,
     llm: LLMResource,
     artifacts: ArtifactsResource,
+    database: DatabaseResource,
 ) -> dict:
+    from haste_dagster.agents.orchestrator import protocol_label
     from haste_dagster.errors import HasteError
 
+    slug = step["slug"]
+    # Round 1 is cold: no skills loaded, whatever the store holds. The label ties the
+    # attempt to this campaign run (the transfer report reads the protocol back from it).
+    arm = "cold" if step["phase"] == "round1" else "warm"
+    update: dict = {"label": protocol_label(context.run_id, step["phase"], arm, slug)}
+    if step["phase"] == "round1":
+        update["loading"] = "none"
+    cfg = config.model_copy(update=update)
     try:
         data = steps.competition_data_step(slug, database)
         data.log_events(context, "competition_data", slug)
@@ -160,7 +184,7 @@ def solve_one(
             raise HasteError(f"{slug}: hidden-test rows found in the training data")
         attempt = steps.attempt_step(
             slug,
-            config,
+            cfg,
             skill_store=skill_store,
             llm=llm,
             artifacts=artifacts,
@@ -176,11 +200,95 @@ def solve_one(
             slug, attempt.value, skill_store, run_id=context.run.run_id
         )
         skills.log_events(context, "competition_skills", slug)
+        with skill_store.open() as (conn, store):
+            from haste_dagster.agents.orchestrator import promote
+
+            promote(conn, [data.value], store, dagster_run_id=context.run.run_id)
     except (HasteError, ValueError, KeyError) as exc:
         # One broken competition must not stop the campaign; the last op fails the run.
         context.log.error(f"competition {slug} failed: {type(exc).__name__}: {exc}")
-        return {"slug": slug, "domain": None, "error": f"{type(exc).__name__}: {exc}"}
-    return {"slug": slug, "domain": data.value, "error": None}
+        return {"slug": slug, "domain": None, "phase": step["phase"], "medal": None,
+                "error": f"{type(exc).__name__}: {exc}"}
+    return {"slug": slug, "domain": data.value, "phase": step["phase"],
+            "medal": str(submission.value.medal), "error": None}
+
+
+@op(tags=TRAIN_TAGS, description="Solve one competition as the per-competition assets do.")
+def solve_one(
+    context: OpExecutionContext,
+    step: dict,
+    config: AttemptRunConfig,
+    database: DatabaseResource,
+    skill_store: SkillStoreResource,
+    llm: LLMResource,
+    artifacts: ArtifactsResource,
+) -> dict:
+    return _solve(context, step, config, skill_store, llm, artifacts, database)
+
+
+@op(out=DynamicOut(dict), description="Between rounds: consolidate (merge, retire, promote); "
+    "then round 2, the rest of the competitions, warm.")
+def round_two_competitions(  # noqa: ANN201
+    context: OpExecutionContext,
+    config: CampaignConfig,
+    solved: list[dict],
+    skill_store: SkillStoreResource,
+):
+    from haste_dagster.skills import consolidate
+
+    with skill_store.open() as (_conn, store):
+        consolidate(store)
+    _, round2 = _rounds(_campaign_slugs(context, config))
+    for slug in round2:
+        yield DynamicOutput({"slug": slug, "phase": "round2"}, mapping_key=_mapping_key(slug))
+
+
+@op(tags=TRAIN_TAGS, description="The re-run phase: every competition that did not medal, "
+    "warm and without skills (control), with a new seed; then consolidation.")
+def rerun_phase(
+    context: OpExecutionContext,
+    first: list[dict],
+    second: list[dict],
+    config: AttemptRunConfig,
+    skill_store: SkillStoreResource,
+) -> list[dict]:
+    from haste_dagster.agents.competition_agent import AttemptConfig
+    from haste_dagster.agents.orchestrator import (
+        RERUN_SEED_OFFSET,
+        promote,
+        protocol_label,
+        solve,
+    )
+    from haste_dagster.errors import HasteError
+    from haste_dagster.skills import consolidate
+
+    solved = [*first, *second]
+    seed = config.seed + RERUN_SEED_OFFSET
+    warm = config.loading if config.loading != "none" else "tiered"
+    reruns: list[dict] = []
+    with skill_store.open() as (conn, store):
+        consolidate(store)
+        for entry in [e for e in solved if e["error"] is None and e["medal"] == "none"]:
+            for arm, loading in (("warm", warm), ("control", "none")):
+                attempt = AttemptConfig(
+                    policy=config.policy, loading=loading, iterations=config.iterations,
+                    seed=seed, label=protocol_label(context.run_id, "rerun", arm, entry["slug"]),
+                )
+                try:
+                    result = solve(conn, entry["slug"], attempt, extract=arm == "warm",
+                                   dagster_run_id=context.run_id)
+                    if arm == "warm":
+                        promote(conn, [entry["domain"]], store)
+                    reruns.append({"slug": entry["slug"], "domain": entry["domain"],
+                                   "phase": "rerun", "arm": arm, "medal": result.grade.medal,
+                                   "error": None})
+                except (HasteError, ValueError, KeyError) as exc:
+                    context.log.error(f"re-run {arm} {entry['slug']} failed: {exc}")
+                    reruns.append({"slug": entry["slug"], "domain": entry["domain"],
+                                   "phase": "rerun", "arm": arm, "medal": None,
+                                   "error": f"{type(exc).__name__}: {exc}"})
+        consolidate(store)
+    return [*solved, *reruns]
 
 
 def build_campaign(domains: Sequence[str]) -> JobDefinition:
@@ -211,17 +319,20 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
         failed = [s for s in solved if s["error"]]
         if failed:
             raise Failure(
-                f"{len(failed)} of {len(solved)} competitions failed",
+                f"{len(failed)} of {len(solved)} competition attempts failed",
                 metadata={"failed": {s["slug"]: s["error"] for s in failed}},
             )
 
     @job(
         name="campaign",
-        description="Solve every competition (one step each), then promote skills, export the "
-        "inventory and write the transfer report.",
+        description="The campaign protocol: round 1 (one competition per domain, cold), "
+        "consolidation, round 2 (the rest, warm), the re-run phase (warm and without skills), "
+        "then promotion, the exported inventory and the transfer report.",
     )
     def campaign() -> None:
-        promote_and_report(campaign_competitions().map(solve_one).collect())
+        first = campaign_competitions().map(solve_one).collect()
+        second = round_two_competitions(first).map(solve_one.alias("solve_round_two")).collect()
+        promote_and_report(rerun_phase(first, second))
 
     return campaign
 

@@ -96,19 +96,9 @@ def load_competition(slug: str) -> Any:
 
 def _record_competition(conn: Any, competition: Any, profile: dict[str, Any]) -> None:
     """Upsert the competitions row (definition + profile) that reports and queries join on."""
-    from psycopg.types.json import Jsonb
+    from haste_dagster.agents.records import record_competition
 
-    d = competition.definition
-    with conn.transaction():
-        conn.execute(
-            """INSERT INTO competitions
-                   (slug, domain, task, metric, definition, profile, updated_at)
-               VALUES (%s, %s, %s, %s, %s, %s, now())
-               ON CONFLICT (slug) DO UPDATE SET domain = EXCLUDED.domain, task = EXCLUDED.task,
-                   metric = EXCLUDED.metric, definition = EXCLUDED.definition,
-                   profile = EXCLUDED.profile, updated_at = now()""",
-            (d.slug, d.domain, d.task, d.metric, Jsonb(d.model_dump(mode="json")), Jsonb(profile)),
-        )
+    record_competition(conn, competition, profile)
 
 
 def competition_data_step(slug: str, database: DatabaseResource) -> StepResult:
@@ -602,8 +592,11 @@ def transfer_report_step(database: DatabaseResource, artifacts: ArtifactsResourc
     """
     import csv
 
+    from haste_dagster.agents.orchestrator import latest_campaign
+
     with database.connection() as conn:
         rows = [dict(r) for r in conn.execute(_LATEST_ATTEMPTS).fetchall()]
+        campaign = latest_campaign(conn)
     table = markdown_table(rows, REPORT_COLUMNS)
     md_path = artifacts.path("transfer_report.md")
     md_path.write_text("# Latest attempts\n\n" + table)
@@ -628,6 +621,11 @@ def transfer_report_step(database: DatabaseResource, artifacts: ArtifactsResourc
             "competitions": len({r["slug"] for r in rows}),
             "medals": MetadataValue.json(dict(medals)),
             "by_loading": MetadataValue.json(by_loading),
+            # the newest campaign's protocol figures: first pass (round 1 cold, round 2
+            # warm), warm re-run and the retry without skills
+            "campaign": MetadataValue.json(
+                {"campaign_id": campaign.campaign_id, **campaign.summary()} if campaign else {}
+            ),
             "table": MetadataValue.md(table),
             "report_path": MetadataValue.path(str(md_path)),
             "csv_path": MetadataValue.path(str(csv_path)),

@@ -60,6 +60,10 @@ class ConsolidationReport:
 
 
 def _same_pattern(a: Skill, b: Skill) -> bool:
+    if a.kind != b.kind or a.pattern != b.pattern:
+        return False  # a rule, a recipe and a literal change are different lessons
+    if a.kind == "prior":
+        return False  # one per domain, versioned in place
     if a.action is None or b.action is None:
         return a.action is None and b.action is None
     if action_signature(a.action) != action_signature(b.action):

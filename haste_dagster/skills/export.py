@@ -40,6 +40,9 @@ _FRONT_KEYS = (
     "source_attempt",
     "dagster_run_id",
 )
+# Written only when not their defaults, so files of plain change skills stay as they were.
+_OPTIONAL_KEYS = ("kind", "pattern", "payload")
+_DEFAULTS: dict[str, Any] = {"kind": "change", "pattern": None, "payload": {}}
 
 
 def skill_path(root: Path, skill: Skill) -> Path:
@@ -67,6 +70,9 @@ def render_skill(skill: Skill, edges: list[dict[str, Any]]) -> str:
         {k: e[k] for k in ("slug", "attempt_id", "iteration", "delta")} for e in front["evidence"]
     ]
     front["action"] = _sorted(front["action"])
+    for key in _OPTIONAL_KEYS:
+        if data[key] != _DEFAULTS[key]:
+            front[key] = _sorted(data[key])
     front["edges"] = edges
     text = yaml.safe_dump(
         front, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10_000
@@ -125,7 +131,7 @@ def parse_skill_file(path: Path) -> tuple[Skill, list[dict[str, Any]]]:
     edges = front.pop("edges", None) or []
     if not isinstance(edges, list):
         raise SkillError(f"{path}: edges must be a list")
-    unknown = set(front) - set(_FRONT_KEYS)
+    unknown = set(front) - set(_FRONT_KEYS) - set(_OPTIONAL_KEYS)
     if unknown:
         raise SkillError(f"{path}: unknown front-matter keys {sorted(unknown)}")
     skill = validate_skill({**front, "guidance": body.strip("\n")}, where=str(path))

@@ -1,5 +1,14 @@
 """Extraction: competition skills from what an attempt kept.
 
+Three kinds are written (see ``model.Kind``):
+
+* **change**: each kept single change, as below;
+* **recipe**: the attempt's best spec as a whole, as a patch on the domain default (family,
+  parameters, feature steps, target transform), with its measured margin over the default
+  and the profile it worked on; a later competition's prototype screen tries it;
+* **rule**: each kept change that can be stated relative to the data (``skills.rules``),
+  whose ``pattern`` is the same wherever the same lesson is learnt.
+
 After an attempt, each kept change (a spec patch that beat the incumbent) is a candidate
 skill of the competition tier: its action is the patch, its conditions are ranges around
 the competition's data profile on the traits the patch is about, its evidence is the
@@ -33,6 +42,17 @@ class KeptChange:
     delta: float
     rationale: str | None = ""
     skill_ids: list[str] = field(default_factory=list)
+    before: dict[str, Any] | None = None  # the incumbent spec (JSON) the patch was applied to
+
+
+@dataclass
+class BestSpec:
+    """What the recipe is made of: the attempt's best spec, the problem's domain default
+    (both JSON) and the measured margin of the best over the default (positive = better)."""
+
+    spec: dict[str, Any]
+    default: dict[str, Any]
+    margin: float
 
 
 def describe_action(action: dict[str, Any]) -> str:
@@ -125,6 +145,7 @@ def extract_competition_skills(
     profile: dict[str, Any],
     kept_changes: list[KeptChange],
     dagster_run_id: str | None = None,
+    best: BestSpec | None = None,
 ) -> list[Skill]:
     """Write the competition skills an attempt taught (see the module doc); idempotent."""
     from haste_dagster.skills.model import normalise_action
@@ -174,7 +195,12 @@ def extract_competition_skills(
                 dagster_run_id=dagster_run_id,
             )
         )
-    if len(ranked) >= 2:
+    skills += rule_skills(attempt_id, slug, domain, profile, kept_changes, dagster_run_id)
+    if best is not None:
+        recipe_skill = whole_spec_recipe(attempt_id, slug, domain, profile, best, dagster_run_id)
+        if recipe_skill is not None:
+            skills.append(recipe_skill)
+    elif len(ranked) >= 2:
         # The whole recipe, in the order it was kept: later ops see earlier ones applied.
         ordered = sorted((c for k in ranked for c in groups[k]), key=lambda c: c.idx)
         ops: list[dict[str, Any]] = []
@@ -208,3 +234,136 @@ def extract_competition_skills(
             )
         )
     return store.add_many(skills) if skills else []
+
+
+MAX_RULES = 4  # rule skills per attempt
+
+
+def spec_diff(spec: dict[str, Any], default: dict[str, Any]) -> dict[str, Any] | None:
+    """A patch that turns ``default`` into ``spec`` (validation left alone: a recipe must
+    never change the folds it is compared on); None when they are equal."""
+    ops: list[dict[str, Any]] = []
+    if spec["model"] != default["model"]:
+        ops.append({"op": "set_model", "family": spec["model"]["family"],
+                    "params": dict(spec["model"]["params"])})
+    if spec.get("target_transform") != default.get("target_transform"):
+        ops.append({"op": "set", "path": "target_transform", "value": spec["target_transform"]})
+    for step in ("numeric", "categorical", "text", "date", "forecast"):
+        for name, value in sorted((spec.get(step) or {}).items()):
+            if (default.get(step) or {}).get(name) != value:
+                ops.append({"op": "set", "path": f"{step}.{name}", "value": value})
+    return {"ops": ops} if ops else None
+
+
+def _profile_phrase(profile: dict[str, Any]) -> str:
+    task = str(profile.get("task") or "?").replace("_", " ")
+    bits = [f"{task}", f"{profile.get('rows', '?')} rows"]
+    if isinstance(profile.get("rows_per_feature"), int | float):
+        bits.append(f"{profile['rows_per_feature']:.3g} rows per feature")
+    skew = profile.get("target_skew")
+    if isinstance(skew, int | float):
+        bits.append(f"target skew {skew:.2f}")
+    if isinstance(profile.get("text_mean_chars"), int | float):
+        bits.append(f"texts of {profile['text_mean_chars']:.0f} characters on average")
+    if isinstance(profile.get("seasonal_period"), int):
+        bits.append(f"seasonal period {profile['seasonal_period']}")
+    return ", ".join(bits)
+
+
+def whole_spec_recipe(
+    attempt_id: int, slug: str, domain: str, profile: dict[str, Any], best: BestSpec,
+    dagster_run_id: str | None = None,
+) -> Skill | None:
+    """The recipe skill of an attempt, or None when its best spec is the default or did not
+    beat it."""
+    from haste_dagster.skills.model import normalise_action
+
+    if not (math.isfinite(best.margin) and best.margin > 0):
+        return None
+    diff = spec_diff(best.spec, best.default)
+    if diff is None:
+        return None
+    try:
+        action = normalise_action(diff)
+    except SkillError:
+        return None
+    assert action is not None
+    family = best.spec["model"]["family"]
+    conditions = profile_conditions(["model", *action_paths(action)], profile)
+    where = "; ".join(c.describe() for c in conditions)
+    return Skill(
+        tier="competition",
+        scope_key=slug,
+        domain=domain,
+        kind="recipe",
+        pattern=f"recipe:{profile.get('task')}:{family}",
+        title=_title(slug, action, prefix=f"recipe ({family}, +{best.margin:.3g} over default): "),
+        conditions=conditions,
+        guidance=(
+            f"When the data looks like {slug}'s ({_profile_phrase(profile)}; precisely: "
+            f"{where or 'always'}), start from this whole pipeline instead of the domain "
+            f"default: {describe_action(action)}. Evidence: on {slug} it beat the default by "
+            f"{best.margin:.4g} (cross-validated, in the metric's better direction)."
+        ),
+        action=action,
+        payload={"margin": float(best.margin), "family": family},
+        evidence=[Evidence(attempt_id=attempt_id, iteration=None, slug=slug, delta=best.margin)],
+        created_by="extraction",
+        source_attempt=attempt_id,
+        dagster_run_id=dagster_run_id,
+    )
+
+
+def rule_skills(
+    attempt_id: int, slug: str, domain: str, profile: dict[str, Any],
+    kept_changes: list[KeptChange], dagster_run_id: str | None = None,
+) -> list[Skill]:
+    """One rule skill per distinct normalised rule among the kept changes that helped."""
+    from haste_dagster.skills.model import normalise_action
+    from haste_dagster.skills.rules import normalise_change
+
+    by_key: dict[str, list[tuple[KeptChange, Any]]] = {}
+    for change in kept_changes:
+        if change.before is None or not (
+            isinstance(change.delta, int | float) and math.isfinite(change.delta)
+            and change.delta > 0
+        ):
+            continue
+        try:
+            action = normalise_action(change.patch)
+        except (SkillError, SpecError):
+            continue
+        if action is None:
+            continue
+        rule = normalise_change(action, change.before, profile)
+        if rule is not None:
+            by_key.setdefault(rule.key, []).append((change, rule))
+    ranked = sorted(by_key, key=lambda k: (-max(c.delta for c, _ in by_key[k]), k))
+    out: list[Skill] = []
+    for key in ranked[:MAX_RULES]:
+        pairs = sorted(by_key[key], key=lambda p: p[0].idx)
+        change, rule = max(pairs, key=lambda p: (p[0].delta, -p[0].idx))
+        action = normalise_action(change.patch)
+        where = "; ".join(c.describe() for c in rule.conditions)
+        out.append(Skill(
+            tier="competition",
+            scope_key=slug,
+            domain=domain,
+            kind="rule",
+            pattern=key,
+            title=f"{slug}: rule {key}"[:200],
+            conditions=rule.conditions,
+            guidance=(
+                f"When {where or 'always'}, {rule.text}. Evidence: on {slug} "
+                f"({_profile_phrase(profile)}) this was kept and improved the cross-validated "
+                f"score by {change.delta:.4g} ({describe_action(action or {})})."
+            ),
+            action=action,
+            payload={"rule": rule.template, "text": rule.text},
+            evidence=[Evidence(attempt_id=attempt_id, iteration=c.idx, slug=slug, delta=c.delta)
+                      for c, _ in pairs],
+            created_by="extraction",
+            source_attempt=attempt_id,
+            dagster_run_id=dagster_run_id,
+        ))
+    return out

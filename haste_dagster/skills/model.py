@@ -26,6 +26,10 @@ Status = Literal["active", "merged", "retired"]
 CreatedBy = Literal["extraction", "promotion", "consolidation", "seed"]
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 LoadingMode = Literal["tiered", "flat", "none"]
+# change: a kept literal patch; recipe: a whole best spec as a patch on the domain default;
+# rule: a change stated relative to the data; prior: per-domain move statistics.
+Kind = Literal["change", "recipe", "rule", "prior"]
+KINDS: tuple[str, ...] = ("change", "recipe", "rule", "prior")
 
 TIERS: tuple[str, ...] = ("global", "domain", "competition")
 TIER_RANK = {"competition": 0, "domain": 1, "global": 2}
@@ -51,6 +55,8 @@ PROFILE_KEYS: frozenset[str] = frozenset(
         "is_forecast",
         "horizon",
         "rows_per_feature",
+        "text_mean_chars",
+        "seasonal_period",
     }
 )
 
@@ -174,8 +180,10 @@ def content_hash(
     conditions: list[Condition],
     guidance: str,
     action: dict[str, Any] | None,
+    kind: str = "change",
+    pattern: str | None = None,
 ) -> str:
-    payload = {
+    payload: dict[str, Any] = {
         "tier": tier,
         "scope_key": scope_key,
         "title": " ".join(title.split()).lower(),
@@ -183,6 +191,11 @@ def content_hash(
         "guidance": " ".join(guidance.split()).lower(),
         "action": action,
     }
+    # Only when not the defaults, so every skill written before kinds existed keeps its id.
+    if kind != "change":
+        payload["kind"] = kind
+    if pattern is not None:
+        payload["pattern"] = pattern
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
@@ -202,6 +215,13 @@ class Skill(BaseModel):
     conditions: list[Condition] = Field(default_factory=list)
     guidance: str = Field(min_length=1)
     action: dict[str, Any] | None = None
+    kind: Kind = "change"
+    # The normalised identity promotion groups by (a rule's key, a recipe's family): the
+    # same lesson learnt on two competitions has one pattern whatever its literal values.
+    pattern: str | None = None
+    # Kind-specific data that is not content: a recipe's margin over the default, a prior's
+    # move counts. Not hashed: a new measurement of the same recipe is the same skill.
+    payload: dict[str, Any] = Field(default_factory=dict)
     evidence: list[Evidence] = Field(default_factory=list)
     stats: SkillStats = Field(default_factory=SkillStats)
     status: Status = "active"
@@ -247,7 +267,8 @@ class Skill(BaseModel):
             self,
             "content_hash",
             content_hash(
-                self.tier, self.scope_key, self.title, self.conditions, self.guidance, self.action
+                self.tier, self.scope_key, self.title, self.conditions, self.guidance,
+                self.action, self.kind, self.pattern,
             ),
         )
         return self

@@ -45,7 +45,7 @@ EDGE_KINDS = ("promoted_from", "merged_into", "conflicts_with", "supersedes")
 
 _COLUMNS = """s.id, s.version, s.tier, s.scope_key, s.domain, s.title, s.conditions, s.guidance,
     s.action, s.evidence, s.status, s.created_by, s.parent_ids, s.source_attempt,
-    s.dagster_run_id, s.content_hash, s.created_at"""
+    s.dagster_run_id, s.content_hash, s.created_at, s.kind, s.pattern, s.payload"""
 
 # Usage statistics of one skill id, through the skill_usage index (a LATERAL join, so a
 # query for a few skills never aggregates the whole usage table).
@@ -53,14 +53,21 @@ def _stats_join(alias: str) -> str:
     return _STATS_JOIN_TEMPLATE.replace("{alias}", alias)
 
 
+# A screened use (tried against the default outside the iterations) counts as an
+# application: kept when it beat the default, with its measured delta.
 _STATS_JOIN_TEMPLATE = """LEFT JOIN LATERAL (
     SELECT count(DISTINCT u.attempt_id) FILTER (WHERE u.event = 'loaded') AS loaded,
-           count(*) FILTER (WHERE u.event = 'applied') AS applied,
-           count(*) FILTER (WHERE u.event = 'applied' AND u.kept) AS kept,
-           avg(u.delta) FILTER (WHERE u.event = 'applied') AS mean_delta,
-           coalesce(sum(u.delta) FILTER (WHERE u.event = 'applied' AND u.kept), 0)
+           count(*) FILTER (WHERE u.event <> 'loaded') AS applied,
+           count(*) FILTER (WHERE u.event <> 'loaded' AND u.kept) AS kept,
+           avg(u.delta) FILTER (WHERE u.event <> 'loaded') AS mean_delta,
+           coalesce(sum(u.delta) FILTER (WHERE u.event <> 'loaded' AND u.kept), 0)
                AS kept_delta_sum
     FROM skill_usage u WHERE u.skill_id = {alias}.id) st ON true"""
+
+_INSERT_COLUMNS = """id, version, tier, scope_key, domain, title, conditions, guidance, action,
+    evidence, embedding, status, created_by, parent_ids, source_attempt, dagster_run_id,
+    content_hash, kind, pattern, payload"""
+_N_INSERT = 20
 
 _SELECT = f"SELECT {_COLUMNS}, st.* FROM skills s {_stats_join('s')}"
 
@@ -79,6 +86,9 @@ _VERSIONED_FIELDS = (
     "parent_ids",
     "source_attempt",
     "dagster_run_id",
+    "kind",
+    "pattern",
+    "payload",
 )
 
 
@@ -140,6 +150,7 @@ def _row_to_skill(row: dict[str, Any], conditions: list[Condition] | None = None
     data["conditions"] = _row_conditions(row) if conditions is None else conditions
     data["evidence"] = [_construct(Evidence, dict(e)) for e in data["evidence"]]
     data["parent_ids"] = list(data["parent_ids"])
+    data["payload"] = dict(data["payload"] or {})
     data.update(stats=_stats(row), content_hash=row["content_hash"], embedding=None)
     return _construct(Skill, data)
 
@@ -321,10 +332,8 @@ class SkillStore:
             params = [self._insert_params(s, v) for s, v in zip(skills, vectors, strict=True)]
             with self.conn.cursor() as cur:
                 cur.executemany(
-                    f"""INSERT INTO skills (id, version, tier, scope_key, domain, title,
-                           conditions, guidance, action, evidence, embedding, status, created_by,
-                           parent_ids, source_attempt, dagster_run_id, content_hash)
-                       VALUES ({", ".join(["%s"] * 17)})
+                    f"""INSERT INTO skills ({_INSERT_COLUMNS})
+                       VALUES ({", ".join(["%s"] * _N_INSERT)})
                        ON CONFLICT DO NOTHING""",
                     params,
                 )
@@ -349,6 +358,9 @@ class SkillStore:
             skill.source_attempt,
             skill.dagster_run_id,
             skill.content_hash,
+            skill.kind,
+            skill.pattern,
+            Jsonb(skill.payload),
         )
 
     def _resolve_added(self, skills: Sequence[Skill]) -> list[Skill]:
@@ -424,11 +436,8 @@ class SkillStore:
             try:
                 with self.conn.transaction():
                     self.conn.execute(
-                        f"""INSERT INTO skills (id, version, tier, scope_key, domain, title,
-                               conditions, guidance, action, evidence, embedding, status,
-                               created_by, parent_ids, source_attempt, dagster_run_id,
-                               content_hash)
-                           VALUES ({", ".join(["%s"] * 17)})""",
+                        f"""INSERT INTO skills ({_INSERT_COLUMNS})
+                           VALUES ({", ".join(["%s"] * _N_INSERT)})""",
                         self._insert_params(new, vector),
                     )
             except psycopg.errors.UniqueViolation:
@@ -538,6 +547,7 @@ class SkillStore:
         status: str | None = "active",
         *,
         domain: str | None = None,
+        kind: str | None = None,
     ) -> list[Skill]:
         """Current versions, filtered; ``status=None`` lists every status. Ordered by tier
         (global, domain, competition), scope and id."""
@@ -547,6 +557,7 @@ class SkillStore:
             ("scope_key", scope_key),
             ("status", status),
             ("domain", domain),
+            ("kind", kind),
         ):
             if value is not None:
                 where.append(f"s.{column} = %s")
@@ -649,7 +660,10 @@ class SkillStore:
         * ``none``: no skills.
         * ``flat``: every active skill of every tier and scope, conditions ignored.
         * ``tiered``: active skills whose conditions hold on ``profile``: the competition's
-          own skills, its domain's skills, and the ``top_k_global`` global skills most
+          own skills, its domain's skills, up to ``MAX_CANDIDATES`` *cross-evaluation
+          candidates* (recipes and rules of other competitions of the domain whose pattern
+          has no domain or global skill yet: tried here so that evidence of transfer can
+          accumulate; see ``cross_candidates``), and the ``top_k_global`` global skills most
           relevant to the competition (cosine similarity of their embedding to
           ``describe_profile``; near-ties, to 3 decimals, broken by utility).
 
@@ -677,8 +691,11 @@ class SkillStore:
             scoped_cursor = self._read(
                 f"""{_SELECT} WHERE s.is_current AND s.status = 'active'
                     AND ((s.tier = 'competition' AND s.scope_key = %s)
-                         OR (s.tier = 'domain' AND s.scope_key = %s))""",
-                (slug, domain),
+                         OR (s.tier = 'domain' AND s.scope_key = %s)
+                         OR (s.tier = 'competition' AND s.domain = %s AND s.scope_key <> %s
+                             AND s.kind IN ('recipe', 'rule')
+                             AND NOT s.payload ? 'hurt'))""",
+                (slug, domain, domain, slug),
             )
             nearest_cursor = (
                 self._nearest_cursor(query, limit, "global", "active") if top_k_global > 0
@@ -692,9 +709,14 @@ class SkillStore:
         def by_utility(s: Skill) -> tuple[Any, ...]:
             return (-s.utility, s.id)
 
-        competition = sorted((s for s in scoped if s.tier == "competition"), key=by_utility)
-        domain_skills = sorted((s for s in scoped if s.tier == "domain"), key=by_utility)
-        return [*competition, *domain_skills, *globals_]
+        own = [s for s in scoped if s.tier != "competition" or s.scope_key == slug]
+        competition = sorted((s for s in own if s.tier == "competition"), key=by_utility)
+        domain_skills = sorted((s for s in own if s.tier == "domain"), key=by_utility)
+        candidates = cross_candidates(
+            [s for s in scoped if s.tier == "competition" and s.scope_key != slug],
+            {s.pattern for s in [*domain_skills, *globals_] if s.pattern},
+        )
+        return [*competition, *domain_skills, *candidates, *globals_]
 
     def _top_global(
         self,
@@ -740,11 +762,19 @@ class SkillStore:
         skill_ids: Iterable[str],
         kept: bool,
         delta: float | None,
+        *,
+        event: str = "applied",
     ) -> int:
         """Record that iteration ``iteration_idx`` applied these skills, whether its change
         was kept and its delta (positive = better). The version is the one the attempt
         loaded, else the current one; unknown ids are logged and skipped. Re-recording an
-        iteration overwrites kept/delta (a resumed attempt never counts twice)."""
+        iteration overwrites kept/delta (a resumed attempt never counts twice).
+
+        ``event='screened'``: the skills were tried outside the iterations (a prototype in
+        the screen, the skill-shaped initial spec against the plain-default control) and
+        ``delta`` is their effect against the default on the same folds."""
+        if event not in ("applied", "screened"):
+            raise SkillError(f"usage event {event!r}; allowed: applied, screened")
         ids = sorted(set(skill_ids))
         if not ids:
             return 0
@@ -767,12 +797,36 @@ class SkillStore:
                 cur.executemany(
                     """INSERT INTO skill_usage (attempt_id, iteration_idx, skill_id,
                            skill_version, event, kept, delta)
-                       VALUES (%s, %s, %s, %s, 'applied', %s, %s)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s)
                        ON CONFLICT (attempt_id, skill_id, event, (COALESCE(iteration_idx, -1)))
                        DO UPDATE SET kept = EXCLUDED.kept, delta = EXCLUDED.delta""",
-                    [(attempt_id, iteration_idx, i, v, kept, delta) for i, v in versions.items()],
+                    [(attempt_id, iteration_idx, i, v, event, kept, delta)
+                     for i, v in versions.items()],
                 )
         return len(versions)
+
+    def measured_effects(self, skill_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Cross-evaluation evidence: per skill id, every measured use of it (applied in an
+        iteration or screened against the default), with the competition it was measured on
+        and its delta (positive = better). Promotion reads this beside a skill's own
+        evidence."""
+        ids = sorted(set(skill_ids))
+        out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        if not ids:
+            return out
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                """SELECT u.skill_id, u.attempt_id, u.iteration_idx, u.event, u.kept, u.delta,
+                          a.slug
+                   FROM skill_usage u JOIN attempts a ON a.id = u.attempt_id
+                   WHERE u.skill_id = ANY(%s) AND u.event IN ('applied', 'screened')
+                     AND u.delta IS NOT NULL
+                   ORDER BY u.skill_id, u.attempt_id, u.iteration_idx""",
+                (ids,),
+            ).fetchall()
+        for r in rows:
+            out[r["skill_id"]].append(dict(r))
+        return out
 
     def utility(self, skill_id: str) -> float:
         """Expected improvement per application (see ``Skill.utility``); 0 if never tried."""
@@ -953,6 +1007,23 @@ class SkillStore:
                 )
             frontier = nxt
         return out
+
+
+MAX_CANDIDATES = 4  # cross-evaluation candidates an attempt loads
+
+
+def cross_candidates(skills: Sequence[Skill], covered: set[str]) -> list[Skill]:
+    """Recipes and rules learnt on other competitions of the domain, to be tried (and their
+    measured effect recorded) here: one per pattern not covered by a promoted skill, best
+    measured effect first, at most ``MAX_CANDIDATES``; recipes first (one prototype each)."""
+    best: dict[str, Skill] = {}
+    for s in skills:
+        if not s.pattern or s.pattern in covered or (s.effect or 0.0) <= 0:
+            continue
+        if s.pattern not in best or (s.effect or 0.0) > (best[s.pattern].effect or 0.0):
+            best[s.pattern] = s
+    ranked = sorted(best.values(), key=lambda s: (s.kind != "recipe", -(s.effect or 0.0), s.id))
+    return ranked[:MAX_CANDIDATES]
 
 
 def _attempt_ids(skill: Skill) -> set[int]:

@@ -229,6 +229,9 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
             "kept_rate_curve",
             "ablation",
             "peers",
+            "warm_test_vs_cold",
+            "kept_rates",
+            "rerun_phase",
         } <= report.keys()
         assert report["development"] == ["tiny_dev"] and report["evaluation"] == ["tiny_eval"]
         assert set(report["ablation"]) == {"tiered", "flat", "none"}
@@ -245,13 +248,22 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
         attempts = {
             (a["arm"], a["slug"], a["seed"]): a for a in [*report["campaign"], *report["attempts"]]
         }
+        first = attempts[("campaign", "tiny_dev", 0)]
+        assert first["loading"] == "none"  # round 1 of the protocol is cold
+        # the re-run phase: a development competition without a medal, warm and control
+        rerun = {("rerun_warm", "tiny_dev", 1000), ("rerun_control", "tiny_dev", 1000)}
         assert set(attempts) == {
             ("campaign", "tiny_dev", 0),
             ("cold", "tiny_eval", 0),
             ("warm", "tiny_eval", 0),
             ("flat", "tiny_eval", 0),
             ("none", "tiny_eval", 0),
+            *(rerun if first["medal"] == "none" else set()),
         }
+        phase = report["rerun_phase"]
+        assert phase["warm"]["attempts"] == phase["control"]["attempts"] == (
+            1 if first["medal"] == "none" else 0)
+        assert attempts.get(("rerun_control", "tiny_dev", 1000), {}).get("new_skills", []) == []
         for attempt in attempts.values():
             url = db.database_address(db.server_conninfo(server_url), attempt["database"])
             with psycopg.connect(url, row_factory=dict_row) as conn:
@@ -294,13 +306,14 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
         cold_n = evaluations_to_reach(cold["iterations"], cold["best_cv"], higher)
         warm_n = evaluations_to_reach(warm["iterations"], cold["best_cv"], higher)
         warm_count = warm_n if warm_n is not None else warm["budget"] + 1
+        warm_count += warm["control_evaluations"]  # the guard's extra evaluation counts
         assert report["warm_cold_iteration_ratio"] == pytest.approx(warm_count / cold_n)
 
         curve = report["kept_rate_curve"]
         assert [(p["arm"], p["attempt_id"]) for p in curve] == [
             (a["arm"], a["attempt_id"])
             for a in [*report["campaign"], *report["attempts"]]
-            if a["arm"] != "none"
+            if a["loading"] != "none"
         ]
         assert all(
             p["kept_rate"] == attempts[(p["arm"], p["slug"], p["seed"])]["kept_rate"] for p in curve

@@ -45,6 +45,12 @@ def test_campaign_job_solves_every_competition_then_promotes_and_reports(
         ("skill_inventory", None),
         ("transfer_report", None),
     } <= recorded
+    # the protocol's figures: first pass, warm re-run and the retry without skills
+    (report,) = [m for m in materializations if m.asset_key.to_user_string() == "transfer_report"]
+    summary = report.metadata["campaign"].value
+    assert summary["cold_pass"]["attempts"] == len(SLUGS)
+    assert summary["rerun_warm"]["attempts"] == summary["rerun_control"]["attempts"]
+    assert summary["rerun_warm"]["attempts"] == len(SLUGS) - summary["cold_pass"]["medals"]
     checks = {(e.check_name, e.partition, e.passed) for e in result.get_asset_check_evaluations()}
     assert {("grade_reproducible", slug, True) for slug in SLUGS} <= checks
     # The same asset history the per-partition jobs write: readable per partition.

@@ -305,7 +305,7 @@ def test_haste_campaign_cli_reports_broken_definitions_and_solves_the_rest(
     broken_input = "target 'nope' missing, column names that look like rich markup"
     record_input(tally, "data", broken_input)
     done = subprocess.run(
-        haste("campaign", "--iterations", "1", "--defs", str(tmp_path)),
+        haste("campaign", "--iterations", "1", "--no-rerun", "--defs", str(tmp_path)),
         env=child_env(db_url), capture_output=True, text=True, timeout=300,
     )
     output = done.stdout + done.stderr

@@ -1,0 +1,117 @@
+"""The campaign protocol: rounds, the re-run phase with its control, and resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from tiny_competitions import write_tiny_regression
+
+from haste_dagster.agents.competition_agent import AttemptConfig
+from haste_dagster.agents.orchestrator import campaign_protocol, protocol_rounds
+
+
+def test_round_one_takes_the_first_competition_of_each_domain() -> None:
+    domains = {"a": "x", "b": "x", "c": "y", "d": "y", "e": "x"}
+    assert protocol_rounds(list("abcde"), domains) == (["a", "c"], ["b", "d", "e"])
+    # a slug whose definition could not be read has no domain: round 2, reported there
+    assert protocol_rounds(["broken", "a"], {"a": "x"}) == (["a"], ["broken"])
+
+
+def _defs(folder: Path) -> Path:
+    write_tiny_regression(folder, "tiny_a", seed=1, rows=160, iterations=2)
+    write_tiny_regression(folder, "tiny_c", seed=3, rows=160, iterations=2, domain="small_tables")
+    write_tiny_regression(folder, "tiny_b", seed=2, rows=160, iterations=2)
+    for slug in ("tiny_a", "tiny_c"):  # easy medals: only tiny_b goes to the re-run phase
+        path = folder / f"{slug}.yaml"
+        definition = yaml.safe_load(path.read_text())
+        definition["medals"] = {"gold": 5.0, "silver": 6.0, "bronze": 8.0}
+        path.write_text(yaml.safe_dump(definition, sort_keys=False))
+    return folder
+
+
+def _finished(conn: psycopg.Connection, campaign_id: str) -> int:
+    row = conn.execute(
+        """SELECT count(*) AS n FROM attempts WHERE label LIKE %s AND status = 'finished'
+           AND test_score IS NOT NULL""",
+        (f"campaign:{campaign_id}:%",),
+    ).fetchone()
+    conn.commit()
+    return int(row["n"])
+
+
+def test_the_campaign_runs_rounds_and_a_rerun_phase_and_resumes_after_a_kill(
+    db_url: str, conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
+    defs = _defs(tmp_path / "defs")
+    env = {**os.environ, "HASTE_DATABASE_URL": db_url, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "haste_dagster", "campaign", "--defs", str(defs),
+         "--iterations", "2", "--campaign-id", "kill-me"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _finished(conn, "kill-me") < 1 and time.monotonic() < deadline:
+            assert child.poll() is None, "the campaign ended before it could be killed"
+            time.sleep(0.2)
+        assert _finished(conn, "kill-me") >= 1
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    done_before = _finished(conn, "kill-me")
+    skills_before = conn.execute(
+        "SELECT id, version FROM skills WHERE is_current ORDER BY id").fetchall()
+    conn.commit()
+
+    run = campaign_protocol(conn, ["tiny_a", "tiny_c", "tiny_b"],
+                            AttemptConfig(iterations=2, campaign_id="kill-me"), defs_dir=defs)
+    phases = [(s.phase, s.arm, s.slug, s.loading) for s in run.steps]
+    assert phases[:3] == [("round1", "cold", "tiny_a", "none"),
+                          ("round1", "cold", "tiny_c", "none"),
+                          ("round2", "warm", "tiny_b", "tiered")]
+    assert all(s.error is None for s in run.steps), [s.error for s in run.steps]
+    missed = [s.slug for s in run.steps[:3] if s.medal == "none"]
+    assert missed == ["tiny_b"]
+    rerun = [(s.arm, s.slug, s.seed, s.loading) for s in run.steps[3:]]
+    assert rerun == [(arm, slug, 1000, loading) for slug in missed
+                     for arm, loading in (("warm", "tiered"), ("control", "none"))]
+    # what the killed run finished is reused, not redone; one attempt per protocol step
+    assert sum(s.reused for s in run.steps) == done_before
+    labels = conn.execute(
+        """SELECT label, count(*) AS n FROM attempts WHERE label LIKE 'campaign:kill-me:%'
+           GROUP BY label""").fetchall()
+    assert len(labels) == len(run.steps) and all(r["n"] == 1 for r in labels)
+    # no skill written twice: every skill of the killed run is still there, unduplicated
+    skills_after = conn.execute(
+        "SELECT id, count(*) AS n FROM skills WHERE is_current GROUP BY id").fetchall()
+    assert all(r["n"] == 1 for r in skills_after)
+    assert {r["id"] for r in skills_before} <= {r["id"] for r in skills_after}
+    hashes = conn.execute(
+        """SELECT tier, coalesce(scope_key, '') AS scope, content_hash, count(*) AS n
+           FROM skills WHERE is_current GROUP BY 1, 2, 3 HAVING count(*) > 1""").fetchall()
+    assert hashes == []
+    # the controls wrote no skills; the figures separate transfer from retrying
+    controls = {s.attempt_id for s in run.steps if s.arm == "control"}
+    sources = {r["source_attempt"] for r in conn.execute(
+        "SELECT source_attempt FROM skills WHERE source_attempt IS NOT NULL").fetchall()}
+    assert not controls & sources
+    summary = run.summary()
+    assert summary["cold_pass"]["attempts"] == 3
+    assert summary["rerun_warm"]["attempts"] == summary["rerun_control"]["attempts"] == len(
+        missed)
+    assert set(run.inventory["by_tier"]) <= {"competition", "domain", "global"}
+    # a second resume changes nothing
+    count = conn.execute("SELECT count(*) AS n FROM attempts").fetchone()["n"]
+    again = campaign_protocol(conn, ["tiny_a", "tiny_c", "tiny_b"],
+                              AttemptConfig(iterations=2, campaign_id="kill-me"), defs_dir=defs)
+    assert all(s.reused for s in again.steps)
+    assert conn.execute("SELECT count(*) AS n FROM attempts").fetchone()["n"] == count
