@@ -18,210 +18,36 @@ needs a new migration that changes the column type and rebuilds ``skills_embeddi
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb, JsonbLoader
+from psycopg.types.json import Jsonb
 
 from haste_dagster.errors import SkillError
+from haste_dagster.skills import lineage, usage
 from haste_dagster.skills.embeddings import DEFAULT_DIM, Embedder
-from haste_dagster.skills.model import (
-    Condition,
-    Evidence,
-    LoadingMode,
-    Skill,
-    SkillStats,
-    canonical_json,
+from haste_dagster.skills.model import Condition, LoadingMode, Skill
+from haste_dagster.skills.scope import cross_candidates, describe_profile
+from haste_dagster.skills.store_rows import (
+    COLUMNS,
+    INSERT_COLUMNS,
+    N_INSERT,
+    SELECT_SKILLS,
+    VERSIONED_FIELDS,
+    JsonbText,
+    applicable_skills,
+    row_to_skill,
+    same_version,
+    stats_join,
 )
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = DEFAULT_DIM  # the dimension of skills.embedding (migration 0002)
 EDGE_KINDS = ("promoted_from", "merged_into", "conflicts_with", "supersedes")
-
-_COLUMNS = """s.id, s.version, s.tier, s.scope_key, s.domain, s.title, s.conditions, s.guidance,
-    s.action, s.evidence, s.status, s.created_by, s.parent_ids, s.source_attempt,
-    s.dagster_run_id, s.content_hash, s.created_at, s.kind, s.pattern, s.payload"""
-
-# Usage statistics of one skill id, through the skill_usage index (a LATERAL join, so a
-# query for a few skills never aggregates the whole usage table).
-def _stats_join(alias: str) -> str:
-    return _STATS_JOIN_TEMPLATE.replace("{alias}", alias)
-
-
-# A screened use (tried against the default outside the iterations) counts as an
-# application: kept when it beat the default, with its measured delta.
-_STATS_JOIN_TEMPLATE = """LEFT JOIN LATERAL (
-    SELECT count(DISTINCT u.attempt_id) FILTER (WHERE u.event = 'loaded') AS loaded,
-           count(*) FILTER (WHERE u.event <> 'loaded') AS applied,
-           count(*) FILTER (WHERE u.event <> 'loaded' AND u.kept) AS kept,
-           avg(u.delta) FILTER (WHERE u.event <> 'loaded') AS mean_delta,
-           coalesce(sum(u.delta) FILTER (WHERE u.event <> 'loaded' AND u.kept), 0)
-               AS kept_delta_sum
-    FROM skill_usage u WHERE u.skill_id = {alias}.id) st ON true"""
-
-_INSERT_COLUMNS = """id, version, tier, scope_key, domain, title, conditions, guidance, action,
-    evidence, embedding, status, created_by, parent_ids, source_attempt, dagster_run_id,
-    content_hash, kind, pattern, payload"""
-_N_INSERT = 20
-
-_SELECT = f"SELECT {_COLUMNS}, st.* FROM skills s {_stats_join('s')}"
-
-# Fields a new version may change; anything else (id, version, hash...) is the store's.
-_VERSIONED_FIELDS = (
-    "tier",
-    "scope_key",
-    "domain",
-    "title",
-    "conditions",
-    "guidance",
-    "action",
-    "evidence",
-    "status",
-    "created_by",
-    "parent_ids",
-    "source_attempt",
-    "dagster_run_id",
-    "kind",
-    "pattern",
-    "payload",
-)
-
-
-_JSON_DECODE = json.JSONDecoder().decode
-
-
-class _JsonbText(JsonbLoader):
-    """jsonb text → Python values, as psycopg's loader gives them, through one decoder:
-    ``json.loads`` on bytes first sniffs their encoding, a third of decoding the rows of
-    a scoped load (three jsonb columns a row)."""
-
-    def load(self, data: Any) -> Any:
-        return _JSON_DECODE(bytes(data).decode())
-
-
-_FIELDS: dict[type, frozenset[str]] = {}
-
-
-def _construct(cls: type, values: dict[str, Any]) -> Any:
-    """``cls.model_construct(**values)`` for a row that holds every field of ``cls``, at a
-    fraction of its cost (pydantic's walks every field for defaults and aliases; decoding is
-    most of a scoped load at 100,000 skills). Anything else goes through model_construct."""
-    fields = _FIELDS.get(cls)
-    if fields is None:
-        fields = _FIELDS[cls] = frozenset(cls.model_fields)
-    if values.keys() != fields:
-        return cls.model_construct(**values)
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
-    return obj
-
-
-def _stats(row: dict[str, Any]) -> SkillStats:
-    return _construct(
-        SkillStats,
-        {
-            "loaded": row["loaded"] or 0,
-            "applied": row["applied"] or 0,
-            "kept": row["kept"] or 0,
-            "mean_delta": row["mean_delta"],
-            "kept_delta_sum": float(row["kept_delta_sum"] or 0.0),
-        },
-    )
-
-
-def _row_conditions(row: dict[str, Any]) -> list[Condition]:
-    return [_construct(Condition, dict(c)) for c in row["conditions"]]
-
-
-def _row_to_skill(row: dict[str, Any], conditions: list[Condition] | None = None) -> Skill:
-    """A Skill from a stored row without re-validation: rows are validated when written and
-    never edited (a trigger enforces it), and loading is on the hot path of every attempt.
-    ``SkillStore.validate_all`` re-checks every stored version in full. ``conditions``: the
-    row's already decoded conditions."""
-    data = {k: row[k] for k in ("id", "version", *_VERSIONED_FIELDS, "created_at")}
-    data["conditions"] = _row_conditions(row) if conditions is None else conditions
-    data["evidence"] = [_construct(Evidence, dict(e)) for e in data["evidence"]]
-    data["parent_ids"] = list(data["parent_ids"])
-    data["payload"] = dict(data["payload"] or {})
-    data.update(stats=_stats(row), content_hash=row["content_hash"], embedding=None)
-    return _construct(Skill, data)
-
-
-def _applicable(rows: list[dict[str, Any]], profile: dict[str, Any]) -> list[Skill]:
-    """The rows whose conditions hold on ``profile`` (`Skill.conditions_hold`: every
-    `Condition.holds`), decoded; conditions are checked before the rest is decoded."""
-    out = []
-    for row in rows:
-        conditions = _row_conditions(row)
-        if all(c.holds(profile) for c in conditions):
-            out.append(_row_to_skill(row, conditions))
-    return out
-
-
-def _validated(row: dict[str, Any]) -> Skill:
-    data = {k: row[k] for k in ("id", "version", *_VERSIONED_FIELDS, "created_at")}
-    try:
-        skill = Skill.model_validate({**data, "stats": _stats(row)})
-    except (ValueError, SkillError) as exc:
-        raise SkillError(
-            f"skill {row['id']} v{row['version']}: stored row is invalid: {exc}"
-        ) from None
-    if skill.content_hash != row["content_hash"]:
-        raise SkillError(
-            f"skill {row['id']} v{row['version']}: content_hash does not match its content"
-        )
-    return skill
-
-
-def describe_profile(slug: str, domain: str, profile: dict[str, Any]) -> str:
-    """Text describing a competition, embedded to rank global skills by relevance.
-
-    Phrased like skill guidance ("right-skewed target", "high-cardinality categoricals")
-    so the embedding lands near the skills that suit the data.
-    """
-    p = profile
-    parts = [f"Competition {slug} in domain {domain.replace('_', ' ')}."]
-    if p.get("task"):
-        parts.append(f"Task: {str(p['task']).replace('_', ' ')}.")
-    if p.get("rows") is not None:
-        parts.append(
-            f"{p['rows']} training rows, {p.get('n_features', '?')} features "
-            f"({p.get('n_numeric', 0)} numeric, {p.get('n_categorical', 0)} categorical, "
-            f"{p.get('n_text', 0)} text, {p.get('n_date', 0)} date)."
-        )
-    if p.get("has_text"):
-        parts.append("Free-text columns: text classification with word and character n-grams.")
-    if p.get("is_forecast"):
-        parts.append(
-            f"Time series forecasting with horizon {p.get('horizon')}: lags, rolling means, "
-            "time-ordered validation."
-        )
-    elif p.get("has_date"):
-        parts.append("Date columns: calendar features.")
-    skew = p.get("target_skew")
-    if isinstance(skew, int | float) and abs(skew) >= 1:
-        parts.append(f"Skewed regression target (skew {skew:.2f}): log-transform the target.")
-    card = p.get("max_cardinality")
-    if isinstance(card, int | float) and card >= 50:
-        parts.append(f"High-cardinality categorical columns ({card} levels): target encoding.")
-    share = p.get("minority_class_share")
-    if isinstance(share, int | float) and share < 0.2:
-        parts.append(f"Imbalanced classes (minority share {share:.2f}): class weights.")
-    missing = p.get("missing_rate")
-    if isinstance(missing, int | float) and missing >= 0.05:
-        parts.append(f"Many missing values ({missing:.0%}): imputation, missing indicators.")
-    rows = p.get("rows")
-    if isinstance(rows, int | float) and rows < 2000:
-        parts.append("Small dataset: regularise, fewer and shallower trees.")
-    return " ".join(parts)
 
 
 class SkillStore:
@@ -292,8 +118,8 @@ class SkillStore:
         store's embedder; returns the number of rows rewritten."""
         with self.conn.transaction():
             self.conn.execute("LOCK TABLE skill_embedding_meta IN EXCLUSIVE MODE")
-            rows = self.conn.execute(f"{_SELECT} ORDER BY s.pk").fetchall()
-            skills = [_row_to_skill(r) for r in rows]
+            rows = self.conn.execute(f"{SELECT_SKILLS} ORDER BY s.pk").fetchall()
+            skills = [row_to_skill(r) for r in rows]
             for start in range(0, len(skills), 256):
                 chunk = skills[start : start + 256]
                 vectors = self.embed([s.embedding_text() for s in chunk])
@@ -332,8 +158,8 @@ class SkillStore:
             params = [self._insert_params(s, v) for s, v in zip(skills, vectors, strict=True)]
             with self.conn.cursor() as cur:
                 cur.executemany(
-                    f"""INSERT INTO skills ({_INSERT_COLUMNS})
-                       VALUES ({", ".join(["%s"] * _N_INSERT)})
+                    f"""INSERT INTO skills ({INSERT_COLUMNS})
+                       VALUES ({", ".join(["%s"] * N_INSERT)})
                        ON CONFLICT DO NOTHING""",
                     params,
                 )
@@ -367,11 +193,11 @@ class SkillStore:
         """The stored skill for each of ``skills`` after their inserts (some of which did
         nothing because the content or the id was already there)."""
         rows = self.conn.execute(
-            f"{_SELECT} WHERE s.is_current AND s.content_hash = ANY(%s)",
+            f"{SELECT_SKILLS} WHERE s.is_current AND s.content_hash = ANY(%s)",
             (sorted({s.content_hash for s in skills}),),
         ).fetchall()
         found = {
-            (r["tier"], r["scope_key"] or "", r["content_hash"]): _row_to_skill(r) for r in rows
+            (r["tier"], r["scope_key"] or "", r["content_hash"]): row_to_skill(r) for r in rows
         }
         out: list[Skill] = []
         for skill in skills:
@@ -379,11 +205,12 @@ class SkillStore:
             stored = found.get(key)
             if stored is None:  # the id existed with other content (a later version)
                 row = self.conn.execute(
-                    f"{_SELECT} WHERE s.id = %s AND s.is_current", (skill.id or skill.new_id(),)
+                    f"{SELECT_SKILLS} WHERE s.id = %s AND s.is_current",
+                    (skill.id or skill.new_id(),),
                 ).fetchone()
                 if row is None:
                     raise SkillError(f"skill {skill.title!r} could not be stored")
-                stored = _row_to_skill(row)
+                stored = row_to_skill(row)
             new_evidence = [e for e in skill.evidence if e not in stored.evidence]
             same = stored.content_hash == skill.content_hash
             if new_evidence and stored.status == "active" and same:
@@ -399,28 +226,28 @@ class SkillStore:
     def new_version(self, skill_id: str, **changes: Any) -> Skill:
         """A new version of ``skill_id`` with ``changes`` applied (skills are never edited
         in place); returns the current version unchanged if nothing would change."""
-        unknown = set(changes) - set(_VERSIONED_FIELDS)
+        unknown = set(changes) - set(VERSIONED_FIELDS)
         if unknown:
             raise SkillError(
                 f"skill {skill_id}: cannot change {sorted(unknown)}; "
-                f"changeable: {', '.join(_VERSIONED_FIELDS)}"
+                f"changeable: {', '.join(VERSIONED_FIELDS)}"
             )
         with self.conn.transaction():
             self._check_meta(write=True)
             row = self.conn.execute(
-                f"""{_SELECT} WHERE s.id = %s AND s.is_current FOR UPDATE OF s""", (skill_id,)
+                f"""{SELECT_SKILLS} WHERE s.id = %s AND s.is_current FOR UPDATE OF s""", (skill_id,)
             ).fetchone()
             if row is None:
                 raise SkillError(f"no skill with id {skill_id!r}")
-            current = _row_to_skill(row)
-            data = current.model_dump(include=set(_VERSIONED_FIELDS))
+            current = row_to_skill(row)
+            data = current.model_dump(include=set(VERSIONED_FIELDS))
             data.update(changes)
             data.update(id=skill_id, version=current.version + 1)
             try:
                 new = Skill.model_validate(data)
             except ValueError as exc:
                 raise SkillError(f"skill {skill_id}: invalid change: {exc}") from None
-            if _same_version(current, new):
+            if same_version(current, new):
                 return current
             if new.embedding_text() == current.embedding_text():
                 vector = self.conn.execute(
@@ -436,8 +263,8 @@ class SkillStore:
             try:
                 with self.conn.transaction():
                     self.conn.execute(
-                        f"""INSERT INTO skills ({_INSERT_COLUMNS})
-                           VALUES ({", ".join(["%s"] * _N_INSERT)})""",
+                        f"""INSERT INTO skills ({INSERT_COLUMNS})
+                           VALUES ({", ".join(["%s"] * N_INSERT)})""",
                         self._insert_params(new, vector),
                     )
             except psycopg.errors.UniqueViolation:
@@ -522,23 +349,23 @@ class SkillStore:
         with self.conn.transaction():
             if version is None:
                 row = self.conn.execute(
-                    f"{_SELECT} WHERE s.id = %s AND s.is_current", (skill_id,)
+                    f"{SELECT_SKILLS} WHERE s.id = %s AND s.is_current", (skill_id,)
                 ).fetchone()
             else:
                 row = self.conn.execute(
-                    f"{_SELECT} WHERE s.id = %s AND s.version = %s", (skill_id, version)
+                    f"{SELECT_SKILLS} WHERE s.id = %s AND s.version = %s", (skill_id, version)
                 ).fetchone()
         if row is None:
             which = f" version {version}" if version is not None else ""
             raise SkillError(f"no skill with id {skill_id!r}{which}")
-        return _row_to_skill(row)
+        return row_to_skill(row)
 
     def versions(self, skill_id: str) -> list[Skill]:
         with self.conn.transaction():
             rows = self.conn.execute(
-                f"{_SELECT} WHERE s.id = %s ORDER BY s.version", (skill_id,)
+                f"{SELECT_SKILLS} WHERE s.id = %s ORDER BY s.version", (skill_id,)
             ).fetchall()
-        return [_row_to_skill(r) for r in rows]
+        return [row_to_skill(r) for r in rows]
 
     def list(
         self,
@@ -564,12 +391,12 @@ class SkillStore:
                 params.append(value)
         with self.conn.transaction():
             rows = self.conn.execute(
-                f"""{_SELECT} WHERE {" AND ".join(where)}
+                f"""{SELECT_SKILLS} WHERE {" AND ".join(where)}
                     ORDER BY array_position(ARRAY['global','domain','competition'], s.tier),
                              s.scope_key NULLS FIRST, s.id""",
                 params,
             ).fetchall()
-        return [_row_to_skill(r) for r in rows]
+        return [row_to_skill(r) for r in rows]
 
     def count(self) -> int:
         with self.conn.transaction():
@@ -580,7 +407,7 @@ class SkillStore:
         """Execute a query whose rows become skills, with the faster jsonb loader on its
         cursor only (the caller's connection keeps its adapters)."""
         cursor = self.conn.cursor()
-        cursor.adapters.register_loader("jsonb", _JsonbText)
+        cursor.adapters.register_loader("jsonb", JsonbText)
         return cursor.execute(query, params)
 
     def _vector_version_checked(self) -> None:
@@ -613,16 +440,16 @@ class SkillStore:
         self.conn.execute(f"SELECT {settings}", (str(min(1000, max(40, int(limit)))),))
         return self._read(
             f"""SELECT n.*, st.* FROM (
-                    SELECT {_COLUMNS}, s.embedding <=> %s AS distance FROM skills s
+                    SELECT {COLUMNS}, s.embedding <=> %s AS distance FROM skills s
                     WHERE {" AND ".join(where)}
                     ORDER BY s.embedding <=> %s LIMIT %s) n
-                {_stats_join("n")}""",
+                {stats_join("n")}""",
             [vector, *params, vector, limit],
         )
 
     @staticmethod
     def _nearest_rows(rows: list[dict[str, Any]]) -> list[tuple[Skill, float]]:
-        out = [(_row_to_skill(r), 1.0 - float(r["distance"])) for r in rows]
+        out = [(row_to_skill(r), 1.0 - float(r["distance"])) for r in rows]
         return sorted(out, key=lambda pair: (-pair[1], pair[0].id or ""))
 
     def _nearest(
@@ -685,11 +512,11 @@ class SkillStore:
         # One round trip for the common case: BEGIN, the scoped query, the HNSW settings and
         # the global search, COMMIT, all pipelined (each round trip costs a context switch,
         # which is what makes latency tails on a busy machine). Conditions are checked here
-        # in Python (`_applicable`), not by skill_conditions_may_hold in SQL: that function
+        # in Python (`applicable_skills`), not by skill_conditions_may_hold in SQL: that function
         # cost more per row than fetching the row (EXPLAIN ANALYZE in docs/benchmarks.md).
         with self.conn.pipeline(), self.conn.transaction():
             scoped_cursor = self._read(
-                f"""{_SELECT} WHERE s.is_current AND s.status = 'active'
+                f"""{SELECT_SKILLS} WHERE s.is_current AND s.status = 'active'
                     AND ((s.tier = 'competition' AND s.scope_key = %s)
                          OR (s.tier = 'domain' AND s.scope_key = %s)
                          OR (s.tier = 'competition' AND s.domain = %s AND s.scope_key <> %s
@@ -703,7 +530,7 @@ class SkillStore:
             )
             rows = scoped_cursor.fetchall()
             nearest = self._nearest_rows(nearest_cursor.fetchall()) if nearest_cursor else []
-        scoped = _applicable(rows, profile)
+        scoped = applicable_skills(rows, profile)
         globals_ = self._top_global(query, profile, top_k_global, nearest, limit)
 
         def by_utility(s: Skill) -> tuple[Any, ...]:
@@ -740,93 +567,24 @@ class SkillStore:
         applicable.sort(key=lambda p: (-round(p[1], 3), -p[0].utility, p[0].id))
         return [s for s, _ in applicable[:k]]
 
-    # ---- usage ----------------------------------------------------------------------------
+    # ---- usage (skills/usage.py) ---------------------------------------------------------
 
     def record_loaded(self, attempt_id: int, skills: Iterable[Skill]) -> int:
         """Record that ``attempt_id`` loaded these skill versions (idempotent)."""
-        rows = [(attempt_id, s.id, s.version) for s in skills if s.id is not None]
-        if not rows:
-            return 0
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO skill_usage (attempt_id, iteration_idx, skill_id, skill_version,
-                       event) VALUES (%s, NULL, %s, %s, 'loaded') ON CONFLICT DO NOTHING""",
-                rows,
-            )
-        return len(rows)
+        return usage.record_loaded(self.conn, attempt_id, skills)
 
     def record_usage(
-        self,
-        attempt_id: int,
-        iteration_idx: int,
-        skill_ids: Iterable[str],
-        kept: bool,
-        delta: float | None,
-        *,
-        event: str = "applied",
+        self, attempt_id: int, iteration_idx: int, skill_ids: Iterable[str], kept: bool,
+        delta: float | None, *, event: str = "applied",
     ) -> int:
-        """Record that iteration ``iteration_idx`` applied these skills, whether its change
-        was kept and its delta (positive = better). The version is the one the attempt
-        loaded, else the current one; unknown ids are logged and skipped. Re-recording an
-        iteration overwrites kept/delta (a resumed attempt never counts twice).
-
-        ``event='screened'``: the skills were tried outside the iterations (a prototype in
-        the screen, the skill-shaped initial spec against the plain-default control) and
-        ``delta`` is their effect against the default on the same folds."""
-        if event not in ("applied", "screened"):
-            raise SkillError(f"usage event {event!r}; allowed: applied, screened")
-        ids = sorted(set(skill_ids))
-        if not ids:
-            return 0
-        if delta is not None and not np.isfinite(delta):
-            delta = None
-        with self.conn.transaction():
-            rows = self.conn.execute(
-                """SELECT s.id, coalesce(
-                       (SELECT max(u.skill_version) FROM skill_usage u
-                        WHERE u.attempt_id = %s AND u.skill_id = s.id AND u.event = 'loaded'),
-                       s.version) AS version
-                   FROM skills s WHERE s.is_current AND s.id = ANY(%s)""",
-                (attempt_id, ids),
-            ).fetchall()
-            versions = {r["id"]: r["version"] for r in rows}
-            for unknown in sorted(set(ids) - set(versions)):
-                log.warning("attempt %s iteration %s: unknown skill %s", attempt_id,
-                            iteration_idx, unknown)
-            with self.conn.cursor() as cur:
-                cur.executemany(
-                    """INSERT INTO skill_usage (attempt_id, iteration_idx, skill_id,
-                           skill_version, event, kept, delta)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s)
-                       ON CONFLICT (attempt_id, skill_id, event, (COALESCE(iteration_idx, -1)))
-                       DO UPDATE SET kept = EXCLUDED.kept, delta = EXCLUDED.delta""",
-                    [(attempt_id, iteration_idx, i, v, event, kept, delta)
-                     for i, v in versions.items()],
-                )
-        return len(versions)
+        """Record an iteration's (or a screen's) use of skills: see ``usage.record_usage``."""
+        return usage.record_usage(
+            self.conn, attempt_id, iteration_idx, skill_ids, kept, delta, event=event
+        )
 
     def measured_effects(self, skill_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-        """Cross-evaluation evidence: per skill id, every measured use of it (applied in an
-        iteration or screened against the default), with the competition it was measured on
-        and its delta (positive = better). Promotion reads this beside a skill's own
-        evidence."""
-        ids = sorted(set(skill_ids))
-        out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-        if not ids:
-            return out
-        with self.conn.transaction():
-            rows = self.conn.execute(
-                """SELECT u.skill_id, u.attempt_id, u.iteration_idx, u.event, u.kept, u.delta,
-                          a.slug
-                   FROM skill_usage u JOIN attempts a ON a.id = u.attempt_id
-                   WHERE u.skill_id = ANY(%s) AND u.event IN ('applied', 'screened')
-                     AND u.delta IS NOT NULL
-                   ORDER BY u.skill_id, u.attempt_id, u.iteration_idx""",
-                (ids,),
-            ).fetchall()
-        for r in rows:
-            out[r["skill_id"]].append(dict(r))
-        return out
+        """Per skill id, every measured use of it: see ``usage.measured_effects``."""
+        return usage.measured_effects(self.conn, skill_ids)
 
     def utility(self, skill_id: str) -> float:
         """Expected improvement per application (see ``Skill.utility``); 0 if never tried."""
@@ -834,224 +592,18 @@ class SkillStore:
 
     def usage(self, skill_id: str) -> list[dict[str, Any]]:
         """Attempts that loaded or applied the skill, and whether its change was kept."""
-        with self.conn.transaction():
-            rows = self.conn.execute(
-                """SELECT attempt_id, slug, loading, loaded, applied, kept, kept_delta,
-                          iterations, versions
-                   FROM skill_attempts WHERE skill_id = %s ORDER BY attempt_id""",
-                (skill_id,),
-            ).fetchall()
-        return [
-            {
-                **dict(r),
-                "applied": int(r["applied"]),
-                "iterations": list(r["iterations"] or []),
-                "versions": sorted(r["versions"] or []),
-            }
-            for r in rows
-        ]
+        return usage.skill_usage(self.conn, skill_id)
 
     def attempt_usage(self, attempt_id: int) -> list[dict[str, Any]]:
-        """What became of each skill attempt ``attempt_id`` loaded or applied: the version
-        loaded, how many iterations applied it, how many of those were kept, and their
-        deltas (positive = better). Ordered by tier (global first), then id."""
-        rows = self.conn.execute(
-            """SELECT u.skill_id AS id, max(u.skill_version) AS version,
-                      s.tier, s.scope_key, s.title,
-                      bool_or(u.event = 'loaded') AS loaded,
-                      count(*) FILTER (WHERE u.event = 'applied') AS applied,
-                      count(*) FILTER (WHERE u.event = 'applied' AND u.kept) AS kept,
-                      avg(u.delta) FILTER (WHERE u.event = 'applied') AS mean_delta,
-                      sum(u.delta) FILTER (WHERE u.event = 'applied' AND u.kept) AS kept_delta,
-                      array_agg(u.iteration_idx ORDER BY u.iteration_idx)
-                          FILTER (WHERE u.event = 'applied') AS iterations
-               FROM skill_usage u
-               LEFT JOIN skills s ON s.id = u.skill_id AND s.is_current
-               WHERE u.attempt_id = %s
-               GROUP BY u.skill_id, s.tier, s.scope_key, s.title
-               ORDER BY array_position(ARRAY['global', 'domain', 'competition'], s.tier),
-                        u.skill_id""",
-            (attempt_id,),
-        ).fetchall()
-        return [
-            {**dict(r), "applied": int(r["applied"]), "kept": int(r["kept"]),
-             "iterations": list(r["iterations"] or [])}
-            for r in rows
-        ]
+        """What became of each skill attempt ``attempt_id`` loaded or applied."""
+        return usage.attempt_usage(self.conn, attempt_id)
 
     def validate_all(self) -> list[str]:
-        """Problems found by re-validating every stored version and edge (empty = valid):
-        schema, content hash, and that each edge's ends are stored skill versions."""
-        problems: list[str] = []
-        with self.conn.transaction():
-            for row in self.conn.execute(f"{_SELECT} ORDER BY s.id, s.version").fetchall():
-                try:
-                    _validated(row)
-                except SkillError as exc:
-                    problems.append(str(exc))
-            dangling = self.conn.execute(
-                """SELECT e.src_id, e.src_version, e.dst_id, e.dst_version, e.kind
-                   FROM skill_edges e
-                   LEFT JOIN skills a ON a.id = e.src_id AND a.version = e.src_version
-                   LEFT JOIN skills b ON b.id = e.dst_id AND b.version = e.dst_version
-                   WHERE a.pk IS NULL OR b.pk IS NULL"""
-            ).fetchall()
-        problems += [
-            f"edge {r['kind']} {r['src_id']} v{r['src_version']} -> {r['dst_id']} "
-            f"v{r['dst_version']} does not resolve"
-            for r in dangling
-        ]
-        return problems
+        """Problems found by re-validating every stored version and edge (empty = valid)."""
+        return lineage.validate_all(self)
 
-    # ---- lineage --------------------------------------------------------------------------
+    # ---- lineage (skills/lineage.py) -------------------------------------------------------
 
     def lineage(self, skill_id: str) -> dict[str, Any]:
-        """The skill's graph neighbourhood as JSON-ready data.
-
-        * ``ancestors``: skills it was promoted from and skills merged into it, recursively
-          (each with its evidence attempts);
-        * ``descendants``: skills promoted from it and the skill it was merged into,
-          recursively;
-        * ``conflicts``: skills it conflicts with, with the conditions each holds under;
-        * ``versions``: its version history;
-        * ``attempts``: attempts that loaded or applied it (kept, delta);
-        * ``source_attempts``: attempts behind its evidence and its ancestors' evidence.
-        """
-        root = self.get(skill_id)
-        with self.conn.transaction():
-            ancestors = self._walk(skill_id, up=True)
-            descendants = self._walk(skill_id, up=False)
-            conflicts = self.conn.execute(
-                """SELECT DISTINCT ON (e.dst_id) e.dst_id AS id, e.conditions, e.reason,
-                          back.conditions AS their_conditions
-                   FROM skill_edges e
-                   LEFT JOIN skill_edges back ON back.kind = 'conflicts_with'
-                        AND back.src_id = e.dst_id AND back.dst_id = e.src_id
-                   WHERE e.kind = 'conflicts_with' AND e.src_id = %s
-                   ORDER BY e.dst_id, e.id DESC""",
-                (skill_id,),
-            ).fetchall()
-            source_ids = sorted(
-                {a for s in [root, *(n["skill"] for n in ancestors)] for a in _attempt_ids(s)}
-            )
-            known = {
-                r["id"]: dict(r)
-                for r in self.conn.execute(
-                    """SELECT id, slug, loading, status, best_cv, test_score, medal
-                       FROM attempts WHERE id = ANY(%s)""",
-                    (source_ids,),
-                ).fetchall()
-            }
-        return {
-            "skill": _node(root),
-            "versions": [
-                {"version": v.version, "status": v.status, "created_by": v.created_by,
-                 "content_hash": v.content_hash}
-                for v in self.versions(skill_id)
-            ],
-            "ancestors": [
-                {**_node(n["skill"]), "via": n["via"], "depth": n["depth"], "of": n["of"]}
-                for n in ancestors
-            ],
-            "descendants": [
-                {**_node(n["skill"]), "via": n["via"], "depth": n["depth"], "of": n["of"]}
-                for n in descendants
-            ],
-            "conflicts": [
-                {
-                    "id": r["id"],
-                    "conditions": r["conditions"],
-                    "their_conditions": r["their_conditions"],
-                    "reason": r["reason"],
-                }
-                for r in conflicts
-            ],
-            "attempts": self.usage(skill_id),
-            "source_attempts": [
-                known.get(a, {"id": a, "slug": None, "note": "not in this database"})
-                for a in source_ids
-            ],
-        }
-
-    def _walk(self, skill_id: str, *, up: bool) -> list[dict[str, Any]]:
-        """Breadth-first over promoted_from / merged_into edges (ids, any version)."""
-        # up: promoted_from src→dst (sources), merged_into dst←src (skills merged into it).
-        # down: the reverse of both.
-        forward, backward = ("promoted_from", "merged_into")
-        if not up:
-            forward, backward = backward, forward
-        seen = {skill_id}
-        frontier = [skill_id]
-        out: list[dict[str, Any]] = []
-        depth = 0
-        while frontier and depth < 50:
-            depth += 1
-            rows = self.conn.execute(
-                """SELECT DISTINCT src_id AS here, dst_id AS there, kind FROM skill_edges
-                   WHERE kind = %s AND src_id = ANY(%s)
-                   UNION
-                   SELECT DISTINCT dst_id AS here, src_id AS there, kind FROM skill_edges
-                   WHERE kind = %s AND dst_id = ANY(%s)
-                   ORDER BY there""",
-                (forward, frontier, backward, frontier),
-            ).fetchall()
-            nxt = []
-            for r in rows:
-                if r["there"] in seen:
-                    continue
-                seen.add(r["there"])
-                nxt.append(r["there"])
-                out.append(
-                    {"skill": self.get(r["there"]), "via": r["kind"], "depth": depth,
-                     "of": r["here"]}
-                )
-            frontier = nxt
-        return out
-
-
-MAX_CANDIDATES = 4  # cross-evaluation candidates an attempt loads
-
-
-def cross_candidates(skills: Sequence[Skill], covered: set[str]) -> list[Skill]:
-    """Recipes and rules learnt on other competitions of the domain, to be tried (and their
-    measured effect recorded) here: one per pattern not covered by a promoted skill, best
-    measured effect first, at most ``MAX_CANDIDATES``; recipes first (one prototype each)."""
-    best: dict[str, Skill] = {}
-    for s in skills:
-        if not s.pattern or s.pattern in covered or (s.effect or 0.0) <= 0:
-            continue
-        if s.pattern not in best or (s.effect or 0.0) > (best[s.pattern].effect or 0.0):
-            best[s.pattern] = s
-    ranked = sorted(best.values(), key=lambda s: (s.kind != "recipe", -(s.effect or 0.0), s.id))
-    return ranked[:MAX_CANDIDATES]
-
-
-def _attempt_ids(skill: Skill) -> set[int]:
-    ids = {e.attempt_id for e in skill.evidence if e.attempt_id is not None}
-    if skill.source_attempt is not None:
-        ids.add(skill.source_attempt)
-    return ids
-
-
-def _node(skill: Skill) -> dict[str, Any]:
-    return {
-        "id": skill.id,
-        "version": skill.version,
-        "tier": skill.tier,
-        "scope_key": skill.scope_key,
-        "title": skill.title,
-        "status": skill.status,
-        "created_by": skill.created_by,
-        "utility": skill.utility,
-        "evidence": [e.model_dump(mode="json") for e in skill.evidence],
-        "source_attempt": skill.source_attempt,
-    }
-
-
-def _same_version(a: Skill, b: Skill) -> bool:
-    """Equal in everything a version records (creator and run aside: re-stating is no
-    change, so a later run promoting the same pattern keeps the version that first did)."""
-    fields = set(_VERSIONED_FIELDS) - {"created_by", "dagster_run_id"}
-    return canonical_json(a.model_dump(mode="json", include=fields)) == canonical_json(
-        b.model_dump(mode="json", include=fields)
-    )
+        """The skill's graph neighbourhood as JSON-ready data: see ``lineage.lineage``."""
+        return lineage.lineage(self, skill_id)

@@ -57,7 +57,7 @@ def test_a_recipe_learnt_on_one_competition_is_tried_in_the_screen_of_another(
     assert usage["iteration_idx"] == row.idx and usage["delta"] is not None
     # the evidence now spans two competitions: promotion decides on it
     promote(conn, [DOMAIN], store)
-    from haste_dagster.skills.promotion import decisions
+    from haste_dagster.skills.pattern_promotion import decisions
 
     latest = [d for d in decisions(store, recipe.pattern) if d["tier"] == "domain"][-1]
     measured = {e["where"]: e["deltas"] for e in latest["evidence"]}

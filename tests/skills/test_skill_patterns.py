@@ -9,7 +9,8 @@ import psycopg
 from skill_helpers import insert_attempt
 
 from haste_dagster.skills.extraction import KeptChange, extract_competition_skills
-from haste_dagster.skills.promotion import decisions, promote_domain
+from haste_dagster.skills.pattern_promotion import decisions
+from haste_dagster.skills.promotion import promote_domain
 from haste_dagster.skills.rules import normalise_change, resolve
 from haste_dagster.skills.store import SkillStore
 

@@ -6,11 +6,12 @@ import psycopg
 from skill_helpers import cond, insert_attempt, make_skill, set_action
 
 from haste_dagster.skills.model import Evidence, Skill
-from haste_dagster.skills.store import _SELECT, SkillStore, _construct, _row_to_skill, _validated
+from haste_dagster.skills.store import SkillStore
+from haste_dagster.skills.store_rows import SELECT_SKILLS, construct, row_to_skill, validated_skill
 
 
 def _stored_rows(conn: psycopg.Connection) -> list[dict]:
-    return conn.execute(f"{_SELECT} WHERE s.is_current ORDER BY s.pk").fetchall()
+    return conn.execute(f"{SELECT_SKILLS} WHERE s.is_current ORDER BY s.pk").fetchall()
 
 
 def test_decoded_rows_equal_validated_skills_field_for_field(
@@ -28,20 +29,20 @@ def test_decoded_rows_equal_validated_skills_field_for_field(
     rows = _stored_rows(conn)
     assert len(rows) == 2
     for row in rows:
-        fast, full = _row_to_skill(row), _validated(row)
+        fast, full = row_to_skill(row), validated_skill(row)
         assert fast.model_dump() == full.model_dump()
         assert fast.conditions == full.conditions and fast.stats == full.stats
         assert fast.utility == full.utility
         for profile in ({"rows": 600, "missing_rate": 0.05}, {"rows": 100}, {}):
             assert fast.conditions_hold(profile) == full.conditions_hold(profile)
-    assert _row_to_skill(rows[0]).stats.applied == 1
-    assert _row_to_skill(rows[0]).conditions_hold({"rows": 600, "missing_rate": 0.05})
+    assert row_to_skill(rows[0]).stats.applied == 1
+    assert row_to_skill(rows[0]).conditions_hold({"rows": 600, "missing_rate": 0.05})
 
 
 def test_a_row_missing_a_field_falls_back_to_pydantic_construction() -> None:
-    partial = _construct(Evidence, {"slug": "comp_a", "delta": 0.5})  # no attempt/iteration
+    partial = construct(Evidence, {"slug": "comp_a", "delta": 0.5})  # no attempt/iteration
     assert partial == Evidence.model_construct(slug="comp_a", delta=0.5)
     assert partial.attempt_id is None
-    full = _construct(Evidence, {"attempt_id": 1, "iteration": 2, "slug": "x", "delta": 0.1})
+    full = construct(Evidence, {"attempt_id": 1, "iteration": 2, "slug": "x", "delta": 0.1})
     assert full == Evidence(attempt_id=1, iteration=2, slug="x", delta=0.1)
-    assert isinstance(_construct(Skill, {"tier": "global"}), Skill)
+    assert isinstance(construct(Skill, {"tier": "global"}), Skill)

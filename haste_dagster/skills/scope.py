@@ -1,0 +1,68 @@
+"""What a scoped load adds beside a competition's own and its domain's skills: the profile
+text global skills are ranked against, and the cross-evaluation candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from haste_dagster.skills.model import Skill
+
+MAX_CANDIDATES = 4  # cross-evaluation candidates an attempt loads
+
+
+def cross_candidates(skills: Sequence[Skill], covered: set[str]) -> list[Skill]:
+    """Recipes and rules learnt on other competitions of the domain, to be tried (and their
+    measured effect recorded) here: one per pattern not covered by a promoted skill, best
+    measured effect first, at most ``MAX_CANDIDATES``; recipes first (one prototype each)."""
+    best: dict[str, Skill] = {}
+    for s in skills:
+        if not s.pattern or s.pattern in covered or (s.effect or 0.0) <= 0:
+            continue
+        if s.pattern not in best or (s.effect or 0.0) > (best[s.pattern].effect or 0.0):
+            best[s.pattern] = s
+    ranked = sorted(best.values(), key=lambda s: (s.kind != "recipe", -(s.effect or 0.0), s.id))
+    return ranked[:MAX_CANDIDATES]
+
+
+def describe_profile(slug: str, domain: str, profile: dict[str, Any]) -> str:
+    """Text describing a competition, embedded to rank global skills by relevance.
+
+    Phrased like skill guidance ("right-skewed target", "high-cardinality categoricals")
+    so the embedding lands near the skills that suit the data.
+    """
+    p = profile
+    parts = [f"Competition {slug} in domain {domain.replace('_', ' ')}."]
+    if p.get("task"):
+        parts.append(f"Task: {str(p['task']).replace('_', ' ')}.")
+    if p.get("rows") is not None:
+        parts.append(
+            f"{p['rows']} training rows, {p.get('n_features', '?')} features "
+            f"({p.get('n_numeric', 0)} numeric, {p.get('n_categorical', 0)} categorical, "
+            f"{p.get('n_text', 0)} text, {p.get('n_date', 0)} date)."
+        )
+    if p.get("has_text"):
+        parts.append("Free-text columns: text classification with word and character n-grams.")
+    if p.get("is_forecast"):
+        parts.append(
+            f"Time series forecasting with horizon {p.get('horizon')}: lags, rolling means, "
+            "time-ordered validation."
+        )
+    elif p.get("has_date"):
+        parts.append("Date columns: calendar features.")
+    skew = p.get("target_skew")
+    if isinstance(skew, int | float) and abs(skew) >= 1:
+        parts.append(f"Skewed regression target (skew {skew:.2f}): log-transform the target.")
+    card = p.get("max_cardinality")
+    if isinstance(card, int | float) and card >= 50:
+        parts.append(f"High-cardinality categorical columns ({card} levels): target encoding.")
+    share = p.get("minority_class_share")
+    if isinstance(share, int | float) and share < 0.2:
+        parts.append(f"Imbalanced classes (minority share {share:.2f}): class weights.")
+    missing = p.get("missing_rate")
+    if isinstance(missing, int | float) and missing >= 0.05:
+        parts.append(f"Many missing values ({missing:.0%}): imputation, missing indicators.")
+    rows = p.get("rows")
+    if isinstance(rows, int | float) and rows < 2000:
+        parts.append("Small dataset: regularise, fewer and shallower trees.")
+    return " ".join(parts)
