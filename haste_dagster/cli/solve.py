@@ -182,7 +182,7 @@ def campaign_command(
     """The campaign protocol: round 1 one competition per domain cold, round 2 the rest warm,
     promotion and consolidation between rounds, then a re-run of every competition that did
     not medal, warm and without skills (control), with a new seed."""
-    from haste_dagster.agents.orchestrator import campaign_protocol
+    from haste_dagster.agents.campaign import campaign_protocol
     from haste_dagster.competitions.registry import load_definitions
     from haste_dagster.config import competition_defs_dir
 

@@ -3,7 +3,7 @@
 - `solve_competition`: one competition partition's chain (asset job).
 - `promote_domain`: one domain's skill promotion (asset job on the domain partitions).
 - `refresh_skills`: global skills, the exported inventory and the transfer report.
-- `campaign`: the campaign protocol (``orchestrator.campaign_protocol``): round 1 (one
+- `campaign`: the campaign protocol (``campaign.campaign_protocol``): round 1 (one
   competition per domain, cold) fanned out, promotion and consolidation, round 2 (the rest,
   warm) fanned out, promotion and consolidation, then the re-run phase (every competition
   that did not medal, warm and without skills, with a new seed), promotion and the report.
@@ -143,7 +143,7 @@ def _campaign_slugs(context: OpExecutionContext, config: CampaignConfig) -> list
 
 
 def _rounds(slugs: list[str]) -> tuple[list[str], list[str]]:
-    from haste_dagster.agents.orchestrator import protocol_rounds
+    from haste_dagster.agents.campaign import protocol_rounds
     from haste_dagster.competitions.registry import load_competition
 
     return protocol_rounds(slugs, {s: load_competition(s).definition.domain for s in slugs})
@@ -166,7 +166,7 @@ def _solve(
     artifacts: ArtifactsResource,
     database: DatabaseResource,
 ) -> dict:
-    from haste_dagster.agents.orchestrator import protocol_label
+    from haste_dagster.agents.campaign import protocol_label
     from haste_dagster.errors import HasteError
 
     slug = step["slug"]
@@ -252,13 +252,9 @@ def rerun_phase(
     config: AttemptRunConfig,
     skill_store: SkillStoreResource,
 ) -> list[dict]:
+    from haste_dagster.agents.campaign import RERUN_SEED_OFFSET, protocol_label
     from haste_dagster.agents.competition_agent import AttemptConfig
-    from haste_dagster.agents.orchestrator import (
-        RERUN_SEED_OFFSET,
-        promote,
-        protocol_label,
-        solve,
-    )
+    from haste_dagster.agents.orchestrator import promote, solve
     from haste_dagster.errors import HasteError
     from haste_dagster.skills import consolidate
 

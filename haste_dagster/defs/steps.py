@@ -592,7 +592,7 @@ def transfer_report_step(database: DatabaseResource, artifacts: ArtifactsResourc
     """
     import csv
 
-    from haste_dagster.agents.orchestrator import latest_campaign
+    from haste_dagster.agents.campaign import latest_campaign
 
     with database.connection() as conn:
         rows = [dict(r) for r in conn.execute(_LATEST_ATTEMPTS).fetchall()]

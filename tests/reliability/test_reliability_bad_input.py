@@ -266,9 +266,9 @@ def test_bad_data_gives_a_clear_error_naming_the_problem_or_still_solves(
 def test_a_campaign_goes_on_after_broken_competitions_and_keeps_what_it_recorded(
     conn: Any, tmp_path: Path, tally: Counter
 ) -> None:
-    """orchestrator.campaign over [broken at load, good, broken mid-attempt, good]."""
+    """campaign.campaign over [broken at load, good, broken mid-attempt, good]."""
+    from haste_dagster.agents.campaign import campaign
     from haste_dagster.agents.competition_agent import AttemptConfig
-    from haste_dagster.agents.orchestrator import campaign
 
     _write(tmp_path, "a-broken", _frame(), target="price")
     write_competition(tmp_path, "b_good", seed=1, rows=120)

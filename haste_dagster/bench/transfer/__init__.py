@@ -4,7 +4,7 @@ Phases (all in throwaway databases created on the same PostgreSQL server as the 
 caller named, and dropped afterwards; the caller's own database is never written):
 
 1. **Campaign** (database ``<tag>_inv``): an empty skill store; the development
-   competitions are solved by the campaign protocol (``orchestrator.campaign_protocol``):
+   competitions are solved by the campaign protocol (``campaign.campaign_protocol``):
    round 1 = the first competition of each domain, cold (no skills loaded); round 2 = the
    rest, tiered; promotion after each competition and consolidation between rounds; then the
    re-run phase: every development competition that did not medal again warm (``rerun_warm``)

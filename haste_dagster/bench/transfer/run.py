@@ -261,13 +261,13 @@ def run_transfer_benchmark(
     attempts run in two databases created for the purpose and dropped at the end (kept
     with ``options.keep_databases``; their names are in ``report.databases``).
     """
-    from haste_dagster.agents.factory import open_skill_store
-    from haste_dagster.agents.orchestrator import (
+    from haste_dagster.agents.campaign import (
         RERUN_SEED_OFFSET,
         inventory_by_tier,
-        promote,
         protocol_rounds,
     )
+    from haste_dagster.agents.factory import open_skill_store
+    from haste_dagster.agents.orchestrator import promote
     from haste_dagster.skills import consolidate
 
     options = options or TransferOptions()
@@ -333,7 +333,7 @@ def run_transfer_benchmark(
     ):
         with db.connect(inv_url) as conn:
             store = open_skill_store(conn)
-            # The campaign protocol (orchestrator.campaign_protocol): round 1 one competition
+            # The campaign protocol (campaign.campaign_protocol): round 1 one competition
             # per domain cold, round 2 the rest warm, consolidation between rounds, then the
             # re-run phase (warm, and without skills as the control, with a new seed).
             round1, round2 = protocol_rounds(plan.development, plan.domains)

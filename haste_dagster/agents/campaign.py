@@ -1,0 +1,309 @@
+"""Campaigns: competitions solved in order with promotion after each (``campaign``), and
+the paper's campaign protocol (``campaign_protocol``: cold round, tiered round, re-runs)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from haste_dagster.agents.competition_agent import (
+    AttemptConfig,
+    ProgressFn,
+)
+from haste_dagster.agents.factory import open_skill_store
+from haste_dagster.agents.orchestrator import SolveResult, extract_skills, promote, solve
+from haste_dagster.competitions.registry import load_competition
+from haste_dagster.errors import HasteError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CampaignEntry:
+    slug: str
+    result: SolveResult | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.result is not None:
+            return self.result.as_json()
+        return {"slug": self.slug, "error": self.error}
+
+
+def campaign(
+    conn: psycopg.Connection,
+    slugs: list[str],
+    config: AttemptConfig,
+    *,
+    defs_dir: Path | None = None,
+    on_start: Callable[[str], None] | None = None,
+    on_done: Callable[[CampaignEntry], None] | None = None,
+    progress: ProgressFn | None = None,
+) -> list[CampaignEntry]:
+    """Solve ``slugs`` in order; a failing competition is reported and the next one runs.
+
+    All attempts share one campaign id, so an LLM token budget spans the campaign; when it
+    is spent the campaign stops cleanly after recording what it has.
+    """
+    from haste_dagster.errors import HasteError
+    from haste_dagster.llm.client import TokenBudgetExceeded
+
+    if config.campaign_id is None:
+        config = replace(config, campaign_id=f"campaign-{uuid.uuid4().hex[:12]}")
+    entries: list[CampaignEntry] = []
+    for slug in slugs:
+        if on_start:
+            on_start(slug)
+        try:
+            result = solve(conn, slug, config, defs_dir=defs_dir, progress=progress)
+            promote(conn, [load_competition(slug, defs_dir).definition.domain])
+            entry = CampaignEntry(slug, result=result)
+        except TokenBudgetExceeded as exc:
+            entries.append(CampaignEntry(slug, error=f"token budget spent: {exc}"))
+            log.warning("campaign %s stopped: %s", config.campaign_id, exc)
+            if on_done:
+                on_done(entries[-1])
+            break
+        except (HasteError, ValueError, KeyError) as exc:
+            entry = CampaignEntry(slug, error=f"{type(exc).__name__}: {exc}")
+            log.error("competition %s failed: %s", slug, entry.error)
+        entries.append(entry)
+        if on_done:
+            on_done(entry)
+    return entries
+
+
+# ---- the paper's campaign protocol -------------------------------------------------------
+
+RERUN_SEED_OFFSET = 1000  # the re-run phase's new seed: config.seed + this
+
+
+@dataclass
+class ProtocolStep:
+    """One attempt of the protocol: its phase (round1 | round2 | rerun), arm (cold | warm |
+    control), loading mode, seed and whether its skills are extracted."""
+
+    phase: str
+    arm: str
+    slug: str
+    loading: str
+    seed: int
+    extract: bool = True
+    attempt_id: int | None = None
+    score: float | None = None
+    medal: str | None = None
+    error: str | None = None
+    reused: bool = False  # finished and graded by an earlier (interrupted) run
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (
+            "phase", "arm", "slug", "loading", "seed", "extract", "attempt_id", "score",
+            "medal", "error", "reused")}
+
+
+@dataclass
+class CampaignRun:
+    campaign_id: str
+    steps: list[ProtocolStep] = field(default_factory=list)
+    inventory: dict[str, Any] = field(default_factory=dict)
+
+    def _rate(self, phases: tuple[str, ...], arm: str | None = None) -> dict[str, Any]:
+        done = [s for s in self.steps if s.phase in phases and arm in (None, s.arm)
+                and s.error is None and s.medal is not None]
+        medals = sum(1 for s in done if s.medal != "none")
+        return {"attempts": len(done), "medals": medals,
+                "medal_rate": medals / len(done) if done else None}
+
+    def summary(self) -> dict[str, Any]:
+        """Medal rates of the first pass (round 1 cold, round 2 warm), of the warm re-run
+        and of the retry without skills (same new seed): the re-run phase separates
+        transfer (warm) from mere retrying (control)."""
+        return {
+            "cold_pass": self._rate(("round1", "round2")),
+            "round1_cold": self._rate(("round1",), "cold"),
+            "round2_warm": self._rate(("round2",), "warm"),
+            "rerun_warm": self._rate(("rerun",), "warm"),
+            "rerun_control": self._rate(("rerun",), "control"),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {"campaign_id": self.campaign_id, "summary": self.summary(),
+                "inventory": self.inventory, "steps": [s.as_json() for s in self.steps]}
+
+
+def latest_campaign(conn: psycopg.Connection) -> CampaignRun | None:
+    """The newest campaign's steps read back from its labelled attempts (for reports)."""
+    row = conn.execute(
+        """SELECT split_part(label, ':', 2) AS cid FROM attempts WHERE label LIKE 'campaign:%%'
+           ORDER BY id DESC LIMIT 1"""
+    ).fetchone()
+    if row is None:
+        return None
+    run = CampaignRun(row["cid"])
+    for r in conn.execute(
+        """SELECT id, label, loading, seed, status, test_score, medal, error FROM attempts
+           WHERE label LIKE %s ORDER BY id""",
+        (f"campaign:{row['cid']}:%",),
+    ).fetchall():
+        _, _, phase, arm, slug = r["label"].split(":", 4)
+        run.steps.append(ProtocolStep(
+            phase, arm, slug, r["loading"], r["seed"], extract=arm != "control",
+            attempt_id=r["id"], score=r["test_score"], medal=r["medal"],
+            error=r["error"] if r["status"] == "failed" else None,
+        ))
+    return run
+
+
+def protocol_label(campaign_id: str, phase: str, arm: str, slug: str) -> str:
+    return f"campaign:{campaign_id}:{phase}:{arm}:{slug}"
+
+
+def protocol_rounds(slugs: list[str], domains: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Round 1: the first competition of each domain (in the given order); round 2: the
+    rest. Slugs without a known domain (broken definitions) go to round 2, to be reported."""
+    first: dict[str, str] = {}
+    for slug in slugs:
+        domain = domains.get(slug)
+        if domain is not None and domain not in first:
+            first[domain] = slug
+    round1 = [s for s in slugs if s in first.values()]
+    return round1, [s for s in slugs if s not in round1]
+
+
+def _labelled(conn: psycopg.Connection, label: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        """SELECT id, status, test_score, medal FROM attempts WHERE label = %s
+           ORDER BY id DESC LIMIT 1""",
+        (label,),
+    ).fetchone()
+    return dict(row) if row else None
+
+
+def inventory_by_tier(conn: psycopg.Connection) -> dict[str, Any]:
+    """Active skills per tier, and per domain and kind for the domain tier."""
+    rows = conn.execute(
+        """SELECT tier, coalesce(scope_key, '') AS scope, kind, count(*) AS n FROM skills
+           WHERE is_current AND status = 'active' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+    ).fetchall()
+    by_tier: dict[str, int] = {}
+    domain: dict[str, dict[str, int]] = {}
+    for r in rows:
+        by_tier[r["tier"]] = by_tier.get(r["tier"], 0) + int(r["n"])
+        if r["tier"] == "domain":
+            domain.setdefault(r["scope"], {})[r["kind"]] = int(r["n"])
+    return {"by_tier": by_tier, "domain_by_kind": domain}
+
+
+def campaign_protocol(
+    conn: psycopg.Connection,
+    slugs: list[str],
+    config: AttemptConfig,
+    *,
+    defs_dir: Path | None = None,
+    rerun: bool = True,
+    on_start: Callable[[ProtocolStep], None] | None = None,
+    on_done: Callable[[ProtocolStep], None] | None = None,
+    progress: ProgressFn | None = None,
+) -> CampaignRun:
+    """The paper's campaign: round 1 = one competition per domain, cold (no skills loaded);
+    round 2 = the rest, warm (``config.loading``, tiered by default); promotion after every
+    competition and consolidation between rounds; then the re-run phase: every competition
+    that did not medal is attempted again warm *and* again without skills (the control),
+    both with the new seed ``config.seed + RERUN_SEED_OFFSET``. Skills are extracted from
+    every attempt but the controls.
+
+    Resumable: every attempt is labelled ``campaign:<id>:<phase>:<arm>:<slug>``; running
+    again with the same ``config.campaign_id`` reuses graded attempts, resumes unfinished
+    ones, and re-extracts idempotently, so no skill is duplicated.
+    """
+    from haste_dagster.competitions.definition import load_definition
+    from haste_dagster.llm.client import TokenBudgetExceeded
+    from haste_dagster.skills import consolidate
+
+    campaign_id = config.campaign_id or f"campaign-{uuid.uuid4().hex[:12]}"
+    config = replace(config, campaign_id=campaign_id)
+    run = CampaignRun(campaign_id)
+    domains: dict[str, str] = {}
+    folder = defs_dir
+    for slug in slugs:
+        try:
+            if folder is None:
+                from haste_dagster.config import competition_defs_dir
+
+                folder = competition_defs_dir()
+            domains[slug] = load_definition(Path(folder) / f"{slug}.yaml").domain
+        except (HasteError, ValueError, KeyError, OSError):
+            pass  # reported when its attempt is tried
+    round1, round2 = protocol_rounds(slugs, domains)
+    store = open_skill_store(conn)
+    warm = config.loading if config.loading != "none" else "tiered"
+
+    def attempt(step: ProtocolStep) -> bool:
+        """Run (or reuse) one step; False when the token budget ends the campaign."""
+        label = protocol_label(campaign_id, step.phase, step.arm, step.slug)
+        if on_start:
+            on_start(step)
+        found = _labelled(conn, label)
+        try:
+            if found and found["status"] == "finished" and found["test_score"] is not None:
+                step.attempt_id, step.score, step.medal = found["id"], found["test_score"], \
+                    found["medal"]
+                step.reused = True
+                if step.extract:  # finish what a kill between grading and skills left
+                    extract_skills(conn, load_competition(step.slug, defs_dir), found["id"],
+                                   store)
+            else:
+                resume_id = found["id"] if found and found["status"] != "finished" else None
+                result = solve(
+                    conn, step.slug,
+                    replace(config, loading=step.loading, seed=step.seed, label=label),
+                    defs_dir=defs_dir, extract=step.extract, progress=progress,
+                    resume_attempt_id=resume_id,
+                )
+                step.attempt_id = result.attempt.attempt_id
+                step.score, step.medal = result.grade.score, result.grade.medal
+            if step.slug in domains and step.arm != "control":
+                promote(conn, [domains[step.slug]], store)
+        except TokenBudgetExceeded as exc:
+            step.error = f"token budget spent: {exc}"
+            run.steps.append(step)
+            if on_done:
+                on_done(step)
+            return False
+        except (HasteError, ValueError, KeyError) as exc:
+            step.error = f"{type(exc).__name__}: {exc}"
+            log.error("campaign %s: %s %s failed: %s", campaign_id, step.phase, step.slug,
+                      step.error)
+        run.steps.append(step)
+        if on_done:
+            on_done(step)
+        return True
+
+    phases = [
+        [ProtocolStep("round1", "cold", s, "none", config.seed) for s in round1],
+        [ProtocolStep("round2", "warm", s, warm, config.seed) for s in round2],
+    ]
+    for steps in phases:
+        for step in steps:
+            if not attempt(step):
+                run.inventory = inventory_by_tier(conn)
+                return run
+        consolidate(store)  # between rounds: merge duplicates, retire poor skills, promote
+    if rerun:
+        seed = config.seed + RERUN_SEED_OFFSET
+        missed = [s.slug for s in run.steps if s.error is None and s.medal == "none"]
+        for slug in missed:
+            for step in (ProtocolStep("rerun", "warm", slug, warm, seed),
+                         ProtocolStep("rerun", "control", slug, "none", seed, extract=False)):
+                if not attempt(step):
+                    run.inventory = inventory_by_tier(conn)
+                    return run
+        consolidate(store)
+    run.inventory = inventory_by_tier(conn)
+    return run
