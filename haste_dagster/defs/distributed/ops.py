@@ -1,156 +1,28 @@
-"""One attempt as a graph of ops an executor can spread over machines.
+"""The distributed job's ops: start the attempt, propose, evaluate and select each round,
+train the final model (the domain logic is ``agents.rounds``)."""
 
-    start_attempt                      attempt row, scoped skills, initial spec, baseline CV
-    → propose_candidates_1             K patches against the incumbent (DynamicOut)
-    → evaluate_candidate_1[i..]        one cross-validation each, mapped     (training op)
-    → select_round_1                   keep rule, iterations recorded in index order
-    → ... rounds 2..R ...
-    → train_final_model                fit on all training data, predict, grade (training op)
-
-The domain logic is `agents.rounds` (no Dagster); this module only wires it. Ops pass small
-JSON values (ids, specs as dicts, scores) through `PostgresJsonIOManager`, so a step on a
-Celery worker or in a Kubernetes pod reads its inputs from the database every HASTE process
-already reaches, not from another machine's disk. The database URL comes from the
-environment through the resources, never from op config or outputs.
-
-Training ops carry `executors.training_tags()` (Celery queue, Kubernetes GPU resources) and
-train on the device `detect_device()` finds where they run, recorded in their metadata. The
-job also records `competition_data`, `attempt` and `submission` materializations of the
-competition's partition, so `competition_skills` and the reports work after it as they do
-after `solve_competition`.
-"""
-
-import json
-import os
 from collections.abc import Iterator
 from typing import Any, Literal
 
 from dagster import (
     Config,
-    ConfigurableIOManager,
     DynamicOut,
     DynamicOutput,
     Failure,
-    InputContext,
-    JobDefinition,
     MetadataValue,
     OpDefinition,
     OpExecutionContext,
     Out,
     Output,
-    OutputContext,
-    job,
     op,
 )
 from pydantic import Field
 
-from haste_dagster import db
 from haste_dagster.defs import audit, steps
-from haste_dagster.defs.executors import TrainingRouting, executor_by_name, training_tags
+from haste_dagster.defs.distributed.io_manager import OUTPUTS_IO
+from haste_dagster.defs.executors import TrainingRouting
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
-from haste_dagster.defs.resources import (
-    DatabaseResource,
-    EmbedderResource,
-    LLMResource,
-    SkillStoreResource,
-)
-
-JOB_NAME = "distributed_attempt"
-ROUNDS_ENV = "HASTE_DISTRIBUTED_ROUNDS"
-CANDIDATES_ENV = "HASTE_DISTRIBUTED_CANDIDATES"
-DEFAULT_ROUNDS = 5
-DEFAULT_CANDIDATES = 4
-OUTPUTS_IO = "op_outputs_io_manager"
-OUTPUTS_SCHEMA = "dagster_io"
-
-
-# --- op outputs in PostgreSQL ---------------------------------------------------------------
-
-# Dagster plumbing, like Dagster's own storage in the `dagster` schema: created on first use
-# in a schema of its own, outside HASTE's migrated tables. The advisory lock stops parallel
-# steps from racing on CREATE TABLE IF NOT EXISTS.
-_OUTPUTS_DDL = f"""
-SELECT pg_advisory_xact_lock(hashtext('{OUTPUTS_SCHEMA}.op_outputs'));
-CREATE SCHEMA IF NOT EXISTS {OUTPUTS_SCHEMA};
-CREATE TABLE IF NOT EXISTS {OUTPUTS_SCHEMA}.op_outputs (
-    run_id      text NOT NULL,
-    step_key    text NOT NULL,
-    output_name text NOT NULL,
-    mapping_key text NOT NULL DEFAULT '',
-    value       jsonb NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (run_id, step_key, output_name, mapping_key)
-);
-"""
-_READY: set[str] = set()
-
-
-def _key(identifier: list[str]) -> tuple[str, str, str, str]:
-    run_id, step_key, name, *rest = identifier
-    return run_id, step_key, name, rest[0] if rest else ""
-
-
-class PostgresJsonIOManager(ConfigurableIOManager):
-    """Op outputs as JSON rows in the HASTE PostgreSQL (table ``dagster_io.op_outputs``).
-
-    The default IO manager pickles outputs under DAGSTER_HOME on the local disk, which a
-    step on another machine cannot read. Values must be JSON-serialisable (and small).
-    """
-
-    database: DatabaseResource
-
-    def _connect(self) -> Any:
-        url = self.database.url()
-        conn = db.connect(url, migrate_schema=False)
-        if url not in _READY:
-            with conn.transaction():
-                conn.execute(_OUTPUTS_DDL)
-            _READY.add(url)
-        return conn
-
-    def handle_output(self, context: OutputContext, obj: Any) -> None:
-        try:
-            value = json.dumps(obj, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise Failure(
-                f"output {context.name!r} of {context.step_key} is not plain JSON ({exc}); "
-                "ops of distributed jobs pass ids, specs as dicts and scores"
-            ) from exc
-        with self._connect() as conn:
-            conn.execute(
-                f"""INSERT INTO {OUTPUTS_SCHEMA}.op_outputs
-                        (run_id, step_key, output_name, mapping_key, value)
-                    VALUES (%s, %s, %s, %s, %s::jsonb)
-                    ON CONFLICT (run_id, step_key, output_name, mapping_key)
-                    DO UPDATE SET value = EXCLUDED.value, created_at = now()""",
-                (*_key(list(context.get_identifier())), value),
-            )
-
-    def load_input(self, context: InputContext) -> Any:
-        assert context.upstream_output is not None
-        key = _key(list(context.upstream_output.get_identifier()))
-        with self._connect() as conn:
-            row = conn.execute(
-                f"""SELECT value FROM {OUTPUTS_SCHEMA}.op_outputs
-                    WHERE run_id = %s AND step_key = %s AND output_name = %s
-                      AND mapping_key = %s""",
-                key,
-            ).fetchone()
-        if row is None:
-            raise Failure(f"no stored output {key[2]!r} of step {key[1]} in run {key[0]}")
-        return row["value"]
-
-
-def distributed_resources() -> dict[str, Any]:
-    """Every resource the job's ops use, so the job also runs outside `Definitions`."""
-    database = DatabaseResource()
-    return {
-        "database": database,
-        "skill_store": SkillStoreResource(database=database, embedder=EmbedderResource()),
-        "llm": LLMResource(),
-        OUTPUTS_IO: PostgresJsonIOManager(database=database),
-    }
-
+from haste_dagster.defs.resources import DatabaseResource, LLMResource, SkillStoreResource
 
 # --- config and helpers ---------------------------------------------------------------------
 
@@ -204,7 +76,7 @@ def _iteration_table(iterations: list[dict[str, Any]]) -> str:
 # --- ops ------------------------------------------------------------------------------------
 
 
-def _start_op(rounds: int, candidates: int) -> OpDefinition:
+def start_op(rounds: int, candidates: int) -> OpDefinition:
     @op(
         name="start_attempt",
         out=Out(dict, io_manager_key=OUTPUTS_IO),
@@ -437,62 +309,3 @@ def train_final_model(
         },
         metadata={"device": device, "score": float(grade.score), "medal": str(grade.medal)},
     )
-
-
-# --- the job --------------------------------------------------------------------------------
-
-
-def build_distributed_attempt_job(
-    rounds: int = DEFAULT_ROUNDS,
-    candidates: int = DEFAULT_CANDIDATES,
-    *,
-    name: str = JOB_NAME,
-    executor: str | None = None,
-    routing: TrainingRouting | None = None,
-) -> JobDefinition:
-    """A job solving one competition in ``rounds`` rounds of ``candidates`` evaluations.
-
-    ``executor`` names one of `executors.EXECUTORS`; None leaves it to `Definitions`
-    (``HASTE_DAGSTER_EXECUTOR``). ``routing`` defaults to the environment's. The arguments
-    are plain values so `dagster.build_reconstructable_job` can rebuild the job in a worker.
-    """
-    if rounds < 1 or candidates < 1:
-        raise ValueError(f"rounds and candidates must be >= 1 (got {rounds}, {candidates})")
-    train = training_tags(routing)
-    start = _start_op(rounds, candidates)
-
-    @job(
-        name=name,
-        description=f"Solve one competition in {rounds} refinement rounds of {candidates} "
-        "candidates each, every candidate evaluated in its own step (Celery/Kubernetes "
-        "ready), then train the final model.",
-        executor_def=executor_by_name(executor) if executor else None,
-        resource_defs=distributed_resources(),
-        tags={"haste/rounds": str(rounds), "haste/candidates": str(candidates)},
-    )
-    def distributed_attempt() -> None:
-        state = start.tag(train)()
-        for r in range(1, rounds + 1):
-            state, proposed = propose_candidates.alias(f"propose_candidates_{r}")(state)
-            evaluate = evaluate_candidate.alias(f"evaluate_candidate_{r}").tag(train)
-            state = select_round.alias(f"select_round_{r}")(state, proposed.map(evaluate).collect())
-        train_final_model.tag(train)(state)
-
-    return distributed_attempt
-
-
-def job_shape_from_env() -> tuple[int, int]:
-    """(rounds, candidates) of the registered job: HASTE_DISTRIBUTED_ROUNDS / _CANDIDATES."""
-    from haste_dagster.defs.executors import ExecutorConfigError
-
-    shape = []
-    for env, default in ((ROUNDS_ENV, DEFAULT_ROUNDS), (CANDIDATES_ENV, DEFAULT_CANDIDATES)):
-        raw = os.environ.get(env, "").strip()
-        try:
-            value = int(raw) if raw else default
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ExecutorConfigError(f"{env}={raw!r}: expected a whole number >= 1")
-        shape.append(value)
-    return shape[0], shape[1]
