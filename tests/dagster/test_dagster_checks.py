@@ -8,6 +8,7 @@ import pytest
 
 from haste_dagster.defs import steps
 from haste_dagster.defs.resources import DatabaseResource, EmbedderResource, SkillStoreResource
+from haste_dagster.defs.steps import competition as competition_steps
 from haste_dagster.skills.model import Skill
 
 
@@ -31,7 +32,8 @@ def test_leak_check_fails_when_a_test_row_id_is_in_the_training_data(
 
     # A stand-in by necessity: the real split never puts a test row in train, so the leak
     # the check must catch has to be injected into an otherwise real competition.
-    monkeypatch.setattr(steps, "load_competition", lambda slug: Leaky())
+    # patched where competition_data_step looks it up (defs/steps/competition.py)
+    monkeypatch.setattr(competition_steps, "load_competition", lambda slug: Leaky())
     result = steps.competition_data_step("tiny_alpha", DatabaseResource())
     (check,) = result.checks
     assert check.name == "no_test_rows_in_train"
