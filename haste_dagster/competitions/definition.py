@@ -202,10 +202,18 @@ def _consistency_problem(d: CompetitionDef) -> tuple[str, str] | None:
     metric = METRICS[d.metric]
     if isinstance(d.target, list) and len(d.target) < 2:
         return "target", "a list of targets needs at least 2 columns (else give one name)"
+    if isinstance(d.target, list) and (
+        not all(name.strip() for name in d.target) or len(set(d.target)) < len(d.target)
+    ):
+        return "target", f"target columns must be distinct, non-empty names, not {d.target}"
     if metric.multi_target != d.is_multi_target:
         if metric.multi_target:
             return "target", f"{d.metric} scores several targets: give target as a list"
-        return "metric", f"several targets need a multi-target metric, not {d.metric}"
+        return (
+            "target",
+            f"{d.metric} scores one target: give target as one column name, or use a "
+            "multi-target metric for a list",
+        )
     if metric.prediction == "multilabel" and d.task != "binary":
         return "task", f"{d.metric} scores 0/1 targets: task must be binary"
     if d.is_classification and metric.prediction in ("value", "values"):

@@ -76,9 +76,11 @@ def _attempt(attempt: int, slug: str | None) -> str:
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> MetadataValue:
     """A Dagster table of ``rows`` (None cells stay empty)."""
     schema = TableSchema(columns=[TableColumn(c, _TYPES.get(c, "string")) for c in columns])
-    records = [
-        TableRecord({c: r[c] for c in columns if r.get(c) is not None}) for r in rows[:MAX_ROWS]
-    ]
+    shown = rows[:MAX_ROWS]
+    # Dagster wants the same fields in every record: a column empty in every row is left
+    # out, and in the others an empty cell is None (shown blank).
+    present = [c for c in columns if any(r.get(c) is not None for r in shown)]
+    records = [TableRecord({c: r.get(c) for c in present}) for r in shown]
     return MetadataValue.table(records=records, schema=schema)
 
 

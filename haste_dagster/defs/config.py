@@ -47,3 +47,13 @@ class TransferBenchConfig(Config):
     iterations: int | None = Field(default=None, ge=1, description="None: the preset's.")
     policy: Literal["heuristic", "llm"] = "heuristic"
     peers: list[str] = Field(default_factory=lambda: ["flaml"])
+
+
+class RerunConfig(AttemptRunConfig):
+    """The campaign's re-run phase: its attempts' settings, and whether it runs at all."""
+
+    rerun: bool = Field(
+        default=True,
+        description="Re-run every competition that did not medal, warm and without skills "
+        "(`haste campaign --no-rerun` is False).",
+    )

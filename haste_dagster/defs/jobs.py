@@ -40,7 +40,7 @@ from dagster import (
 from pydantic import Field
 
 from haste_dagster.defs import audit, steps
-from haste_dagster.defs.config import AttemptRunConfig, TransferBenchConfig
+from haste_dagster.defs.config import AttemptRunConfig, RerunConfig, TransferBenchConfig
 from haste_dagster.defs.executors import training_tags
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
 from haste_dagster.defs.resources import (
@@ -249,7 +249,7 @@ def rerun_phase(
     context: OpExecutionContext,
     first: list[dict],
     second: list[dict],
-    config: AttemptRunConfig,
+    config: RerunConfig,
     skill_store: SkillStoreResource,
 ) -> list[dict]:
     from haste_dagster.agents.campaign import RERUN_SEED_OFFSET, protocol_label
@@ -259,6 +259,8 @@ def rerun_phase(
     from haste_dagster.skills import consolidate
 
     solved = [*first, *second]
+    if not config.rerun:
+        return solved
     seed = config.seed + RERUN_SEED_OFFSET
     warm = config.loading if config.loading != "none" else "tiered"
     reruns: list[dict] = []
@@ -267,14 +269,15 @@ def rerun_phase(
         for entry in [e for e in solved if e["error"] is None and e["medal"] == "none"]:
             for arm, loading in (("warm", warm), ("control", "none")):
                 attempt = AttemptConfig(
-                    policy=config.policy, loading=loading, iterations=config.iterations,
+                    # iterations 0 (the launchpad default): each competition's own budget
+                    policy=config.policy, loading=loading, iterations=config.iterations or None,
                     seed=seed, label=protocol_label(context.run_id, "rerun", arm, entry["slug"]),
                 )
                 try:
                     result = solve(conn, entry["slug"], attempt, extract=arm == "warm",
                                    dagster_run_id=context.run_id)
                     if arm == "warm":
-                        promote(conn, [entry["domain"]], store)
+                        promote(conn, [entry["domain"]], store, dagster_run_id=context.run_id)
                     reruns.append({"slug": entry["slug"], "domain": entry["domain"],
                                    "phase": "rerun", "arm": arm, "medal": result.grade.medal,
                                    "error": None})

@@ -29,11 +29,11 @@ from haste_dagster.competitions.problem import Problem
 from haste_dagster.errors import BudgetExceeded, SpecError
 from haste_dagster.solution.evaluate import (
     CVResult,
-    _check_target,
-    _features,
-    _fit_and_predict,
-    _target,
+    check_target,
+    feature_frame,
+    fit_and_predict,
     make_folds,
+    target_values,
     with_classes,
 )
 from haste_dagster.solution.space import check_spec_for_problem
@@ -100,9 +100,9 @@ def cross_validate_ensemble(
     _check_members(specs, problem)
     metric = get_metric(problem.metric)
     for spec in specs:
-        _check_target(spec, problem, train_df[problem.target])
+        check_target(spec, problem, train_df[problem.target])
     problem = with_classes(problem, train_df[problem.target])
-    X, y = _features(problem, train_df), _target(problem, train_df)
+    X, y = feature_frame(problem, train_df), target_values(problem, train_df)
     scores = []
     for fold, (train_idx, valid_idx) in enumerate(make_folds(specs[0], problem, train_df, seed)):
         preds = []
@@ -110,7 +110,7 @@ def cross_validate_ensemble(
             if deadline is not None and time.monotonic() > deadline:
                 raise BudgetExceeded(f"the attempt's time budget ran out in fold {fold + 1}")
             preds.append(
-                _fit_and_predict(
+                fit_and_predict(
                     spec, problem, X.iloc[train_idx], y[train_idx], X.iloc[valid_idx], metric,
                     seed=seed, device=device, n_jobs=n_jobs, deadline=deadline,
                 )
@@ -146,12 +146,12 @@ def fit_predict_ensemble(
     _check_members(specs, problem)
     metric = get_metric(problem.metric)
     for spec in specs:
-        _check_target(spec, problem, train_df[problem.target])
+        check_target(spec, problem, train_df[problem.target])
     problem = with_classes(problem, train_df[problem.target])
-    X, y = _features(problem, train_df), _target(problem, train_df)
-    X_new = _features(problem, test_features_df)
+    X, y = feature_frame(problem, train_df), target_values(problem, train_df)
+    X_new = feature_frame(problem, test_features_df)
     preds = [
-        _fit_and_predict(spec, problem, X, y, X_new, metric, seed=seed, device=device,
+        fit_and_predict(spec, problem, X, y, X_new, metric, seed=seed, device=device,
                          n_jobs=n_jobs)
         for spec in specs
     ]

@@ -63,7 +63,7 @@ def input_columns(problem: Problem) -> list[str]:
     return [c for c in dict.fromkeys(cols) if c != problem.target]
 
 
-def _features(problem: Problem, df: pd.DataFrame) -> pd.DataFrame:
+def feature_frame(problem: Problem, df: pd.DataFrame) -> pd.DataFrame:
     cols = input_columns(problem)
     missing = [c for c in cols if c not in df.columns]
     if missing:
@@ -134,7 +134,7 @@ def _predict(estimator: Any, X: pd.DataFrame, metric: Metric) -> np.ndarray:
     return pred if metric.prediction == "label" else pred.astype(float)
 
 
-def _check_target(spec: SolutionSpec, problem: Problem, y: pd.Series) -> None:
+def check_target(spec: SolutionSpec, problem: Problem, y: pd.Series) -> None:
     if task_kind(problem) == "regression":
         values = pd.to_numeric(y, errors="coerce")
         if values.isna().any():
@@ -147,7 +147,7 @@ def _check_target(spec: SolutionSpec, problem: Problem, y: pd.Series) -> None:
             )
 
 
-def _fit_and_predict(
+def fit_and_predict(
     spec: SolutionSpec,
     problem: Problem,
     X_fit: pd.DataFrame,
@@ -186,7 +186,7 @@ def _fit_and_predict(
     return pred
 
 
-def _target(problem: Problem, df: pd.DataFrame) -> np.ndarray:
+def target_values(problem: Problem, df: pd.DataFrame) -> np.ndarray:
     y = df[problem.target].reset_index(drop=True)
     return y.to_numpy() if task_kind(problem) == "classification" else y.to_numpy(dtype=float)
 
@@ -214,9 +214,9 @@ def cross_validate(
     wall, cpu = time.perf_counter(), time.process_time()
     check_spec_for_problem(spec, problem)
     metric = get_metric(problem.metric)
-    _check_target(spec, problem, train_df[problem.target])
+    check_target(spec, problem, train_df[problem.target])
     problem = with_classes(problem, train_df[problem.target])
-    X, y = _features(problem, train_df), _target(problem, train_df)
+    X, y = feature_frame(problem, train_df), target_values(problem, train_df)
     scores = []
     base_key = (
         feature_key(spec, problem, seed) + data_fingerprint(X, y) if fold_cache is not None else ""
@@ -232,7 +232,7 @@ def cross_validate(
             if fold_cache is not None
             else None
         )
-        pred = _fit_and_predict(
+        pred = fit_and_predict(
             spec,
             problem,
             X.iloc[train_idx],
@@ -280,14 +280,14 @@ def fit_predict(
     """
     check_spec_for_problem(spec, problem)
     metric = get_metric(problem.metric)
-    _check_target(spec, problem, train_df[problem.target])
+    check_target(spec, problem, train_df[problem.target])
     problem = with_classes(problem, train_df[problem.target])
-    return _fit_and_predict(
+    return fit_and_predict(
         spec,
         problem,
-        _features(problem, train_df),
-        _target(problem, train_df),
-        _features(problem, test_features_df),
+        feature_frame(problem, train_df),
+        target_values(problem, train_df),
+        feature_frame(problem, test_features_df),
         metric,
         seed=seed,
         device=device,

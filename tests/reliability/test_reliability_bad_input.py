@@ -567,5 +567,7 @@ def test_hostile_text_can_neither_close_nor_forge_a_data_block(
     blocks = list(_BLOCK.finditer(block))
     assert len(blocks) == 1 and blocks[0].span() == (0, len(block))
     assert "<<<" not in blocks[0].group(3) and ">>>" not in blocks[0].group(3)
-    assert json.loads(blocks[0].group(3).replace("\\u003c", "<").replace("\\u003e", ">")) == {
+    # json.loads decodes the block's \u003c / \u003e escapes itself (a textual replace would
+    # corrupt a literal backslash followed by "u003c" in the data)
+    assert json.loads(blocks[0].group(3)) == {
         "title": hostile, "guidance": hostile}  # the data itself is intact

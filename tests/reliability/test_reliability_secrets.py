@@ -205,7 +205,8 @@ def test_a_dagster_materialization_keeps_secrets_out_of_storage_event_log_and_me
         ("process output", done.stdout + done.stderr),
         ("event log", events),
         ("run", str(run)),
-        ("metadata", json.dumps(metadata, default=str)),
+        # str() per value: Dagster's table records are NamedTuples that refuse iteration
+        ("metadata", "\n".join(f"{k}: {v}" for k, v in metadata.items())),
         ("database (HASTE and Dagster tables)", _all_text(secrets["url"])),
         ("DAGSTER_HOME files (dagster.yaml, compute logs)", _files_text(home)),
     ):
