@@ -30,9 +30,16 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on `port` now.
+
+    SO_REUSEADDR, as every server sets it: connections the stopped server closed linger in
+    TIME_WAIT for a minute and would fail a plain bind though nothing listens any more.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
+            sock.listen()
         except OSError:
             return False
     return True
