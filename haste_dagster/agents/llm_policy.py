@@ -50,6 +50,7 @@ from haste_dagster.llm.prompts import (
     prototype_messages,
     specialist_messages,
 )
+from haste_dagster.llm.schema import ShortText, Text
 from haste_dagster.solution.space import check_spec_for_problem, default_spec, describe_space
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
 
@@ -59,7 +60,7 @@ MAX_RATIONALE = 2000
 
 
 class InitialSpecReply(BaseModel):
-    rationale: str = Field(description="why these skills fit this dataset")
+    rationale: Text = Field(description="why these skills fit this dataset")
     applied_skill_ids: list[str] = Field(
         default_factory=list, description="ids of skills whose advice the patch applies"
     )
@@ -72,16 +73,18 @@ class InitialSpecReply(BaseModel):
 
 
 class PatchReply(BaseModel):
-    rationale: str = Field(description="why this change should beat the incumbent")
+    # The patch first: a reply cut off at max_tokens should lose the prose, not the change
+    # (grammar-constrained decoding writes the properties in this order).
+    patch: Patch
+    rationale: Text = Field(description="why this change should beat the incumbent")
     skill_ids: list[str] = Field(
         default_factory=list, description="ids of skills that motivated this patch"
     )
-    patch: Patch
 
 
 class PrototypeProposal(BaseModel):
-    name: str = Field(description="a short name, e.g. boosted_trees")
-    rationale: str = Field(default="", description="why this prototype suits the data")
+    name: ShortText = Field(description="a short name, e.g. boosted_trees")
+    rationale: Text = Field(default="", description="why this prototype suits the data")
     skill_ids: list[str] = Field(default_factory=list, description="skills it comes from")
     patch: Patch | None = Field(default=None, description="changes to the default spec")
 

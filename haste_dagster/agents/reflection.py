@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 from haste_dagster.errors import LLMError, NotFoundError
 from haste_dagster.llm.client import LLMClient, ReplyRejected
 from haste_dagster.llm.prompts import compress_history, labelling_messages, reflection_messages
+from haste_dagster.llm.schema import ShortText, Text
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,10 @@ LABELS: tuple[str, ...] = ("skip", "competition", "domain", "global", "conflict"
 
 
 class Learning(BaseModel):
-    title: str = Field(max_length=160, description="short imperative summary")
-    text: str = Field(description="what to do, when, and the measured effect")
+    title: ShortText = Field(description="short imperative summary")
+    text: Text = Field(description="what to do, when, and the measured effect")
     proposed_tier: Tier
-    conditions: str = Field(default="", description="when it applies, on the data profile")
+    conditions: Text = Field(default="", description="when it applies, on the data profile")
     iterations: list[int] = Field(
         default_factory=list, description="indices of the iterations that support it"
     )
@@ -63,11 +64,11 @@ class ReflectionReply(BaseModel):
 class LabelItem(BaseModel):
     index: int = Field(description="index of the learning in the learnings block")
     label: Label
-    reason: str
-    abstraction: str | None = Field(
+    reason: Text
+    abstraction: Text | None = Field(
         default=None, description="for domain/global: the learning without competition names"
     )
-    conditions: str | None = Field(
+    conditions: Text | None = Field(
         default=None, description="for conflict: when this learning holds vs the other skill"
     )
     related_skill_ids: list[str] = Field(

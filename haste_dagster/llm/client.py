@@ -5,8 +5,9 @@ is used. ``complete_json`` asks for JSON, parses it into a pydantic model and, w
 reply is not valid JSON or does not validate, tells the model what was wrong and asks again
 a bounded number of times. Structured output degrades per endpoint: ``json_schema``
 response format first; an endpoint that rejects it (HTTP 400/422) is asked with
-``json_object``, then with plain text. The schema is always also stated in the system
-prompt, so endpoints that silently ignore ``response_format`` still know what to send.
+``json_object``, then with plain text. The schema is always also stated in the prompt (at
+the end of the user turn, a trimmed copy), so endpoints that silently ignore
+``response_format`` still know what to send.
 
 Transport errors (429, 5xx, timeouts, refused connections) are retried here, not by the
 ``openai`` client (its ``max_retries`` is 0), so that every HTTP call, failed ones included,
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from haste_dagster.config import redact
 from haste_dagster.errors import HasteError, LLMError
 from haste_dagster.llm.ledger import AGENT_LEVELS, AgentLevel, CallRecord, TokenLedger
+from haste_dagster.llm.schema import prompt_schema
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,9 @@ def _schema_name(schema: type[BaseModel]) -> str:
 
 
 def format_instructions(schema: type[BaseModel]) -> str:
-    compact = json.dumps(schema.model_json_schema(), separators=(",", ":"), sort_keys=True)
+    compact = json.dumps(
+        prompt_schema(schema.model_json_schema()), separators=(",", ":"), sort_keys=True
+    )
     return (
         "Reply with one JSON object and nothing else (no prose, no code fences). "
         f"It must validate against this JSON schema:\n{compact}"
@@ -196,12 +200,14 @@ def format_instructions(schema: type[BaseModel]) -> str:
 
 
 def _with_instructions(messages: Sequence[Message], schema: type[BaseModel]) -> list[dict]:
+    # At the end of the last user turn, not in the system message: the system message is
+    # then the same for every call, and stays a cached prefix (see llm.prompts).
     out = [dict(m) for m in messages]
     note = format_instructions(schema)
-    if out and out[0].get("role") == "system":
-        out[0]["content"] = f"{out[0]['content']}\n\n{note}"
+    if out and out[-1].get("role") == "user":
+        out[-1]["content"] = f"{out[-1]['content']}\n\n{note}"
     else:
-        out.insert(0, {"role": "system", "content": note})
+        out.append({"role": "user", "content": note})
     return out
 
 

@@ -3,6 +3,7 @@ it validates, samples and mutates (see ``solution.space``)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -176,17 +177,18 @@ class Param:
             new = int(min(self.high, max(self.low, value + step)))
         return new
 
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "type": self.kind,
-            "default": self.default,
-            "allowed": self.allowed(),
-        }
+    def describe(self) -> str:
+        """One line for an LLM prompt: what values are allowed, the default, the scale, why.
+
+        A line, not a JSON object of the same facts: prompts repeat it for every parameter
+        and a small local model pays for each token (the keys alone were a third of it).
+        """
+        parts = [self.allowed(), f"default {json.dumps(self.default)}"]
         if self.log:
-            out["log_scale"] = True
+            parts.append("log scale")
         if self.doc:
-            out["doc"] = self.doc
-        return out
+            parts.append(self.doc)
+        return "; ".join(parts)
 
 
 def _round_sig(x: float, digits: int = 3) -> float:

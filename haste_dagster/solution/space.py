@@ -177,7 +177,8 @@ def describe_space(problem: Problem | None = None) -> dict[str, Any]:
 
     With a problem, only the steps its columns use and the families and parameters that fit
     its task. Validation is left out: it is fixed for an attempt, because changing the folds
-    would make scores incomparable with the incumbent's.
+    would make scores incomparable with the incumbent's. The patch operations are not
+    repeated here: the reply's JSON schema spells them out.
     """
     if problem is None:
         steps, families = list(SEARCH_STEPS), list(FAMILIES)
@@ -199,17 +200,6 @@ def describe_space(problem: Problem | None = None) -> dict[str, Any]:
             }
             for name in families
         },
-        "patch_ops": [
-            {
-                "op": "set",
-                "path": "<step>.<field> | model.params.<name> | model.family | target_transform",
-                "value": "...",
-            },
-            {"op": "unset", "path": "model.params.<name>  (back to the default)"},
-            {"op": "set_model", "family": "<family>", "params": {"<name>": "..."}},
-            {"op": "add", "path": "<list field>", "value": "..."},
-            {"op": "remove", "path": "<list field>", "value": "..."},
-        ],
     }
     if kind is None or kind == "regression":
         out["target_transform"] = TARGET_TRANSFORM.describe()

@@ -182,8 +182,19 @@ class SolutionSpec(BaseModel):
 # ---------------------------------------------------------------------------------------
 
 
+# A field path (``model.params.max_depth``): bounded, so a decoding grammar ends it.
+FieldPath = Annotated[str, Field(max_length=80)]
+
+
+def _tag_required(schema: dict[str, Any]) -> None:
+    # A patch's ops are told apart by their "op" tag, so a JSON op must carry it (the
+    # default only serves Python code); a decoding grammar built from the schema then
+    # cannot leave it out.
+    schema["required"] = ["op", *[k for k in schema.get("required", []) if k != "op"]]
+
+
 class _Op(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_tag_required)
 
 
 class SetOp(_Op):
@@ -192,7 +203,7 @@ class SetOp(_Op):
     object of fields (merged into the current ones)."""
 
     op: Literal["set"] = "set"
-    path: str
+    path: FieldPath
     value: Any
 
 
@@ -200,7 +211,7 @@ class UnsetOp(_Op):
     """Reset a field to its default (``model.params.<name>``, ``<step>.<field>``)."""
 
     op: Literal["unset"] = "unset"
-    path: str
+    path: FieldPath
 
 
 class SetModelOp(_Op):
@@ -215,7 +226,7 @@ class AddOp(_Op):
     """Add an item to a list field (``forecast.lags``, ``date.parts``…)."""
 
     op: Literal["add"] = "add"
-    path: str
+    path: FieldPath
     value: Any
 
 
@@ -223,7 +234,7 @@ class RemoveOp(_Op):
     """Remove an item from a list field."""
 
     op: Literal["remove"] = "remove"
-    path: str
+    path: FieldPath
     value: Any
 
 

@@ -62,6 +62,6 @@ def local_llm_config(local_llm: LocalLLM) -> LLMConfig:
     # capped so a looping small model ends with finish_reason "length" instead of running on.
     return LLMConfig(
         model=local_llm.model, base_url=local_llm.url, api_key="not-needed",
-        timeout_s=900.0, max_retries=0, max_repairs=1, max_output_tokens=192,
+        timeout_s=900.0, max_retries=0, max_repairs=1, max_output_tokens=128,
         temperature=0.0,
     )

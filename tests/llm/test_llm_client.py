@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import Literal
 
 import psycopg
 import pytest
@@ -29,6 +30,7 @@ from haste_dagster.llm.client import (
     LLMRequestFailed,
     ReplyRejected,
     TokenBudgetExceeded,
+    prompt_schema,
 )
 from haste_dagster.llm.ledger import TokenLedger
 
@@ -195,7 +197,7 @@ def test_rejected_response_format_falls_back_to_json_object_then_text(
     ask(client)  # the fallback sticks for later calls
     assert "response_format" not in fake_openai.bodies()[3]
     # Without response_format the schema must still reach the model through the prompt.
-    assert '"required":["answer","n"]' in fake_openai.bodies()[3]["messages"][0]["content"]
+    assert '"required":["answer","n"]' in fake_openai.bodies()[3]["messages"][-1]["content"]
 
 
 def test_campaign_budget_stops_before_the_next_call_across_clients(
@@ -306,3 +308,15 @@ def test_config_from_env_uses_a_placeholder_key_only_for_custom_endpoints() -> N
                             "HASTE_LLM_TIMEOUT": "soon"})
     explicit = LLMConfig.from_env({"OPENAI_API_KEY": "sk-env"}, model="m", api_key="sk-arg")
     assert explicit.api_key == "sk-arg" and "sk-arg" not in repr(explicit)
+
+
+def test_the_prompts_copy_of_the_schema_drops_titles_but_keeps_a_property_named_title() -> None:
+    class Titled(BaseModel):
+        title: str
+        kind: Literal["a"] = "a"
+
+    trimmed = prompt_schema(Titled.model_json_schema())
+    assert trimmed["properties"]["title"] == {"type": "string"}  # a property, kept
+    assert "title" not in trimmed and "title" not in trimmed["properties"]["kind"]
+    assert trimmed["properties"]["kind"] == {"const": "a", "type": "string"}
+    assert trimmed["required"] == ["title"]

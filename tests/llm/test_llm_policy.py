@@ -162,7 +162,7 @@ def test_specialist_patches_the_default_spec_and_passes_skills_down(
     assert isinstance(spec, SolutionSpec) and spec.model.params["max_depth"] == 4
     assert applied == ["s1"]
     assert policy.last_initial is not None and policy.last_initial.passed_down == ["s2"]
-    assert fake_openai.bodies()[0]["messages"][0]["content"].startswith("You are the domain")
+    assert "Your role: the domain specialist" in fake_openai.bodies()[0]["messages"][-1]["content"]
     policy.propose(_ctx())
     competition_prompt = fake_openai.bodies()[1]["messages"][1]["content"]
     assert '"id": "s2"' in competition_prompt and '"id": "s1"' not in competition_prompt

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from haste_dagster.llm.prompts import (
@@ -14,6 +14,8 @@ from haste_dagster.llm.prompts import (
     competition_messages,
     compress_history,
     data_block,
+    labelling_messages,
+    reflection_messages,
     specialist_messages,
 )
 
@@ -183,3 +185,34 @@ def test_same_context_gives_the_same_prompt() -> None:
 
 def test_data_block_tag_changes_with_content() -> None:
     assert data_block("x", {"a": 1}).splitlines()[0] != data_block("x", {"a": 2}).splitlines()[0]
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
+def test_every_agent_shares_one_system_message_and_the_specialist_and_agent_one_context() -> None:
+    """What a prompt-caching server (llama.cpp, OpenAI) reuses from one call to the next."""
+    ctx = _ctx()
+    space = '{"models": {"xgboost": {"max_depth": "integer in [1, 12]; default 6"}}}'
+    specialist = specialist_messages(
+        ctx.problem, ctx.profile, ctx.skills, {"model": {}}, domain="tabular", space=space
+    )
+    turns = [
+        competition_messages(replace(ctx, iteration=i, history=ctx.history * i),
+                             domain="tabular", space=space)
+        for i in (1, 2)
+    ]
+    reflection = reflection_messages({"slug": "titanic"}, ["#0 baseline cv=0.8"])
+    labelling = labelling_messages([], [], competition="titanic", domain="tabular")
+    assert len({m[0]["content"] for m in (specialist, *turns, reflection, labelling)}) == 1
+    # The context (problem, profile, parameter space, skills) comes before any role.
+    shared = _common_prefix(specialist[1]["content"], turns[0][1]["content"])
+    assert "Parameter space:" in shared and "<<<END DATA skills" in shared
+    assert "specialist" not in shared and "competition agent" not in shared
+    # Turn to turn, the role and the incumbent are shared too; the history and the
+    # iteration number are what change.
+    between_turns = _common_prefix(turns[0][1]["content"], turns[1][1]["content"])
+    assert "Your role: the competition agent" in between_turns
+    assert "Incumbent spec" in between_turns and "Iteration 1 of" not in between_turns

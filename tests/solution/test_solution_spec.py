@@ -279,7 +279,8 @@ def test_space_description_is_json_limited_to_what_the_problem_uses() -> None:
     assert set(described["steps"]) == {"numeric", "text"}
     assert "validation" not in described["steps"]  # fixed per attempt: not for proposals
     assert "hist_gradient_boosting" not in described["models"]  # dense-only: not for text
-    assert described["models"]["logistic_regression"]["params"]["C"]["log_scale"] is True
+    c = described["models"]["logistic_regression"]["params"]["C"]
+    assert c.startswith("number in [") and "; log scale" in c  # one line per parameter
     everything = describe_space()
     assert set(everything["steps"]) == set(STEPS) - {"validation"}
     assert set(everything["models"]) == set(FAMILIES)
