@@ -166,7 +166,8 @@ def _run_one(
     plan: Plan,
     extract: bool = True,
 ) -> AttemptRecord:
-    from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+    from haste_dagster.agents.attempts import AttemptConfig
+    from haste_dagster.agents.competition_agent import run_attempt
     from haste_dagster.agents.orchestrator import extract_skills
 
     size = inventory(conn)["active"]
