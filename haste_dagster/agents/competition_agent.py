@@ -138,18 +138,7 @@ class RefinementLoop:
             if time.monotonic() - started > seconds:
                 stopped = "time"
                 break
-            ctx = PolicyContext(
-                problem=problem,
-                profile=profile,
-                incumbent=incumbent,
-                incumbent_score=best_row.cv_mean,
-                history=policy_history(rows),
-                skills=self.views,
-                iteration=idx,
-                budget=budget,
-                seed=attempt.seed,
-                higher_is_better=self.metric.higher_is_better,
-            )
+            ctx = self._context(attempt, profile, incumbent, best_row, rows, idx, budget)
             # A candidate still running when the budget ends is stopped (BudgetExceeded) and
             # recorded as a failed iteration; the baseline above always completes.
             row = self._iterate(attempt, idx, ctx, incumbent, best_row, started + seconds)
@@ -170,6 +159,33 @@ class RefinementLoop:
             extra["control"] = self.control
         return record_finished_attempt(
             self.conn, attempt, rows, incumbent, best_row, self.skills_loaded, stopped, extra
+        )
+
+    def _context(
+        self,
+        attempt: records.AttemptRow,
+        profile: dict,
+        incumbent: SolutionSpec,
+        best_row: records.IterationRow,
+        rows: list[records.IterationRow],
+        idx: int,
+        budget: int,
+        **extra: Any,
+    ) -> PolicyContext:
+        """What the policy sees for iteration ``idx``: the incumbent and its score, the
+        history of ``rows`` (its line of iterations), the skills; ``extra``: further fields."""
+        return PolicyContext(
+            problem=self.competition.problem,
+            profile=profile,
+            incumbent=incumbent,
+            incumbent_score=best_row.cv_mean,
+            history=policy_history(rows),
+            skills=self.views,
+            iteration=idx,
+            budget=budget,
+            seed=attempt.seed,
+            higher_is_better=self.metric.higher_is_better,
+            **extra,
         )
 
     def _record(

@@ -37,12 +37,11 @@ from haste_dagster.agents.attempts import (
     AttemptResult,
     advance_incumbent,
     iterations_since_kept,
-    policy_history,
     record_finished_attempt,
     should_keep,
 )
 from haste_dagster.agents.competition_agent import RefinementLoop
-from haste_dagster.agents.policy import PolicyContext, is_structural, resolve_skill_views
+from haste_dagster.agents.policy import is_structural, resolve_skill_views
 from haste_dagster.agents.prototypes import N_PROTOTYPES, Prototype, choose_prototypes, signature
 from haste_dagster.errors import HasteError
 from haste_dagster.solution.ensemble import combination, cross_validate_ensemble
@@ -373,19 +372,9 @@ class StagedPipeline(RefinementLoop):
                 return rows, "time"
             idx = len(rows)
             escalate = needs_escalation(branch_rows)
-            ctx = PolicyContext(
-                problem=self.competition.problem,
-                profile=self.profile,
-                incumbent=incumbent,
-                incumbent_score=best_row.cv_mean,
-                history=policy_history(branch_rows),
-                skills=self.views,
-                iteration=idx,
-                budget=budget,
-                seed=self.attempt.seed,
-                higher_is_better=self.metric.higher_is_better,
-                initial=start.spec,
-                escalate=escalate,
+            ctx = self._context(
+                self.attempt, self.profile, incumbent, best_row, branch_rows, idx, budget,
+                initial=start.spec, escalate=escalate,
             )
             row = self._iterate(self.attempt, idx, ctx, incumbent, best_row, self.deadline)
             if row is None:
