@@ -119,7 +119,8 @@ def evaluate_in_time(competition, spec: SolutionSpec) -> dict:
 def tuned_entrant(competition, iterations: int, seed: int, db_url: str) -> dict:
     """Tune the default spec with the heuristic policy, then score it on the hidden test."""
     from haste_dagster import db
-    from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+    from haste_dagster.agents.attempts import AttemptConfig
+    from haste_dagster.agents.competition_agent import run_attempt
 
     t0 = time.monotonic()
     with db.connection(db_url) as conn:

@@ -12,10 +12,7 @@ from typing import Any
 
 import psycopg
 
-from haste_dagster.agents.competition_agent import (
-    AttemptConfig,
-    ProgressFn,
-)
+from haste_dagster.agents.attempts import AttemptConfig, ProgressFn
 from haste_dagster.agents.factory import open_skill_store
 from haste_dagster.agents.orchestrator import SolveResult, extract_skills, promote, solve
 from haste_dagster.competitions.registry import load_competition

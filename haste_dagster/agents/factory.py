@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from haste_dagster.agents.policy import Policy
 from haste_dagster.errors import ConfigError
 
-if TYPE_CHECKING:  # the LLM client is imported only when the llm policy is built
+if TYPE_CHECKING:  # the LLM client and the skill store are imported only when built
     from haste_dagster.llm.client import LLMConfig
+    from haste_dagster.skills.store import SkillStore
 
 POLICIES = ("heuristic", "llm")
 
@@ -36,7 +37,7 @@ def make_policy(
     raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
-def open_skill_store(conn: psycopg.Connection) -> Any:
+def open_skill_store(conn: psycopg.Connection) -> SkillStore:
     from haste_dagster.skills.embeddings import default_embedder
     from haste_dagster.skills.store import SkillStore
 

@@ -33,18 +33,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
 
 from haste_dagster.agents import records
-from haste_dagster.agents.competition_agent import (
-    AttemptConfig,
-    AttemptResult,
-    ProgressFn,
-    run_attempt,
-)
+from haste_dagster.agents.attempts import AttemptConfig, AttemptResult, ProgressFn
+from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.agents.factory import make_policy, open_skill_store
 from haste_dagster.agents.orchestrator import (
     SolveResult,
@@ -56,6 +52,9 @@ from haste_dagster.competitions.grading import competition_thresholds, grade, sc
 from haste_dagster.competitions.registry import Competition, check_solvable, target_view
 from haste_dagster.solution.evaluate import fit_predict
 from haste_dagster.solution.spec import SolutionSpec
+
+if TYPE_CHECKING:
+    from haste_dagster.agents.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,7 @@ def solve_multitarget(
     extract: bool = True,
     progress: ProgressFn | None = None,
     dagster_run_id: str | None = None,
-    policy: Any = None,
+    policy: Policy | None = None,
 ) -> SolveResult:
     """Solve a multi-target competition one target at a time (see the module doc)."""
     definition = competition.definition

@@ -7,23 +7,27 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from haste_dagster.agents import records
-from haste_dagster.agents.competition_agent import (
-    AttemptConfig,
-    AttemptResult,
-    ProgressFn,
-    run_attempt,
-)
+from haste_dagster.agents.attempts import AttemptConfig, AttemptResult, ProgressFn
+from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.agents.factory import make_policy, open_skill_store
 from haste_dagster.agents.submission import make_submission
 from haste_dagster.competitions.grading import Grade, competition_thresholds
 from haste_dagster.competitions.profile import profile_data
 from haste_dagster.competitions.registry import check_solvable, load_competition
 from haste_dagster.errors import HasteError
+
+if TYPE_CHECKING:  # skills and the LLM client load lazily, when an attempt needs them
+    from haste_dagster.agents.policy import Policy
+    from haste_dagster.competitions.registry import Competition
+    from haste_dagster.llm.client import LLMClient
+    from haste_dagster.skills.extraction import BestSpec
+    from haste_dagster.skills.model import Skill
+    from haste_dagster.skills.store import SkillStore
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +99,8 @@ def kept_changes(conn: psycopg.Connection, attempt_id: int, higher_is_better: bo
 
 
 def best_spec_margin(
-    conn: psycopg.Connection, competition: Any, attempt_id: int
-) -> Any:
+    conn: psycopg.Connection, competition: Competition, attempt_id: int
+) -> BestSpec | None:
     """The recipe material of an attempt: its best spec, the domain default and the best's
     measured margin over the default (best vs the start of its line, plus that start's
     measured delta against the plain-default control when skills shaped it); None when the
@@ -141,12 +145,12 @@ def best_spec_margin(
 
 def extract_skills(
     conn: psycopg.Connection,
-    competition: Any,
+    competition: Competition,
     attempt_id: int,
-    store: Any = None,
+    store: SkillStore | None = None,
     *,
     dagster_run_id: str | None = None,
-) -> list[Any]:
+) -> list[Skill]:
     """Write the competition skills the attempt taught: kept changes, normalised rules and
     the whole-spec recipe (idempotent); each records the attempt and, run from Dagster, the
     run that wrote it."""
@@ -167,7 +171,9 @@ def extract_skills(
     )
 
 
-def update_search_priors(conn: psycopg.Connection, domain: str, store: Any) -> Any:
+def update_search_priors(
+    conn: psycopg.Connection, domain: str, store: SkillStore
+) -> Skill | None:
     """Recount the domain's exploratory moves (tried, kept) into its prior skill."""
     from haste_dagster.agents.heuristic import move_key
     from haste_dagster.skills.priors import write_domain_prior
@@ -193,10 +199,10 @@ def update_search_priors(conn: psycopg.Connection, domain: str, store: Any) -> A
 
 def reflect_with_llm(
     conn: psycopg.Connection,
-    competition: Any,
+    competition: Competition,
     attempt_id: int,
-    store: Any,
-    client: Any,
+    store: SkillStore,
+    client: LLMClient,
     *,
     dagster_run_id: str | None = None,
 ) -> list[str]:
@@ -259,10 +265,10 @@ def reflect_with_llm(
 def promote(
     conn: psycopg.Connection,
     domains: Iterable[str],
-    store: Any = None,
+    store: SkillStore | None = None,
     *,
     dagster_run_id: str | None = None,
-) -> list[Any]:
+) -> list[Skill]:
     """Promote recurring competition skills to their domains, then domain skills to global.
 
     Holds the consolidation advisory lock for the whole promotion: promotion and
@@ -277,7 +283,7 @@ def promote(
     )
 
     store = store if store is not None else open_skill_store(conn)
-    promoted: list[Any] = []
+    promoted: list[Skill] = []
     with store.conn.transaction():
         lock_promotions(store)
         for domain in sorted(set(domains)):
@@ -297,7 +303,7 @@ def solve(
     extract: bool = True,
     progress: ProgressFn | None = None,
     dagster_run_id: str | None = None,
-    policy: Any = None,
+    policy: Policy | None = None,
     resume_attempt_id: int | None = None,
 ) -> SolveResult:
     """Attempt → skills → graded submission for one competition. ``resume_attempt_id``

@@ -12,7 +12,7 @@ starting with a full cross-validation of its prototype), and one ensemble row
 
 **Branches.** Each branch is the competition agent's refinement loop started from its
 prototype: candidates are scored on the attempt's folds and kept by the paired rule
-(`competition_agent.should_keep`), the stagnation exit applies per branch, and after
+(`attempts.should_keep`), the stagnation exit applies per branch, and after
 `ESCALATE_AFTER` consecutive iterations without a kept change (none of them structural) the
 policy is asked for a structural change (``PolicyContext.escalate``). The better branch's
 incumbent goes on.
@@ -32,16 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from haste_dagster.agents import records
-from haste_dagster.agents.competition_agent import (
+from haste_dagster.agents.attempts import (
     AttemptConfig,
     AttemptResult,
-    RefinementLoop,
+    advance_incumbent,
     iterations_since_kept,
-    policy_history,
     record_finished_attempt,
     should_keep,
 )
-from haste_dagster.agents.policy import PolicyContext, is_structural, resolve_skill_views
+from haste_dagster.agents.competition_agent import RefinementLoop
+from haste_dagster.agents.policy import is_structural, resolve_skill_views
 from haste_dagster.agents.prototypes import N_PROTOTYPES, Prototype, choose_prototypes, signature
 from haste_dagster.errors import HasteError
 from haste_dagster.solution.ensemble import combination, cross_validate_ensemble
@@ -372,19 +372,9 @@ class StagedPipeline(RefinementLoop):
                 return rows, "time"
             idx = len(rows)
             escalate = needs_escalation(branch_rows)
-            ctx = PolicyContext(
-                problem=self.competition.problem,
-                profile=self.profile,
-                incumbent=incumbent,
-                incumbent_score=best_row.cv_mean,
-                history=policy_history(branch_rows),
-                skills=self.views,
-                iteration=idx,
-                budget=budget,
-                seed=self.attempt.seed,
-                higher_is_better=self.metric.higher_is_better,
-                initial=start.spec,
-                escalate=escalate,
+            ctx = self._context(
+                self.attempt, self.profile, incumbent, best_row, branch_rows, idx, budget,
+                initial=start.spec, escalate=escalate,
             )
             row = self._iterate(self.attempt, idx, ctx, incumbent, best_row, self.deadline)
             if row is None:
@@ -392,15 +382,12 @@ class StagedPipeline(RefinementLoop):
             row.branch = name
             if escalate:
                 row.detail = {"escalated": True}
-            self._record(row, best_row)
+            self._record(self.attempt, row, best_row)
             rows.append(row)
             branch_rows.append(row)
-            if row.kept:
-                incumbent = apply_patch(incumbent, Patch.model_validate(row.patch))
-                best_row = row
-                since_kept = 0
-            else:
-                since_kept += 1
+            incumbent, best_row, since_kept = advance_incumbent(
+                incumbent, best_row, since_kept, row
+            )
         return rows, "budget"
 
     def _branch_baseline(self, name: str, start: Prototype, idx: int) -> records.IterationRow:
@@ -429,20 +416,6 @@ class StagedPipeline(RefinementLoop):
         records.record_iteration(self.conn, row)
         self._report(row, self.attempt.budget_iterations)
         return row
-
-    def _record(self, row: records.IterationRow, best_row: records.IterationRow) -> None:
-        # the iteration and its skills' usage commit together (see RefinementLoop.run)
-        with self.conn.transaction():
-            records.record_iteration(self.conn, row)
-            if self.record_usage and row.skill_ids:
-                delta = (
-                    0.0
-                    if row.cv_mean is None or best_row.cv_mean is None
-                    else (row.cv_mean - best_row.cv_mean)
-                    * (1 if self.metric.higher_is_better else -1)
-                )
-                self.record_usage(self.attempt.id, row.idx, row.skill_ids, row.kept, delta)
-        self._report(row, self.attempt.budget_iterations)
 
     # ---- stage 4: the ensemble ---------------------------------------------------------
     def ensemble_members(

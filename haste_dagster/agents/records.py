@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from haste_dagster.errors import NotFoundError
+
+if TYPE_CHECKING:  # records stay free of the competition loaders
+    from haste_dagster.competitions.registry import Competition
 
 
 @dataclass
@@ -290,7 +293,9 @@ def load_submission(conn: psycopg.Connection, attempt_id: int) -> tuple[bytes, d
     return (bytes(row["predictions"]), row["grade"]) if row else None
 
 
-def record_competition(conn: psycopg.Connection, competition: Any, profile: dict) -> None:
+def record_competition(
+    conn: psycopg.Connection, competition: Competition, profile: dict
+) -> None:
     """Upsert the competitions row (definition + profile) that reports and queries join on;
     promotion reads the profile of a competition a skill was cross-evaluated on."""
     d = competition.definition

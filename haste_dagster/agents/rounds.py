@@ -11,7 +11,7 @@ judges them together:
   iterations. Policies are pure functions of their context, so they neither repeat a
   pending spec nor need hidden state, and a rerun proposes exactly the same batch.
 - **Keep rule**: each candidate is judged against the incumbent with the project's paired
-  rule (`competition_agent.should_keep`); of those that pass, the best mean is kept (ties:
+  rule (`attempts.should_keep`); of those that pass, the best mean is kept (ties:
   the lower index). At most one per round, because every patch was made against the same
   incumbent and two of them need not compose.
 - **Recording**: the round's K iterations (in index order) and their skill usage are
@@ -28,29 +28,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from haste_dagster.agents import records
-from haste_dagster.agents.competition_agent import (
-    AttemptConfig,
-    AttemptResult,
-    baseline_row,
-    iterations_since_kept,
-    load_attempt_skills,
-    open_attempt,
-    policy_history,
-    record_finished_attempt,
-    replay_incumbent,
-    should_keep,
-    skill_views,
+from haste_dagster.agents import attempts, records
+from haste_dagster.agents.policy import (
+    IterationRecord,
+    Policy,
+    PolicyContext,
+    SkillView,
+    touches_validation,
 )
-from haste_dagster.agents.policy import IterationRecord, Policy, PolicyContext, touches_validation
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.errors import HasteError
 from haste_dagster.solution.evaluate import cross_validate
 from haste_dagster.solution.spec import SolutionSpec, apply_patch
+
+if TYPE_CHECKING:  # the skill store loads lazily, when an attempt opens it
+    from haste_dagster.competitions.registry import Competition
+    from haste_dagster.skills.model import Skill
+    from haste_dagster.skills.store import SkillStore
 
 RecordUsage = Callable[[int, int, list[str], bool, float], Any]
 
@@ -116,7 +114,9 @@ def default_patience(budget: int) -> int:
     return max(5, budget // 2)
 
 
-def attempt_views(store: Any, attempt: records.AttemptRow) -> tuple[list[Any], list[Any]]:
+def attempt_views(
+    store: SkillStore, attempt: records.AttemptRow
+) -> tuple[list[Skill], list[SkillView]]:
     """(skills, policy views) of the skill versions the attempt loaded at its start.
 
     Utilities are the ones frozen in ``skills_loaded``, so every round (on any machine)
@@ -127,10 +127,10 @@ def attempt_views(store: Any, attempt: records.AttemptRow) -> tuple[list[Any], l
     return skills, frozen_views(skills, loaded)
 
 
-def frozen_views(skills: list[Any], loaded: list[dict[str, Any]]) -> list[Any]:
+def frozen_views(skills: list[Skill], loaded: list[dict[str, Any]]) -> list[SkillView]:
     """Policy views of ``skills`` with the utilities frozen in their ``loaded`` entries."""
     utility = {entry["id"]: entry.get("utility", 0.0) for entry in loaded}
-    return skill_views(skills, lambda skill_id: utility.get(skill_id, 0.0))
+    return attempts.skill_views(skills, lambda skill_id: utility.get(skill_id, 0.0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,10 +140,10 @@ def frozen_views(skills: list[Any], loaded: list[dict[str, Any]]) -> list[Any]:
 
 def start_attempt(
     conn: psycopg.Connection,
-    competition: Any,
-    config: AttemptConfig,
+    competition: Competition,
+    config: attempts.AttemptConfig,
     *,
-    store: Any,
+    store: SkillStore,
     policy: Policy,
     profile: dict,
     dagster_run_id: str | None = None,
@@ -156,7 +156,7 @@ def start_attempt(
     skills, recorded loads, initial spec and iteration 0, so both forms of an attempt
     start identically.
     """
-    attempt = open_attempt(
+    attempt = attempts.open_attempt(
         conn,
         competition,
         config,
@@ -166,7 +166,7 @@ def start_attempt(
     )
     if records.load_iterations(conn, attempt.id):
         return attempt, False
-    skills, loaded = load_attempt_skills(store, attempt, competition.definition, profile)
+    skills, loaded = attempts.load_attempt_skills(store, attempt, competition.definition, profile)
     views = frozen_views(skills, loaded)
     initial, applied = policy.initial_spec(competition.problem, profile, views)
     if attempt.initial_spec is None:
@@ -177,7 +177,8 @@ def start_attempt(
     cv = cross_validate(
         initial, competition.problem, competition.train, attempt.seed, device=device
     )
-    records.record_iteration(conn, baseline_row(attempt.id, applied, cv, time.monotonic() - t0))
+    baseline = attempts.baseline_row(attempt.id, applied, cv, time.monotonic() - t0)
+    records.record_iteration(conn, baseline)
     return records.get_attempt(conn, attempt.id), True
 
 
@@ -188,11 +189,11 @@ def start_attempt(
 
 def propose_round(
     conn: psycopg.Connection,
-    competition: Any,
+    competition: Competition,
     attempt_id: int,
     k: int,
     *,
-    store: Any,
+    store: SkillStore,
     policy: Policy,
     profile: dict,
     patience: int | None = None,
@@ -210,12 +211,13 @@ def propose_round(
     idx = rows[-1].idx + 1
     if idx > budget:
         return RoundPlan(attempt_id, stopped="budget")
-    if iterations_since_kept(rows) >= (patience or default_patience(budget)):
+    if attempts.iterations_since_kept(rows) >= (patience or default_patience(budget)):
         return RoundPlan(attempt_id, stopped="stagnation")
-    incumbent, best = replay_incumbent(SolutionSpec.model_validate(attempt.initial_spec), rows)
+    initial = SolutionSpec.model_validate(attempt.initial_spec)
+    incumbent, best = attempts.replay_incumbent(initial, rows)
     _skills, views = attempt_views(store, attempt)
     higher_is_better = get_metric(competition.problem.metric).higher_is_better
-    history = policy_history(rows)
+    history = attempts.policy_history(rows)
     plan = RoundPlan(attempt_id)
     for j in range(min(k, budget - idx + 1)):
         ctx = PolicyContext(
@@ -281,7 +283,9 @@ def propose_round(
 # ---------------------------------------------------------------------------------------
 
 
-def evaluate_candidate(candidate: Candidate, competition: Any, device: str = "cpu") -> Candidate:
+def evaluate_candidate(
+    candidate: Candidate, competition: Competition, device: str = "cpu"
+) -> Candidate:
     """``candidate`` with its cross-validation filled in (or its fitting error)."""
     if candidate.error is not None or candidate.spec is None:
         return replace(candidate, device=device)
@@ -331,7 +335,9 @@ def choose_kept(
         for c in candidates
         if c.scored
         and c.cv_mean is not None
-        and should_keep(c.fold_scores or [], incumbent_folds, incumbent_mean, higher_is_better)
+        and attempts.should_keep(
+            c.fold_scores or [], incumbent_folds, incumbent_mean, higher_is_better
+        )
     ]
     if not passing:
         return None
@@ -341,7 +347,7 @@ def choose_kept(
 
 def record_round(
     conn: psycopg.Connection,
-    competition: Any,
+    competition: Competition,
     attempt_id: int,
     scored: list[Candidate],
     *,
@@ -359,7 +365,8 @@ def record_round(
     indices = [c.idx for c in batch]
     if batch and all(i in have for i in indices):  # already recorded: a retried step
         kept = next((i for i in indices if have[i].kept), None)
-        _spec, best = replay_incumbent(SolutionSpec.model_validate(attempt.initial_spec), rows)
+        initial = SolutionSpec.model_validate(attempt.initial_spec)
+        _spec, best = attempts.replay_incumbent(initial, rows)
         return RoundOutcome(attempt_id, indices, kept, best.cv_mean, replayed=True)
     expected = list(range(rows[-1].idx + 1, rows[-1].idx + 1 + len(batch)))
     if indices != expected:
@@ -367,7 +374,7 @@ def record_round(
             f"attempt {attempt_id}: round holds iterations {indices}, but the next ones to "
             f"record are {expected} (was the attempt advanced by another run?)"
         )
-    _spec, best = replay_incumbent(SolutionSpec.model_validate(attempt.initial_spec), rows)
+    _spec, best = attempts.replay_incumbent(SolutionSpec.model_validate(attempt.initial_spec), rows)
     higher_is_better = get_metric(competition.problem.metric).higher_is_better
     winner = choose_kept(batch, best.fold_scores or [], best.cv_mean or 0.0, higher_is_better)
     sign = 1.0 if higher_is_better else -1.0
@@ -412,13 +419,14 @@ def finish_attempt(
     *,
     stopped: str = "budget",
     extra: dict[str, Any] | None = None,
-) -> AttemptResult:
+) -> attempts.AttemptResult:
     """Mark the attempt finished with its best spec; the same result the sequential loop gives."""
     attempt = records.get_attempt(conn, attempt_id)
     rows = records.load_iterations(conn, attempt_id)
     if not rows or attempt.initial_spec is None:
         raise ValueError(f"attempt {attempt_id} has no scored baseline: start it first")
-    incumbent, best = replay_incumbent(SolutionSpec.model_validate(attempt.initial_spec), rows)
-    return record_finished_attempt(
+    initial = SolutionSpec.model_validate(attempt.initial_spec)
+    incumbent, best = attempts.replay_incumbent(initial, rows)
+    return attempts.record_finished_attempt(
         conn, attempt, rows, incumbent, best, attempt.skills_loaded, stopped, extra
     )

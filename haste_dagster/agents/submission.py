@@ -6,7 +6,7 @@ fitted on all training data, their test predictions combined (`solution.ensemble
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
@@ -17,6 +17,9 @@ from haste_dagster.errors import AttemptStateError, NotFoundError
 from haste_dagster.solution.ensemble import fit_predict_ensemble
 from haste_dagster.solution.evaluate import fit_predict
 from haste_dagster.solution.spec import SolutionSpec
+
+if TYPE_CHECKING:
+    from haste_dagster.competitions.registry import Competition
 
 
 def predictions_to_bytes(predictions: np.ndarray) -> bytes:
@@ -41,7 +44,9 @@ def submission_members(attempt: records.AttemptRow) -> list[SolutionSpec]:
     return [SolutionSpec.model_validate(attempt.best_spec)]
 
 
-def predict_test(competition: Any, attempt: records.AttemptRow, device: str = "cpu") -> np.ndarray:
+def predict_test(
+    competition: Competition, attempt: records.AttemptRow, device: str = "cpu"
+) -> np.ndarray:
     """The attempt's predictions on the hidden test features (fitted on all training data)."""
     specs = submission_members(attempt)
     problem, train, test = competition.problem, competition.train, competition.test_features
@@ -51,7 +56,7 @@ def predict_test(competition: Any, attempt: records.AttemptRow, device: str = "c
 
 
 def make_submission(
-    conn: psycopg.Connection, competition: Any, attempt_id: int, device: str = "cpu"
+    conn: psycopg.Connection, competition: Competition, attempt_id: int, device: str = "cpu"
 ) -> Grade:
     """Fit the attempt's best spec (or kept ensemble) on all training data (XGBoost on
     ``device``), predict the hidden test split, grade it and store the graded submission."""
@@ -70,7 +75,7 @@ def make_submission(
 
 
 def regrade_stored(
-    conn: psycopg.Connection, competition: Any, attempt_id: int
+    conn: psycopg.Connection, competition: Competition, attempt_id: int
 ) -> tuple[Grade, dict]:
     """Re-grade the stored predictions: (fresh grade, stored grade), to check reproducibility."""
     stored = records.load_submission(conn, attempt_id)

@@ -25,10 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from haste_dagster import db
-from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+from haste_dagster.agents.attempts import AttemptConfig
+from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.competitions.grading import grade
-from haste_dagster.competitions.registry import load_competition
+from haste_dagster.competitions.registry import Competition, load_competition
 from haste_dagster.solution.evaluate import fit_predict
 from haste_dagster.solution.fold_cache import ENV_MB
 from haste_dagster.solution.spec import SolutionSpec
@@ -53,7 +56,12 @@ def _env(name: str, value: str | None) -> Iterator[None]:
 
 
 def measure_competition(
-    conn: Any, competition: Any, *, iterations: int | None, seed: int, cache_mb: str | None
+    conn: psycopg.Connection,
+    competition: Competition,
+    *,
+    iterations: int | None,
+    seed: int,
+    cache_mb: str | None,
 ) -> dict[str, Any]:
     """One attempt + final fit + grade of ``competition``; CPU and wall seconds per stage."""
     cpu: dict[str, float] = {}

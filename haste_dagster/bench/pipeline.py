@@ -26,10 +26,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haste_dagster import db
 from haste_dagster.bench.measure import Stopwatch, Usage, cpu_seconds
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from haste_dagster.competitions.registry import Competition
 
 ARMS = ("straight", "staged")
 TARGET_SHARE = 12 / 16  # better-or-equal on at least 12 of 16 competitions
@@ -90,8 +95,15 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _run_arm(conn: Any, competition: Any, arm: str, seed: int, options: PipelineOptions) -> ArmRun:
-    from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+def _run_arm(
+    conn: psycopg.Connection,
+    competition: Competition,
+    arm: str,
+    seed: int,
+    options: PipelineOptions,
+) -> ArmRun:
+    from haste_dagster.agents.attempts import AttemptConfig
+    from haste_dagster.agents.competition_agent import run_attempt
     from haste_dagster.agents.submission import make_submission
 
     config = AttemptConfig(

@@ -3,6 +3,8 @@ kept-rate vs inventory-size curve, and the loading ablation."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ def _pyplot() -> Any:
     return plt
 
 
+@contextmanager
+def _figure(path: Path, *args: Any, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """(figure, axes) of ``plt.subplots(*args, **kwargs)``, written to ``path`` as PNG when
+    the block succeeds and closed in any case."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
 def _curves(records: list[Any], length: int) -> np.ndarray:
     """Incumbent curves padded to ``length`` (a stopped attempt keeps its last incumbent)."""
     rows = []
@@ -41,12 +58,11 @@ def _curves(records: list[Any], length: int) -> np.ndarray:
 
 def learning_curves_png(report: TransferReport, path: Path) -> Path:
     """Per evaluation competition: incumbent CV score by iteration, mean and min–max over seeds."""
-    plt = _pyplot()
     slugs = report.plan.evaluation
     cols = min(2, len(slugs)) or 1
     rows = (len(slugs) + cols - 1) // cols or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), dpi=90, squeeze=False)
-    try:
+    size = (5.2 * cols, 3.4 * rows)
+    with _figure(path, rows, cols, figsize=size, dpi=90, squeeze=False) as (fig, axes):
         for ax, slug in zip(axes.flat, slugs, strict=False):
             records = {arm: report.arm(arm, slug) for arm in ("cold", "warm", "flat", "none")}
             length = max((len(r.curve) for rs in records.values() for r in rs), default=1)
@@ -79,20 +95,13 @@ def learning_curves_png(report: TransferReport, path: Path) -> Path:
             ax.legend(fontsize=7, loc="best")
         for ax in list(axes.flat)[len(slugs) :]:
             ax.set_visible(False)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 
 def kept_rate_png(report: TransferReport, path: Path) -> Path:
     """Kept rate of every attempt against the active skills in the store when it started."""
-    plt = _pyplot()
     points = report.kept_rate_curve()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
-    try:
+    with _figure(path, figsize=(6, 3.6), dpi=90) as (fig, ax):
         markers = {
             "campaign": ("o", "tab:purple"),
             "cold": ("s", "tab:blue"),
@@ -141,17 +150,11 @@ def kept_rate_png(report: TransferReport, path: Path) -> Path:
         ax.set_ylabel("kept rate")
         ax.set_title("kept rate vs inventory size", fontsize=9)
         ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 
 def ablation_png(report: TransferReport, path: Path) -> Path:
     """Medal rate per loading mode, with FLAML's beside them when it ran."""
-    plt = _pyplot()
     ablation = report.ablation()
     labels, values = [], []
     for mode, summary in ablation.items():
@@ -161,8 +164,7 @@ def ablation_png(report: TransferReport, path: Path) -> Path:
     if peer_medals:
         labels.append("FLAML")
         values.append(sum(1 for m in peer_medals if m != "none") / len(peer_medals))
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=90)
-    try:
+    with _figure(path, figsize=(4.5, 3.2), dpi=90) as (fig, ax):
         ax.bar(
             labels,
             values,
@@ -171,11 +173,6 @@ def ablation_png(report: TransferReport, path: Path) -> Path:
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("medal rate")
         ax.set_title("loading ablation (frozen inventory)", fontsize=9)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 

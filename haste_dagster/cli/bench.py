@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     help="Benchmarks that print figures: the skill store, transfer, the staged pipeline, "
@@ -16,6 +23,27 @@ app = typer.Typer(
 
 def _split_names(values: list[str]) -> list[str]:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+@contextmanager
+def _bench_errors(console: Console) -> Iterator[None]:
+    """Bad input (a HasteError) is printed, and the command exits with status 2."""
+    from haste_dagster.errors import HasteError
+
+    try:
+        yield
+    except HasteError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=2) from exc
+
+
+def _write_figures(console: Console, path: Path | None, figures: dict) -> None:
+    """The benchmark's figures as JSON at ``path`` (when given)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    console.print(f"wrote {path}")
 
 
 @app.command("transfer")
@@ -62,7 +90,6 @@ def transfer_command(
 
     from haste_dagster import db
     from haste_dagster.bench.transfer import TransferOptions, run_transfer_benchmark, write_json
-    from haste_dagster.errors import HasteError
 
     console = Console(stderr=True)
     overrides: dict = {
@@ -80,11 +107,8 @@ def transfer_command(
     if iterations is not None:
         overrides["iterations"] = iterations
     options = TransferOptions.quick_preset(**overrides) if quick else TransferOptions(**overrides)
-    try:
+    with _bench_errors(console):
         report = run_transfer_benchmark(db.database_url(), options)
-    except HasteError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=2) from exc
     if json_out is not None:
         console.print(f"wrote {write_json(report, json_out)}")
     if plots is not None:
@@ -191,7 +215,6 @@ def pipeline_command(
 
     from haste_dagster import db
     from haste_dagster.bench.pipeline import PipelineOptions, run_pipeline_benchmark, write_json
-    from haste_dagster.errors import HasteError
 
     console = Console(stderr=True)
     options = PipelineOptions(
@@ -200,11 +223,8 @@ def pipeline_command(
         log=lambda message: console.print(message, highlight=False, markup=False),
         json_path=json_out,
     )
-    try:
+    with _bench_errors(console):
         report = run_pipeline_benchmark(db.database_url(), options)
-    except HasteError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=2) from exc
     if json_out is not None:
         console.print(f"wrote {write_json(report, json_out)}")
 
@@ -250,12 +270,9 @@ def store_command(
     """Skill-store benchmark: insert rate, p50/p95 of a tiered scoped load and of a top-10
     similarity query (HNSW), on N synthetic skills in a throwaway database. Embeddings are
     random unit vectors: this times the store, not an embedding model."""
-    import json
-
     from rich.console import Console
 
     from haste_dagster.bench.store import run_store_bench
-    from haste_dagster.errors import HasteError
 
     console = Console(stderr=True)
 
@@ -263,15 +280,9 @@ def store_command(
         if done == total or done % max(1, total // 10) < batch:
             console.print(f"inserted {done}/{total}", highlight=False)
 
-    try:
+    with _bench_errors(console):
         result = run_store_bench(skills, batch=batch, queries=queries, seed=seed, progress=progress)
-    except HasteError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=2) from exc
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+    _write_figures(console, json_out, result)
     insert, scoped, similar = result["insert"], result["scoped_load"], result["similar_top10"]
     typer.echo(f"skills: {result['skills']}  (HNSW index used: {result['hnsw_index_used']})")
     typer.echo(f"insert: {insert['skills_per_second']:.0f} skills/s ({insert['seconds']} s)")
@@ -297,12 +308,9 @@ def overhead_command(
 ) -> None:
     """Dagster's overhead: the same attempt through `haste solve` and materialized as assets
     with the in-process and multiprocess executors, interleaved; wall/CPU seconds, ratios."""
-    import json
-
     from rich.console import Console
 
     from haste_dagster.bench.overhead import OverheadOptions, run_overhead_bench
-    from haste_dagster.errors import HasteError
 
     console = Console(stderr=True)
     options = OverheadOptions(
@@ -312,17 +320,11 @@ def overhead_command(
         runs=runs,
         forms=tuple(_split_names([forms])),
     )
-    try:
+    with _bench_errors(console):
         result = run_overhead_bench(
             options, log=lambda m: console.print(m, highlight=False, markup=False)
         )
-    except HasteError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=2) from exc
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+    _write_figures(console, json_out, result)
     for form, s in result["summary"].items():
         ratio = result["ratio_to_solve"].get(form)
         extra = f"  x{ratio['wall']} wall, x{ratio['cpu']} cpu" if ratio else ""
@@ -347,21 +349,18 @@ def cpu_command(
 ) -> None:
     """CPU seconds per competition (refinement, final fit, grading) with the fold-feature
     cache off and on, same attempt each time; prints a Markdown table."""
-    import json
-
     from rich.console import Console
 
     from haste_dagster.bench.cpu import markdown_table, run_cpu_bench
     from haste_dagster.competitions.registry import load_definitions
     from haste_dagster.config import competition_defs_dir
-    from haste_dagster.errors import HasteError
 
     console = Console(stderr=True)
     slugs = _split_names(competitions)
     if not slugs:
         definitions, _errors = load_definitions(defs or competition_defs_dir())
         slugs = [d.slug for d in definitions]
-    try:
+    with _bench_errors(console):
         report = run_cpu_bench(
             slugs,
             iterations=iterations,
@@ -369,11 +368,5 @@ def cpu_command(
             defs_dir=defs,
             log=lambda m: console.print(m, highlight=False, markup=False),
         )
-    except HasteError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=2) from exc
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        console.print(f"wrote {json_out}")
+    _write_figures(console, json_out, report)
     typer.echo(markdown_table(report))

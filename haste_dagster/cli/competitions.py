@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -12,6 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from haste_dagster.errors import CompetitionDefError, HasteError
+
+if TYPE_CHECKING:  # the loaders import pandas: only when a command runs
+    from haste_dagster.competitions.registry import Competition
 
 app = typer.Typer(
     help="Competitions: list them, show one with its data profile, import from MLE-bench.",
@@ -22,7 +25,7 @@ DEFS_HELP = "folder of competition YAMLs (default: HASTE_COMPETITION_DEFS or com
 out = Console()
 
 
-def _summary(competition: Any) -> dict[str, Any]:
+def _summary(competition: Competition) -> dict[str, Any]:
     d = competition.definition
     return {
         "slug": d.slug,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import typer
@@ -15,9 +15,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from haste_dagster import db
-from haste_dagster.agents.competition_agent import AttemptConfig
+from haste_dagster.agents.attempts import AttemptConfig
 from haste_dagster.config import redact
 from haste_dagster.errors import HasteError, NotFoundError
+
+if TYPE_CHECKING:  # the orchestrator loads when a command runs, keeping `haste --help` fast
+    from haste_dagster.agents.orchestrator import SolveResult
 
 console = Console(stderr=True)
 
@@ -73,7 +76,7 @@ def _fail(exc: Exception) -> None:
 DEFS_HELP = "folder of competition YAMLs (default: HASTE_COMPETITION_DEFS or competition_defs/)"
 
 
-def _result_line(slug: str, result: Any) -> str:
+def _result_line(slug: str, result: SolveResult) -> str:
     g = result.grade
     if g.medal is None:
         graded = "[dim]ungraded (no medals: or leaderboard)[/]"

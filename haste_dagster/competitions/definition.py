@@ -180,14 +180,6 @@ class CompetitionDef(BaseModel):
             return None
         return (self.base_dir / self.sample_submission).resolve()
 
-    def data_files(self) -> list[Path]:
-        """Every local file the competition reads (training, pre-split test and answers)."""
-        files = source_files(self.source, self.base_dir)
-        for extra in (self.split.test, self.split.answers):
-            if extra is not None:
-                files += source_files(extra, self.base_dir)
-        return files
-
     @property
     def is_classification(self) -> bool:
         return self.task in CLASSIFICATION_TASKS

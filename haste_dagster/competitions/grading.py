@@ -294,12 +294,6 @@ def _bootstrap(
     return [np.asarray(r, dtype=float) for r in results]
 
 
-def is_graded(competition: Competition) -> bool:
-    """True when the competition awards medals: YAML ``medals:`` or a leaderboard file."""
-    d = competition.definition
-    return d.medals is not None or d.leaderboard_path.is_file()
-
-
 def competition_thresholds(
     competition: Competition,
 ) -> tuple[Thresholds | None, pd.DataFrame | None]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel
 
 from haste_dagster.competitions.registry import Competition
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from haste_dagster.competitions.problem import Problem
 
 
 class DataProfile(BaseModel):
@@ -83,7 +88,7 @@ def profile_data(competition: Competition) -> DataProfile:
     )
 
 
-def _text_mean_chars(train: Any, columns: list[str]) -> float | None:
+def _text_mean_chars(train: pd.DataFrame, columns: list[str]) -> float | None:
     lengths = [train[c].dropna().astype(str).str.len() for c in columns]
     lengths = [s for s in lengths if len(s)]
     if not lengths:
@@ -91,7 +96,7 @@ def _text_mean_chars(train: Any, columns: list[str]) -> float | None:
     return round(float(np.mean([float(s.mean()) for s in lengths])), 2)
 
 
-def _seasonal_period(train: Any, problem: Any, max_lag: int = 400) -> int | None:
+def _seasonal_period(train: pd.DataFrame, problem: Problem, max_lag: int = 400) -> int | None:
     """The lag (>= 2) of the highest autocorrelation peak of the target over one series
     (the longest, in time order); None when no peak reaches 0.2."""
     frame = train

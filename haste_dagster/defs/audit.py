@@ -19,9 +19,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import AssetObservation, MetadataValue, TableColumn, TableRecord, TableSchema
+
+if TYPE_CHECKING:  # the domain modules load when a step runs, not with the code location
+    from haste_dagster.competitions.grading import Grade
+    from haste_dagster.skills.model import Skill
 
 MAX_ROWS = 300  # per table: a few hundred rows stay readable and small
 SKILL_COLUMNS = ("id", "tier", "loaded", "applied", "kept", "mean Δ", "utility")
@@ -57,7 +61,7 @@ def short_run(run_id: str | None) -> str:
     return run_id[:8] if run_id else "—"
 
 
-def source_attempts(skill: Any) -> list[tuple[int, str | None]]:
+def source_attempts(skill: Skill) -> list[tuple[int, str | None]]:
     """(attempt id, competition) behind a skill: its evidence, which promotion carries up
     from every level below, and the attempt it was extracted from."""
     found: dict[int, str | None] = {}
@@ -84,7 +88,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> MetadataVal
     return MetadataValue.table(records=records, schema=schema)
 
 
-def skill_row(skill: Any) -> dict[str, Any]:
+def skill_row(skill: Skill) -> dict[str, Any]:
     stats = skill.stats
     return {
         "id": str(skill.id),
@@ -97,7 +101,7 @@ def skill_row(skill: Any) -> dict[str, Any]:
     }
 
 
-def lineage_rows(skill: Any) -> list[dict[str, str]]:
+def lineage_rows(skill: Skill) -> list[dict[str, str]]:
     """One row per fact of the skill's story, each cell short."""
     sid = str(skill.id)
     rows = [{"id": sid, "fact": "scope", "value": skill.scope_key}] if skill.scope_key else []
@@ -197,7 +201,7 @@ def asset_link(asset: str, partition: str | None = None) -> MetadataValue:
     return MetadataValue.url(path + (f"?partition={quote(partition)}" if partition else ""))
 
 
-def grade_observation(slug: str, attempt_id: int, grade: Any) -> AssetObservation:
+def grade_observation(slug: str, attempt_id: int, grade: Grade) -> AssetObservation:
     """Recorded on the attempt once its submission is graded: the attempt's page then shows
     its hidden-test score and medal next to its CV figures."""
     return AssetObservation(

@@ -252,8 +252,8 @@ def rerun_phase(
     config: RerunConfig,
     skill_store: SkillStoreResource,
 ) -> list[dict]:
+    from haste_dagster.agents.attempts import AttemptConfig
     from haste_dagster.agents.campaign import RERUN_SEED_OFFSET, protocol_label
-    from haste_dagster.agents.competition_agent import AttemptConfig
     from haste_dagster.agents.orchestrator import promote, solve
     from haste_dagster.errors import HasteError
     from haste_dagster.skills import consolidate

@@ -9,21 +9,42 @@ from typing import Any
 
 
 def _score(row: dict[str, Any]) -> float | None:
-    # AttemptResult.iterations uses "score"; the brief's shape says "cv_mean": accept both.
-    value = row.get("score", row.get("cv_mean"))
+    value = row.get("score")  # an AttemptResult iteration's CV mean
     return None if value is None else float(value)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in run workers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finish(
+    fig: Any, ax: Any, path: Path, *, xlabel: str, title: str, higher_is_better: bool,
+    legend: bool,
+) -> None:
+    """Integer iterations on x, the CV score's direction on y, then write the PNG."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("CV score (" + ("higher" if higher_is_better else "lower") + " is better)")
+    ax.set_title(title, fontsize=9)
+    if legend:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
 
 
 def learning_curve_png(
     iterations: Sequence[dict[str, Any]], path: Path, *, title: str, higher_is_better: bool
 ) -> Path:
     """Plot every iteration's CV score and the incumbent (best kept) score; write a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in run workers
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    plt = _pyplot()
     scored = [(int(r["idx"]), _score(r), bool(r.get("kept"))) for r in iterations]
     scored = [(i, s, k) for i, s, k in scored if s is not None]
     if any(r.get("branch", "main") != "main" for r in iterations):
@@ -42,15 +63,8 @@ def learning_curve_png(
             xs = [i for i, _ in kept] + [last]
             ys = [s for _, s in kept] + [kept[-1][1]]
             ax.step(xs, ys, where="post", color="tab:green", linewidth=1.2)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("CV score (" + ("higher" if higher_is_better else "lower") + " is better)")
-        ax.set_title(title, fontsize=9)
-        if scored:
-            ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        _finish(fig, ax, path, xlabel="iteration", title=title,
+                higher_is_better=higher_is_better, legend=bool(scored))
     finally:
         plt.close(fig)
     return path
@@ -69,12 +83,7 @@ def _staged_curve(
 ) -> Path:
     """The staged pipeline's curve: each stage in its colour, a dashed line where a stage
     starts, each branch's incumbent as its own step line; hollow markers were not kept."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=80)
     try:
         starts: dict[str, int] = {}
@@ -101,15 +110,8 @@ def _staged_curve(
         for idx in starts.values():
             if idx > 0:
                 ax.axvline(idx - 0.5, color="0.7", linestyle="--", linewidth=0.8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("iteration (stages: screen → winner → runner-up → ensemble)")
-        ax.set_ylabel("CV score (" + ("higher" if higher_is_better else "lower") + " is better)")
-        ax.set_title(title, fontsize=9)
-        if starts:
-            ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        _finish(fig, ax, path, xlabel="iteration (stages: screen → winner → runner-up → ensemble)",
+                title=title, higher_is_better=higher_is_better, legend=bool(starts))
     finally:
         plt.close(fig)
     return path

@@ -10,13 +10,18 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psycopg
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from haste_dagster import config, db
+
+if TYPE_CHECKING:  # the domain modules load when a resource is used, not with the definitions
+    from haste_dagster.agents.policy import Policy
+    from haste_dagster.skills.embeddings import Embedder
+    from haste_dagster.skills.store import SkillStore
 
 
 class DatabaseResource(ConfigurableResource):
@@ -42,7 +47,7 @@ class EmbedderResource(ConfigurableResource):
     """Text embeddings for skills: the skills module's default embedder, chosen by
     ``HASTE_EMBEDDINGS`` (minilm | openai | hashing) so every process agrees with the store."""
 
-    def get(self) -> Any:
+    def get(self) -> Embedder:
         from haste_dagster.skills.embeddings import default_embedder
 
         return default_embedder()
@@ -55,7 +60,7 @@ class SkillStoreResource(ConfigurableResource):
     embedder: EmbedderResource
 
     @contextmanager
-    def open(self) -> Iterator[tuple[psycopg.Connection, Any]]:
+    def open(self) -> Iterator[tuple[psycopg.Connection, SkillStore]]:
         """(connection, SkillStore) for one step; the connection closes afterwards."""
         from haste_dagster.skills.store import SkillStore
 
@@ -77,7 +82,9 @@ class LLMResource(ConfigurableResource):
             "model": os.environ.get(self.model_env, "") or "(unset)",
         }
 
-    def policy(self, name: str, conn: psycopg.Connection, *, campaign_id: str | None = None) -> Any:
+    def policy(
+        self, name: str, conn: psycopg.Connection, *, campaign_id: str | None = None
+    ) -> Policy:
         """The policy an attempt runs with; ``llm`` reads the endpoint from the env vars above."""
         from haste_dagster.agents.factory import make_policy
 

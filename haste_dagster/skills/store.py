@@ -30,18 +30,21 @@ from haste_dagster.errors import SkillError
 from haste_dagster.skills import lineage, usage
 from haste_dagster.skills.embeddings import DEFAULT_DIM, Embedder
 from haste_dagster.skills.model import Condition, LoadingMode, Skill
+from haste_dagster.skills.nearest import (
+    nearest_cursor,
+    nearest_rows,
+    read_skills,
+    supports_iterative_scan,
+)
 from haste_dagster.skills.scope import cross_candidates, describe_profile
 from haste_dagster.skills.store_rows import (
-    COLUMNS,
     INSERT_COLUMNS,
     N_INSERT,
     SELECT_SKILLS,
     VERSIONED_FIELDS,
-    JsonbText,
     applicable_skills,
     row_to_skill,
     same_version,
-    stats_join,
 )
 
 log = logging.getLogger(__name__)
@@ -403,61 +406,23 @@ class SkillStore:
             row = self.conn.execute("SELECT count(*) AS n FROM skills WHERE is_current").fetchone()
         return int(row["n"])
 
-    def _read(self, query: str, params: Any = None) -> psycopg.Cursor[Any]:
-        """Execute a query whose rows become skills, with the faster jsonb loader on its
-        cursor only (the caller's connection keeps its adapters)."""
-        cursor = self.conn.cursor()
-        cursor.adapters.register_loader("jsonb", JsonbText)
-        return cursor.execute(query, params)
-
     def _vector_version_checked(self) -> None:
         if self._iterative_scan is None:
-            row = self.conn.execute(
-                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-            ).fetchone()
-            major_minor = tuple(int(x) for x in str(row["extversion"]).split(".")[:2])
-            self._iterative_scan = major_minor >= (0, 8)
+            self._iterative_scan = supports_iterative_scan(self.conn)
 
     def _nearest_cursor(
         self, vector: np.ndarray, limit: int, tier: str | None, status: str | None
     ) -> psycopg.Cursor[Any]:
-        """Send the nearest-neighbour query (HNSW index; the partial ``skills_global_hnsw``
-        when asking for active global skills) without waiting for its rows, so a caller in
-        pipeline mode can batch it with other queries into one round trip."""
-        where, params = ["s.is_current"], []
-        if tier is not None:
-            where.append("s.tier = %s")
-            params.append(tier)
-        if status is not None:
-            where.append("s.status = %s")
-            params.append(status)
-        # ef_search bounds how many rows one HNSW scan yields: keep it >= LIMIT. Filtered
-        # scans keep searching until LIMIT rows pass the filter with iterative scans
-        # (pgvector >= 0.8); without them a rare tier could come back short.
-        settings = "set_config('hnsw.ef_search', %s, true)"
-        if self._iterative_scan:
-            settings += ", set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-        self.conn.execute(f"SELECT {settings}", (str(min(1000, max(40, int(limit)))),))
-        return self._read(
-            f"""SELECT n.*, st.* FROM (
-                    SELECT {COLUMNS}, s.embedding <=> %s AS distance FROM skills s
-                    WHERE {" AND ".join(where)}
-                    ORDER BY s.embedding <=> %s LIMIT %s) n
-                {stats_join("n")}""",
-            [vector, *params, vector, limit],
+        return nearest_cursor(
+            self.conn, vector, limit, tier, status, iterative_scan=bool(self._iterative_scan)
         )
-
-    @staticmethod
-    def _nearest_rows(rows: list[dict[str, Any]]) -> list[tuple[Skill, float]]:
-        out = [(row_to_skill(r), 1.0 - float(r["distance"])) for r in rows]
-        return sorted(out, key=lambda pair: (-pair[1], pair[0].id or ""))
 
     def _nearest(
         self, vector: np.ndarray, limit: int, tier: str | None, status: str | None
     ) -> list[tuple[Skill, float]]:
         """Current skills nearest to ``vector`` by cosine distance, with similarities."""
         self._vector_version_checked()
-        return self._nearest_rows(self._nearest_cursor(vector, limit, tier, status).fetchall())
+        return nearest_rows(self._nearest_cursor(vector, limit, tier, status).fetchall())
 
     def similar(
         self, text: str, k: int = 10, *, tier: str | None = None, status: str | None = "active"
@@ -472,7 +437,7 @@ class SkillStore:
         with self.conn.pipeline(), self.conn.transaction():
             cursor = self._nearest_cursor(vector, k, tier, status)
             rows = cursor.fetchall()
-        return self._nearest_rows(rows)
+        return nearest_rows(rows)
 
     def scoped_skills(
         self,
@@ -515,7 +480,8 @@ class SkillStore:
         # in Python (`applicable_skills`), not by skill_conditions_may_hold in SQL: that function
         # cost more per row than fetching the row (EXPLAIN ANALYZE in docs/benchmarks.md).
         with self.conn.pipeline(), self.conn.transaction():
-            scoped_cursor = self._read(
+            scoped_cursor = read_skills(
+                self.conn,
                 f"""{SELECT_SKILLS} WHERE s.is_current AND s.status = 'active'
                     AND ((s.tier = 'competition' AND s.scope_key = %s)
                          OR (s.tier = 'domain' AND s.scope_key = %s)
@@ -529,7 +495,7 @@ class SkillStore:
                 else None
             )
             rows = scoped_cursor.fetchall()
-            nearest = self._nearest_rows(nearest_cursor.fetchall()) if nearest_cursor else []
+            nearest = nearest_rows(nearest_cursor.fetchall()) if nearest_cursor else []
         scoped = applicable_skills(rows, profile)
         globals_ = self._top_global(query, profile, top_k_global, nearest, limit)
 

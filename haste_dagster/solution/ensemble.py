@@ -33,6 +33,7 @@ from haste_dagster.solution.evaluate import (
     feature_frame,
     fit_and_predict,
     make_folds,
+    score_fold,
     target_values,
     with_classes,
 )
@@ -84,6 +85,19 @@ def _check_members(specs: Sequence[SolutionSpec], problem: Problem) -> None:
             )
 
 
+def _prepare(
+    specs: Sequence[SolutionSpec], problem: Problem, train_df: pd.DataFrame
+) -> tuple[Problem, Metric, pd.DataFrame, np.ndarray]:
+    """Check the members against the problem and its target; (problem with its classes,
+    metric, features, target values)."""
+    _check_members(specs, problem)
+    metric = get_metric(problem.metric)
+    for spec in specs:
+        check_target(spec, problem, train_df[problem.target])
+    problem = with_classes(problem, train_df[problem.target])
+    return problem, metric, feature_frame(problem, train_df), target_values(problem, train_df)
+
+
 def cross_validate_ensemble(
     specs: Sequence[SolutionSpec],
     problem: Problem,
@@ -97,12 +111,7 @@ def cross_validate_ensemble(
     """The combined members' score on the folds of ``specs[0].validation`` (the folds every
     member was scored on), like `solution.evaluate.cross_validate` for one spec."""
     wall, cpu = time.perf_counter(), time.process_time()
-    _check_members(specs, problem)
-    metric = get_metric(problem.metric)
-    for spec in specs:
-        check_target(spec, problem, train_df[problem.target])
-    problem = with_classes(problem, train_df[problem.target])
-    X, y = feature_frame(problem, train_df), target_values(problem, train_df)
+    problem, metric, X, y = _prepare(specs, problem, train_df)
     scores = []
     for fold, (train_idx, valid_idx) in enumerate(make_folds(specs[0], problem, train_df, seed)):
         preds = []
@@ -115,21 +124,9 @@ def cross_validate_ensemble(
                     seed=seed, device=device, n_jobs=n_jobs, deadline=deadline,
                 )
             )
-        try:
-            score = metric(y[valid_idx], combine(preds, metric), problem.classes)
-        except ValueError as exc:
-            raise SpecError(f"scoring {problem.metric} failed: {exc}") from exc
-        if not np.isfinite(score):
-            raise SpecError(f"{problem.metric} of the ensemble is not finite ({score})")
-        scores.append(float(score))
-    arr = np.asarray(scores)
-    return CVResult(
-        mean=float(arr.mean()),
-        std=float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-        fold_scores=scores,
-        seconds=time.perf_counter() - wall,
-        cpu_seconds=time.process_time() - cpu,
-    )
+        pred = combine(preds, metric)
+        scores.append(score_fold(metric, problem, y[valid_idx], pred, "the ensemble"))
+    return CVResult.of(scores, wall, cpu)
 
 
 def fit_predict_ensemble(
@@ -143,12 +140,7 @@ def fit_predict_ensemble(
     n_jobs: int = 1,
 ) -> np.ndarray:
     """Fit every member on all of ``train_df`` and combine their test predictions."""
-    _check_members(specs, problem)
-    metric = get_metric(problem.metric)
-    for spec in specs:
-        check_target(spec, problem, train_df[problem.target])
-    problem = with_classes(problem, train_df[problem.target])
-    X, y = feature_frame(problem, train_df), target_values(problem, train_df)
+    problem, metric, X, y = _prepare(specs, problem, train_df)
     X_new = feature_frame(problem, test_features_df)
     preds = [
         fit_and_predict(spec, problem, X, y, X_new, metric, seed=seed, device=device,

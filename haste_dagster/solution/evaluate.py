@@ -53,6 +53,33 @@ class CVResult:
     cpu_seconds: float = 0.0  # this process's CPU time (compare budgets on this)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, scores: list[float], wall: float, cpu: float) -> CVResult:
+        """The result of ``scores``, timed from ``wall`` (perf_counter) and ``cpu``
+        (process_time) taken when the cross-validation started."""
+        arr = np.asarray(scores)
+        return cls(
+            mean=float(arr.mean()),
+            std=float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            fold_scores=scores,
+            seconds=time.perf_counter() - wall,
+            cpu_seconds=time.process_time() - cpu,
+        )
+
+
+def score_fold(
+    metric: Metric, problem: Problem, y_true: np.ndarray, pred: np.ndarray, subject: str
+) -> float:
+    """The metric on one validation fold; a SpecError (naming ``subject``, the model
+    scored) when scoring fails or gives no finite number."""
+    try:
+        score = metric(y_true, pred, problem.classes)
+    except ValueError as exc:
+        raise SpecError(f"scoring {problem.metric} failed: {exc}") from exc
+    if not np.isfinite(score):
+        raise SpecError(f"{problem.metric} of {subject} is not finite ({score})")
+    return float(score)
+
 
 def input_columns(problem: Problem) -> list[str]:
     """The columns the compiled pipeline reads (feature roles + time/group for forecasts)."""
@@ -245,21 +272,8 @@ def cross_validate(
             deadline=deadline,
             fold_features=fold_features,
         )
-        try:
-            score = metric(y[valid_idx], pred, problem.classes)
-        except ValueError as exc:
-            raise SpecError(f"scoring {problem.metric} failed: {exc}") from exc
-        if not np.isfinite(score):
-            raise SpecError(f"{problem.metric} is not finite ({score}) for {spec.model.family}")
-        scores.append(float(score))
-    arr = np.asarray(scores)
-    return CVResult(
-        mean=float(arr.mean()),
-        std=float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-        fold_scores=scores,
-        seconds=time.perf_counter() - wall,
-        cpu_seconds=time.process_time() - cpu,
-    )
+        scores.append(score_fold(metric, problem, y[valid_idx], pred, spec.model.family))
+    return CVResult.of(scores, wall, cpu)
 
 
 def fit_predict(

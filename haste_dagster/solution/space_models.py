@@ -174,6 +174,25 @@ _CLASS_WEIGHT = Param(
 )
 _BOTH = frozenset({"classification", "regression"})
 
+
+def _bagged_trees(*, max_features: float) -> dict[str, Param]:
+    """The parameters random forests and extra trees share (only the default of
+    ``max_features`` differs)."""
+    return {
+        "n_estimators": Param("int", 200, 20, 1000, log=True),
+        "max_depth": Param("int", None, 2, 40, nullable=True, importance=1.5),
+        "min_samples_leaf": Param("int", 1, 1, 100, log=True, importance=1.5),
+        "max_features": Param("float", max_features, 0.05, 1.0, importance=1.5),
+        "class_weight": Param(
+            "choice",
+            "none",
+            choices=("none", "balanced", "balanced_subsample"),
+            classification_only=True,
+            importance=0.7,
+        ),
+    }
+
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
@@ -239,38 +258,14 @@ FAMILIES: dict[str, Family] = {
         Family(
             "random_forest",
             _BOTH,
-            {
-                "n_estimators": Param("int", 200, 20, 1000, log=True),
-                "max_depth": Param("int", None, 2, 40, nullable=True, importance=1.5),
-                "min_samples_leaf": Param("int", 1, 1, 100, log=True, importance=1.5),
-                "max_features": Param("float", 0.5, 0.05, 1.0, importance=1.5),
-                "class_weight": Param(
-                    "choice",
-                    "none",
-                    choices=("none", "balanced", "balanced_subsample"),
-                    classification_only=True,
-                    importance=0.7,
-                ),
-            },
+            _bagged_trees(max_features=0.5),
             sparse_ok=False,
             doc="bagged deep trees",
         ),
         Family(
             "extra_trees",
             _BOTH,
-            {
-                "n_estimators": Param("int", 200, 20, 1000, log=True),
-                "max_depth": Param("int", None, 2, 40, nullable=True, importance=1.5),
-                "min_samples_leaf": Param("int", 1, 1, 100, log=True, importance=1.5),
-                "max_features": Param("float", 0.7, 0.05, 1.0, importance=1.5),
-                "class_weight": Param(
-                    "choice",
-                    "none",
-                    choices=("none", "balanced", "balanced_subsample"),
-                    classification_only=True,
-                    importance=0.7,
-                ),
-            },
+            _bagged_trees(max_features=0.7),
             sparse_ok=False,
             doc="extremely randomised trees",
         ),

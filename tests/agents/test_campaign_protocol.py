@@ -14,8 +14,8 @@ import pytest
 import yaml
 from tiny_competitions import write_tiny_regression
 
+from haste_dagster.agents.attempts import AttemptConfig
 from haste_dagster.agents.campaign import campaign_protocol, protocol_rounds
-from haste_dagster.agents.competition_agent import AttemptConfig
 
 
 def test_round_one_takes_the_first_competition_of_each_domain() -> None:

@@ -10,7 +10,7 @@ import pytest
 from mlebench_layout import write_layout
 
 from haste_dagster.agents import records
-from haste_dagster.agents.competition_agent import AttemptConfig
+from haste_dagster.agents.attempts import AttemptConfig
 from haste_dagster.agents.multitarget import split_budget
 from haste_dagster.agents.orchestrator import extract_skills, solve
 from haste_dagster.competitions.metrics import METRICS, get_metric

@@ -12,11 +12,7 @@ import psycopg
 import pytest
 
 from haste_dagster import db
-from haste_dagster.agents.competition_agent import (
-    AttemptConfig,
-    paired_improvement,
-    should_keep,
-)
+from haste_dagster.agents.attempts import AttemptConfig, paired_improvement, should_keep
 from haste_dagster.agents.orchestrator import solve
 from haste_dagster.agents.policy import Proposal
 from haste_dagster.solution.spec import Patch

@@ -12,12 +12,8 @@ import psycopg
 import pytest
 
 from haste_dagster import db
-from haste_dagster.agents.competition_agent import (
-    AttemptConfig,
-    RefinementLoop,
-    open_attempt,
-    run_attempt,
-)
+from haste_dagster.agents.attempts import AttemptConfig, open_attempt
+from haste_dagster.agents.competition_agent import RefinementLoop, run_attempt
 from haste_dagster.agents.heuristic import HeuristicPolicy
 from haste_dagster.competitions.profile import profile_data
 from haste_dagster.competitions.registry import load_competition

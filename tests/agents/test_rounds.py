@@ -12,7 +12,8 @@ import pytest
 
 from haste_dagster.agents import records
 from haste_dagster.agents import rounds as batch
-from haste_dagster.agents.competition_agent import AttemptConfig, AttemptResult, run_attempt
+from haste_dagster.agents.attempts import AttemptConfig, AttemptResult
+from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.agents.factory import open_skill_store
 from haste_dagster.agents.heuristic import HeuristicPolicy
 from haste_dagster.agents.submission import make_submission

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from tiny_competitions import write_tiny_regression
 
-from haste_dagster.agents.competition_agent import AttemptConfig
+from haste_dagster.agents.attempts import AttemptConfig
 from haste_dagster.agents.factory import open_skill_store
 from haste_dagster.agents.orchestrator import promote, solve
 from haste_dagster.skills.model import Evidence, Skill

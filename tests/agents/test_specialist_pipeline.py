@@ -11,7 +11,8 @@ from tiny_competitions import write_tiny_regression
 
 from haste_dagster import db
 from haste_dagster.agents import records
-from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt, should_keep
+from haste_dagster.agents.attempts import AttemptConfig, should_keep
+from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.agents.heuristic import HeuristicPolicy
 from haste_dagster.agents.pipeline import needs_escalation, split_budget
 from haste_dagster.agents.policy import PolicyContext, Proposal, SkillView, is_structural

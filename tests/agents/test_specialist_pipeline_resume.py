@@ -18,7 +18,8 @@ import pytest
 from tiny_competitions import write_tiny_regression
 
 from haste_dagster import db
-from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+from haste_dagster.agents.attempts import AttemptConfig
+from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.competitions.registry import load_competition
 
 SLUG = "tiny_resume"
@@ -68,7 +69,8 @@ else:
     raise SystemExit(f"unknown fault point {at!r}")
 
 from haste_dagster import db
-from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+from haste_dagster.agents.attempts import AttemptConfig
+from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.competitions.registry import load_competition
 competition = load_competition(fault["slug"], Path(defs))
 with db.connection(url) as conn:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dagster import MetadataValue
 
-from haste_dagster.agents.competition_agent import AttemptResult
+from haste_dagster.agents.attempts import AttemptResult
 from haste_dagster.defs.plots import learning_curve_png
 from haste_dagster.defs.steps import attempt_metadata
 

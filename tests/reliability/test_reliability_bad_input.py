@@ -239,7 +239,7 @@ def data_db(server_url: str) -> str:
 def test_bad_data_gives_a_clear_error_naming_the_problem_or_still_solves(
     case: str, data_db: str, tmp_path: Path, tally: Counter
 ) -> None:
-    from haste_dagster.agents.competition_agent import AttemptConfig
+    from haste_dagster.agents.attempts import AttemptConfig
     from haste_dagster.agents.orchestrator import solve
 
     frame, changes, expected = DATA_CASES[case]
@@ -267,8 +267,8 @@ def test_a_campaign_goes_on_after_broken_competitions_and_keeps_what_it_recorded
     conn: Any, tmp_path: Path, tally: Counter
 ) -> None:
     """campaign.campaign over [broken at load, good, broken mid-attempt, good]."""
+    from haste_dagster.agents.attempts import AttemptConfig
     from haste_dagster.agents.campaign import campaign
-    from haste_dagster.agents.competition_agent import AttemptConfig
 
     _write(tmp_path, "a-broken", _frame(), target="price")
     write_competition(tmp_path, "b_good", seed=1, rows=120)
@@ -374,7 +374,7 @@ def test_llm_replies_invalid_json_wrong_schema_unknown_models_absurd_parameters_
     every bad reply is refused with a reason naming what is wrong, recorded (iteration error,
     ledger row), never executed; dataset and skill text reach the model only inside data
     blocks; the attempt finishes and is graded."""
-    from haste_dagster.agents.competition_agent import AttemptConfig
+    from haste_dagster.agents.attempts import AttemptConfig
     from haste_dagster.agents.llm_policy import LLMPolicy
     from haste_dagster.agents.orchestrator import solve
     from haste_dagster.llm.client import LLMClient, LLMConfig

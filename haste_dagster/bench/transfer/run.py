@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -30,6 +30,9 @@ from haste_dagster.bench.transfer.report import (
 )
 from haste_dagster.competitions.registry import Competition, load_competition
 from haste_dagster.errors import HasteError
+
+if TYPE_CHECKING:  # the skill store loads when the benchmark runs
+    from haste_dagster.skills.store import SkillStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class FrozenStore:
     ran before it.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: SkillStore) -> None:
         self._store = store
 
     def record_usage(self, *args: Any, **kwargs: Any) -> None:
@@ -155,7 +158,7 @@ def _grade_predictions(competition: Competition, predictions: Any, gradeable: bo
 def _run_one(
     conn: psycopg.Connection,
     database: str,
-    store: Any,
+    store: SkillStore | FrozenStore,
     competition: Competition,
     *,
     phase: Literal["campaign", "evaluation"],
@@ -166,7 +169,8 @@ def _run_one(
     plan: Plan,
     extract: bool = True,
 ) -> AttemptRecord:
-    from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+    from haste_dagster.agents.attempts import AttemptConfig
+    from haste_dagster.agents.competition_agent import run_attempt
     from haste_dagster.agents.orchestrator import extract_skills
 
     size = inventory(conn)["active"]
@@ -289,7 +293,7 @@ def run_transfer_benchmark(
     def attempt(
         conn: psycopg.Connection,
         database: str,
-        store: Any,
+        store: SkillStore | FrozenStore,
         slug: str,
         arm: Arm,
         loading: Loading,

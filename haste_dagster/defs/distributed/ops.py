@@ -2,7 +2,7 @@
 train the final model (the domain logic is ``agents.rounds``)."""
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dagster import (
     Config,
@@ -23,6 +23,9 @@ from haste_dagster.defs.distributed.io_manager import OUTPUTS_IO
 from haste_dagster.defs.executors import TrainingRouting
 from haste_dagster.defs.partitions import COMPETITION_PARTITIONS_NAME
 from haste_dagster.defs.resources import DatabaseResource, LLMResource, SkillStoreResource
+
+if TYPE_CHECKING:  # the agents load when an op runs, not with the definitions
+    from haste_dagster.agents.attempts import AttemptResult
 
 # --- config and helpers ---------------------------------------------------------------------
 
@@ -91,7 +94,7 @@ def start_op(rounds: int, candidates: int) -> OpDefinition:
         llm: LLMResource,
     ) -> Output[dict]:
         from haste_dagster.agents import rounds as batch
-        from haste_dagster.agents.competition_agent import AttemptConfig
+        from haste_dagster.agents.attempts import AttemptConfig
         from haste_dagster.competitions import profile_data
         from haste_dagster.competitions.registry import check_solvable
 
@@ -267,7 +270,7 @@ def select_round(
 
 
 def _record_attempt_asset(
-    context: OpExecutionContext, state: dict, result: Any, outcomes: dict[str, Any]
+    context: OpExecutionContext, state: dict, result: "AttemptResult", outcomes: dict[str, Any]
 ) -> None:
     slug = state["slug"]
     metadata = {**steps.attempt_metadata(result), **outcomes}

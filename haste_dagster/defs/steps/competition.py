@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     DagsterInstance,
@@ -27,8 +27,19 @@ from haste_dagster.defs.steps.result import (
     StepResult,
 )
 
+if TYPE_CHECKING:  # the domain modules load when a step runs, not with the code location
+    from pathlib import Path
 
-def load_competition(slug: str) -> Any:
+    import psycopg
+
+    from haste_dagster.agents.attempts import AttemptResult
+    from haste_dagster.agents.records import AttemptRow, IterationRow
+    from haste_dagster.competitions.registry import Competition
+    from haste_dagster.skills.model import Skill
+    from haste_dagster.skills.store import SkillStore
+
+
+def load_competition(slug: str) -> Competition:
     from haste_dagster.competitions import load_competition as load
 
     return load(slug)
@@ -37,7 +48,9 @@ def load_competition(slug: str) -> Any:
 # --- per competition --------------------------------------------------------------------
 
 
-def _record_competition(conn: Any, competition: Any, profile: dict[str, Any]) -> None:
+def _record_competition(
+    conn: psycopg.Connection, competition: Competition, profile: dict[str, Any]
+) -> None:
     """Upsert the competitions row (definition + profile) that reports and queries join on."""
     from haste_dagster.agents.records import record_competition
 
@@ -76,11 +89,11 @@ def competition_data_step(slug: str, database: DatabaseResource) -> StepResult:
     )
 
 
-def run_is_live(instance: DagsterInstance) -> Callable[[Any], bool]:
+def run_is_live(instance: DagsterInstance) -> Callable[[AttemptRow], bool]:
     """The liveness check of :func:`haste_dagster.agents.records.resumable_attempt` for
     Dagster: a run still going owns its attempt (resuming it would interleave iterations)."""
 
-    def live(attempt: Any) -> bool:
+    def live(attempt: AttemptRow) -> bool:
         if attempt.dagster_run_id:
             run = instance.get_run_by_id(attempt.dagster_run_id)
             return run is not None and run.status not in (
@@ -93,7 +106,7 @@ def run_is_live(instance: DagsterInstance) -> Callable[[Any], bool]:
 
 
 def resume_attempt_id(
-    instance: DagsterInstance, conn: Any, slug: str, cfg: AttemptRunConfig
+    instance: DagsterInstance, conn: psycopg.Connection, slug: str, cfg: AttemptRunConfig
 ) -> int | None:
     """The attempt a run with ``cfg`` continues (``cfg.resume``), by the one resume rule."""
     from haste_dagster.agents import records
@@ -114,7 +127,8 @@ def attempt_step(
     run_id: str,
     log: Log,
 ) -> StepResult:
-    from haste_dagster.agents.competition_agent import AttemptConfig, run_attempt
+    from haste_dagster.agents.attempts import AttemptConfig
+    from haste_dagster.agents.competition_agent import run_attempt
     from haste_dagster.competitions.grading import competition_thresholds
     from haste_dagster.competitions.registry import check_solvable
 
@@ -123,7 +137,7 @@ def attempt_step(
     check_solvable(competition)
     competition_thresholds(competition)
 
-    def progress(idx: int, budget: int, row: Any) -> None:
+    def progress(idx: int, budget: int, row: IterationRow) -> None:
         mark = "kept" if row.kept else ("error" if row.error else "reverted")
         log(f"{slug} iteration {idx}/{budget}: cv {row.cv_mean} {mark}")
 
@@ -173,7 +187,7 @@ def attempt_step(
 
 
 def learning_curve_metadata(
-    iterations: list[Any], png: Any, slug: str, higher_is_better: bool
+    iterations: list[dict[str, Any]], png: Path, slug: str, higher_is_better: bool
 ) -> dict[str, Any]:
     """`learning_curve`: a small inline SVG (the UI shows short Markdown inline); the full
     PNG opens from `learning_curve_full`."""
@@ -187,12 +201,12 @@ def learning_curve_metadata(
     }
 
 
-def attempt_outcomes(store: Any, attempt_id: int) -> dict[str, Any]:
+def attempt_outcomes(store: SkillStore, attempt_id: int) -> dict[str, Any]:
     """`attempt` metadata of what became of each loaded skill (applied, kept, delta)."""
     return audit.attempt_outcomes_metadata(store.attempt_usage(attempt_id))
 
 
-def attempt_metadata(result: Any) -> dict[str, Any]:
+def attempt_metadata(result: AttemptResult) -> dict[str, Any]:
     """What the `attempt` asset records of a finished attempt (an AttemptResult), by
     whichever path ran it: the asset, the campaign step or the distributed job."""
     by_tier = Counter(str(entry.get("tier", "?")) for entry in result.skills_loaded)
@@ -309,7 +323,7 @@ def competition_skills_step(
 
 
 def competition_skills_audit(
-    conn: Any, store: Any, slug: str, attempt_id: int, extracted: list[Any]
+    conn: psycopg.Connection, store: SkillStore, slug: str, attempt_id: int, extracted: list[Skill]
 ) -> dict[str, Any]:
     """Why the attempt gave the skills it gave, and every competition skill of ``slug`` so
     far (not only this materialization's) with its lineage and usage."""

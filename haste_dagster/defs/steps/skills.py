@@ -4,7 +4,7 @@ consolidation."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     MetadataValue,
@@ -23,10 +23,17 @@ from haste_dagster.defs.steps.result import (
     StepResult,
 )
 
+if TYPE_CHECKING:  # the domain modules load when a step runs, not with the code location
+    from haste_dagster.skills.model import Skill
+    from haste_dagster.skills.promotion import PromotionResult
+    from haste_dagster.skills.store import SkillStore
+
 # --- skills across competitions -----------------------------------------------------------
 
 
-def _promotion_result(result: Any, extra: dict[str, Any], tier_skills: list[Any]) -> StepResult:
+def _promotion_result(
+    result: PromotionResult, extra: dict[str, Any], tier_skills: list[Skill]
+) -> StepResult:
     skills = result.skills
     return StepResult(
         metadata={
@@ -130,7 +137,7 @@ def skills_validity_step(skill_store: SkillStoreResource) -> CheckOutcome:
     )
 
 
-def _resolves(store: Any, skill_id: str, version: int | None) -> bool:
+def _resolves(store: SkillStore, skill_id: str, version: int | None) -> bool:
     from haste_dagster.errors import SkillError
 
     try:
