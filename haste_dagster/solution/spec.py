@@ -182,10 +182,6 @@ class SolutionSpec(BaseModel):
 # ---------------------------------------------------------------------------------------
 
 
-# A field path (``model.params.max_depth``): bounded, so a decoding grammar ends it.
-FieldPath = Annotated[str, Field(max_length=80)]
-
-
 def _tag_required(schema: dict[str, Any]) -> None:
     # A patch's ops are told apart by their "op" tag, so a JSON op must carry it (the
     # default only serves Python code); a decoding grammar built from the schema then
@@ -203,7 +199,7 @@ class SetOp(_Op):
     object of fields (merged into the current ones)."""
 
     op: Literal["set"] = "set"
-    path: FieldPath
+    path: str
     value: Any
 
 
@@ -211,7 +207,7 @@ class UnsetOp(_Op):
     """Reset a field to its default (``model.params.<name>``, ``<step>.<field>``)."""
 
     op: Literal["unset"] = "unset"
-    path: FieldPath
+    path: str
 
 
 class SetModelOp(_Op):
@@ -226,7 +222,7 @@ class AddOp(_Op):
     """Add an item to a list field (``forecast.lags``, ``date.parts``…)."""
 
     op: Literal["add"] = "add"
-    path: FieldPath
+    path: str
     value: Any
 
 
@@ -234,7 +230,7 @@ class RemoveOp(_Op):
     """Remove an item from a list field."""
 
     op: Literal["remove"] = "remove"
-    path: FieldPath
+    path: str
     value: Any
 
 
