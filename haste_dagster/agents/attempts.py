@@ -241,14 +241,20 @@ def record_finished_attempt(
         stopped=stopped,
         extra=dict(extra or {}),
     )
+    save_finished(conn, result)
+    return result
+
+
+def save_finished(conn: psycopg.Connection, result: AttemptResult) -> None:
+    """Mark ``result``'s attempt finished; its iterations are already rows of their own."""
+    summary = {k: v for k, v in result.as_json().items() if k != "iterations"}
     records.finish_attempt(
         conn,
-        attempt.id,
+        result.attempt_id,
         best_spec=result.best_spec,
         best_cv=result.best_cv,
-        result={k: v for k, v in result.as_json().items() if k != "iterations"},
+        result=summary,
     )
-    return result
 
 
 def baseline_row(

@@ -39,7 +39,7 @@ import numpy as np
 import psycopg
 
 from haste_dagster.agents import records
-from haste_dagster.agents.attempts import AttemptConfig, AttemptResult, ProgressFn
+from haste_dagster.agents.attempts import AttemptConfig, AttemptResult, ProgressFn, save_finished
 from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.agents.factory import make_policy, open_skill_store
 from haste_dagster.agents.orchestrator import (
@@ -260,13 +260,7 @@ def solve_multitarget(
         )
     predictions = np.column_stack(columns)
     combined = _combined_result(parent, targets, results, details)
-    records.finish_attempt(
-        conn,
-        parent.id,
-        best_spec=combined.best_spec,
-        best_cv=combined.best_cv,
-        result={k: v for k, v in combined.as_json().items() if k != "iterations"},
-    )
+    save_finished(conn, combined)
     graded = grade(competition, predictions)
     records.record_grade(
         conn,

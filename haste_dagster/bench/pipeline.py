@@ -235,6 +235,53 @@ def run_pipeline_benchmark(url: str, options: PipelineOptions) -> dict[str, Any]
     return report(complete=True)
 
 
+def merge_reports(reports: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+    """One report from complete runs on disjoint competitions (say, one per core or machine),
+    with the verdict recomputed over all of them. Runs of different seeds, iterations or
+    policy are not comparable and are refused, as is a competition measured twice."""
+    from haste_dagster.errors import ConfigError
+
+    if not reports:
+        raise ConfigError("--merge: no reports given")
+    comparable = ("seeds", "iterations", "policy")
+    first_path, first = next(iter(reports.items()))
+    per_competition: dict[str, dict[str, Any]] = {}
+    runs: list[dict[str, Any]] = []
+    for path, report in reports.items():
+        if not report.get("complete"):
+            raise ConfigError(f"{path}: the run did not finish (complete: false)")
+        for key in comparable:
+            if report["options"][key] != first["options"][key]:
+                raise ConfigError(
+                    f"{path}: {key} is {report['options'][key]!r}, but {first_path} has "
+                    f"{first['options'][key]!r}"
+                )
+        for slug, comparison in report["per_competition"].items():
+            if slug in per_competition:
+                raise ConfigError(f"{path}: {slug} is measured in another report too")
+            per_competition[slug] = comparison
+        runs += report["runs"]
+    usages = [r["usage"] for r in reports.values()]
+    return {
+        "complete": True,
+        "options": {
+            **{key: first["options"][key] for key in comparable},
+            "competitions": list(per_competition),
+            "defs_dir": first["options"]["defs_dir"],
+            "merged_from": [str(p) for p in reports],
+        },
+        "database": None,
+        "per_competition": per_competition,
+        "verdict": verdict(per_competition),
+        "runs": runs,
+        # the shards ran side by side: wall is the longest one's, CPU their sum
+        "usage": {
+            key: (max if key == "wall_seconds" else sum)(u[key] for u in usages)
+            for key in usages[0]
+        },
+    }
+
+
 def write_json(report: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str))

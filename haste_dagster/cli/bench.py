@@ -207,26 +207,60 @@ def pipeline_command(
     keep_database: bool = typer.Option(
         False, "--keep-database", help="keep the throwaway benchmark database for inspection"
     ),
+    merge: list[Path] = typer.Option(
+        [], "--merge",
+        help="run nothing: merge the --json reports of runs on disjoint competitions "
+        "(repeated) and recompute the verdict",
+    ),
 ) -> None:
     """Straight line vs the staged pipeline (screen, two branches, ensemble) at equal
     evaluation budgets: hidden-test score, percentile, medals, CPU seconds, the verdict."""
     from rich.console import Console
-    from rich.table import Table
 
     from haste_dagster import db
-    from haste_dagster.bench.pipeline import PipelineOptions, run_pipeline_benchmark, write_json
+    from haste_dagster.bench.pipeline import (
+        PipelineOptions,
+        merge_reports,
+        run_pipeline_benchmark,
+        write_json,
+    )
 
     console = Console(stderr=True)
-    options = PipelineOptions(
-        competitions=_split_names(competitions), seeds=seeds, iterations=iterations,
-        policy=policy, defs_dir=defs, keep_database=keep_database,
-        log=lambda message: console.print(message, highlight=False, markup=False),
-        json_path=json_out,
-    )
     with _bench_errors(console):
-        report = run_pipeline_benchmark(db.database_url(), options)
+        if merge:
+            report = merge_reports({path: _read_report(path) for path in merge})
+        else:
+            options = PipelineOptions(
+                competitions=_split_names(competitions), seeds=seeds, iterations=iterations,
+                policy=policy, defs_dir=defs, keep_database=keep_database,
+                log=lambda message: console.print(message, highlight=False, markup=False),
+                json_path=json_out,
+            )
+            report = run_pipeline_benchmark(db.database_url(), options)
     if json_out is not None:
         console.print(f"wrote {write_json(report, json_out)}")
+    _print_pipeline_report(report)
+
+
+def _read_report(path: Path) -> dict:
+    """A benchmark's JSON report, or a ConfigError naming the file."""
+    from haste_dagster.errors import ConfigError
+
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable JSON report ({exc})") from exc
+    if not isinstance(report, dict):
+        raise ConfigError(f"{path}: not a pipeline report (not a JSON object)")
+    missing = {"complete", "options", "per_competition", "runs", "usage"} - set(report)
+    if missing:
+        raise ConfigError(f"{path}: not a pipeline report (no {', '.join(sorted(missing))})")
+    return report
+
+
+def _print_pipeline_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
     def fmt(value: object) -> str:
         if value is None:

@@ -1,9 +1,17 @@
-"""`haste bench pipeline`'s comparison and verdict, on hand-made runs."""
+"""`haste bench pipeline`'s comparison, verdict and merge of shards, on hand-made runs."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
 from haste_dagster.bench.measure import Usage
-from haste_dagster.bench.pipeline import ArmRun, compare, verdict
+from haste_dagster.bench.pipeline import ArmRun, compare, merge_reports, verdict
+from haste_dagster.cli.bench import app as bench_app
+from haste_dagster.errors import ConfigError
 
 
 def _run(arm: str, score: float, percentile: float, se: float = 0.1, **kw) -> ArmRun:
@@ -38,3 +46,55 @@ def test_verdict_needs_the_share_of_competitions_and_a_better_mean_percentile() 
     # enough competitions but a worse mean percentile: missed
     tie = compare([_run("straight", 1.0, 0.9), _run("staged", 1.0, 0.5)], False)
     assert not verdict({"a": tie})["met"]
+
+
+def _report(slugs: dict[str, bool], seeds: int = 3) -> dict:
+    """A complete report whose competitions are better-or-equal as ``slugs`` says."""
+    good = compare([_run("straight", 1.0, 0.5), _run("staged", 0.9, 0.6)], False)
+    bad = compare([_run("straight", 1.0, 0.5), _run("staged", 2.0, 0.4)], False)
+    return {
+        "complete": True,
+        "options": {"competitions": list(slugs), "seeds": seeds, "iterations": None,
+                    "policy": "heuristic", "defs_dir": None},
+        "per_competition": {s: good if ok else bad for s, ok in slugs.items()},
+        "runs": [{"slug": s} for s in slugs],
+        "usage": {"wall_seconds": 10.0 * len(slugs), "cpu_seconds": 9.0 * len(slugs)},
+    }
+
+
+def test_merged_shards_give_the_verdict_over_all_their_competitions() -> None:
+    # alone, each shard misses (2 of 3 is under 75 %); together 6 of 8 meets it
+    a = _report({"a1": True, "a2": True, "a3": False, "a4": True})
+    b = _report({"b1": True, "b2": True, "b3": False, "b4": True})
+    merged = merge_reports({Path("a.json"): a, Path("b.json"): b})
+    assert merged["verdict"]["competitions"] == 8
+    assert merged["verdict"]["better_or_equal"] == 6 and merged["verdict"]["met"]
+    assert merged["options"]["competitions"] == ["a1", "a2", "a3", "a4", "b1", "b2", "b3", "b4"]
+    assert len(merged["runs"]) == 8
+    assert merged["usage"] == {"wall_seconds": 40.0, "cpu_seconds": 72.0}
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (_report({"b": True}, seeds=1), "seeds is 1"),
+        (_report({"a": True}), "a is measured in another report"),
+        ({**_report({"b": True}), "complete": False}, "did not finish"),
+    ],
+)
+def test_merge_refuses_shards_that_cannot_be_compared(second: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        merge_reports({Path("a.json"): _report({"a": True}), Path("b.json"): second})
+
+
+def test_cli_merge_names_the_file_that_is_not_a_report(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(_report({"a": True})))
+    bad.write_text("{not json")
+    result = CliRunner().invoke(bench_app, ["pipeline", "--merge", str(good), "--merge", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.json" in " ".join(result.output.split())
+    out = tmp_path / "merged.json"
+    result = CliRunner().invoke(bench_app, ["pipeline", "--merge", str(good), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["verdict"]["competitions"] == 1
