@@ -24,9 +24,12 @@ setup: $(BIN)/.installed
 system-deps:
 	bash scripts/install_system_deps.sh
 
+# Competitions solved side by side in each wave of the campaign (one core each).
+WORKERS ?= 2
+
 run: setup
 	mkdir -p out
-	$(BIN)/haste campaign --json out/campaign.json
+	$(BIN)/haste campaign --workers $(WORKERS) --json out/campaign.json
 
 test: setup system-deps
 	$(BIN)/ruff check haste_dagster tests scripts

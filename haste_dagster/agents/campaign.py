@@ -16,7 +16,7 @@ from haste_dagster.agents.attempts import AttemptConfig, ProgressFn
 from haste_dagster.agents.factory import open_skill_store
 from haste_dagster.agents.orchestrator import SolveResult, extract_skills, promote, solve
 from haste_dagster.competitions.registry import load_competition
-from haste_dagster.errors import HasteError
+from haste_dagster.errors import ConfigError, HasteError
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,55 @@ def inventory_by_tier(conn: psycopg.Connection) -> dict[str, Any]:
     return {"by_tier": by_tier, "domain_by_kind": domain}
 
 
+@dataclass(frozen=True)
+class StepJob:
+    """What a worker needs to solve one protocol step (picklable: no connection)."""
+
+    slug: str
+    config: AttemptConfig
+    extract: bool
+    resume_attempt_id: int | None
+    defs_dir: Path | None
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    attempt_id: int | None = None
+    score: float | None = None
+    medal: str | None = None
+    error: str | None = None
+    budget_spent: bool = False  # the LLM token budget ended the campaign here
+
+
+def solve_step(
+    conn: psycopg.Connection, job: StepJob, progress: ProgressFn | None = None
+) -> StepOutcome:
+    """Solve one step; its failure is an outcome (reported), never an exception."""
+    from haste_dagster.llm.client import TokenBudgetExceeded
+
+    try:
+        result = solve(
+            conn, job.slug, job.config, defs_dir=job.defs_dir, extract=job.extract,
+            resume_attempt_id=job.resume_attempt_id, progress=progress,
+        )
+    except TokenBudgetExceeded as exc:
+        return StepOutcome(error=f"token budget spent: {exc}", budget_spent=True)
+    except (HasteError, ValueError, KeyError) as exc:
+        return StepOutcome(error=f"{type(exc).__name__}: {exc}")
+    return StepOutcome(result.attempt.attempt_id, result.grade.score, result.grade.medal)
+
+
+def _solve_step_in_worker(database_url: str, job: StepJob) -> StepOutcome:
+    from haste_dagster import db
+
+    with db.connect(database_url) as conn:
+        return solve_step(conn, job)
+
+
+def _waves(steps: list[ProtocolStep], size: int) -> list[list[ProtocolStep]]:
+    return [steps[i:i + size] for i in range(0, len(steps), size)]
+
+
 def campaign_protocol(
     conn: psycopg.Connection,
     slugs: list[str],
@@ -204,25 +253,40 @@ def campaign_protocol(
     *,
     defs_dir: Path | None = None,
     rerun: bool = True,
+    workers: int = 1,
+    database_url: str | None = None,
     on_start: Callable[[ProtocolStep], None] | None = None,
     on_done: Callable[[ProtocolStep], None] | None = None,
     progress: ProgressFn | None = None,
 ) -> CampaignRun:
     """The paper's campaign: round 1 = one competition per domain, cold (no skills loaded);
     round 2 = the rest, warm (``config.loading``, tiered by default); promotion after every
-    competition and consolidation between rounds; then the re-run phase: every competition
-    that did not medal is attempted again warm *and* again without skills (the control),
-    both with the new seed ``config.seed + RERUN_SEED_OFFSET``. Skills are extracted from
-    every attempt but the controls.
+    wave of competitions and consolidation between rounds; then the re-run phase: every
+    competition that did not medal is attempted again warm *and* again without skills (the
+    control), both with the new seed ``config.seed + RERUN_SEED_OFFSET``. Skills are
+    extracted from every attempt but the controls.
+
+    ``workers`` > 1 solves each phase in waves of that many steps side by side, in worker
+    processes connected to ``database_url``; promotion runs after each wave, in step order,
+    so a wave's competitions see what the waves before it promoted, and the same
+    ``workers`` gives the same campaign. ``workers=1`` promotes after every step.
+    (Only the in-process step reports ``progress``.)
 
     Resumable: every attempt is labelled ``campaign:<id>:<phase>:<arm>:<slug>``; running
     again with the same ``config.campaign_id`` reuses graded attempts, resumes unfinished
     ones, and re-extracts idempotently, so no skill is duplicated.
     """
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from contextlib import ExitStack
+    from multiprocessing import get_context
+
     from haste_dagster.competitions.definition import load_definition
-    from haste_dagster.llm.client import TokenBudgetExceeded
     from haste_dagster.skills import consolidate
 
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, not {workers}")
+    if workers > 1 and database_url is None:
+        raise ConfigError("workers > 1 needs the database_url the worker processes connect to")
     campaign_id = config.campaign_id or f"campaign-{uuid.uuid4().hex[:12]}"
     config = replace(config, campaign_id=campaign_id)
     run = CampaignRun(campaign_id)
@@ -241,66 +305,89 @@ def campaign_protocol(
     store = open_skill_store(conn)
     warm = config.loading if config.loading != "none" else "tiered"
 
-    def attempt(step: ProtocolStep) -> bool:
-        """Run (or reuse) one step; False when the token budget ends the campaign."""
+    def begin(step: ProtocolStep) -> StepJob | StepOutcome:
+        """The job that solves ``step``, or its outcome when an earlier run graded it."""
         label = protocol_label(campaign_id, step.phase, step.arm, step.slug)
         if on_start:
             on_start(step)
         found = _labelled(conn, label)
-        try:
-            if found and found["status"] == "finished" and found["test_score"] is not None:
-                step.attempt_id, step.score, step.medal = found["id"], found["test_score"], \
-                    found["medal"]
-                step.reused = True
-                if step.extract:  # finish what a kill between grading and skills left
+        if found and found["status"] == "finished" and found["test_score"] is not None:
+            step.reused = True
+            if step.extract:  # finish what a kill between grading and skills left
+                try:
                     extract_skills(conn, load_competition(step.slug, defs_dir), found["id"],
                                    store)
-            else:
-                resume_id = found["id"] if found and found["status"] != "finished" else None
-                result = solve(
-                    conn, step.slug,
-                    replace(config, loading=step.loading, seed=step.seed, label=label),
-                    defs_dir=defs_dir, extract=step.extract, progress=progress,
-                    resume_attempt_id=resume_id,
-                )
-                step.attempt_id = result.attempt.attempt_id
-                step.score, step.medal = result.grade.score, result.grade.medal
-            if step.slug in domains and step.arm != "control":
+                except (HasteError, ValueError, KeyError) as exc:
+                    return StepOutcome(found["id"], found["test_score"], found["medal"],
+                                       error=f"{type(exc).__name__}: {exc}")
+            return StepOutcome(found["id"], found["test_score"], found["medal"])
+        resume_id = found["id"] if found and found["status"] != "finished" else None
+        return StepJob(
+            step.slug, replace(config, loading=step.loading, seed=step.seed, label=label),
+            step.extract, resume_id, defs_dir,
+        )
+
+    def finish(step: ProtocolStep, outcome: StepOutcome) -> bool:
+        """Record ``step``'s outcome and promote; False when the token budget is spent."""
+        step.attempt_id = outcome.attempt_id
+        step.score, step.medal, step.error = outcome.score, outcome.medal, outcome.error
+        if outcome.error is None and step.slug in domains and step.arm != "control":
+            try:
                 promote(conn, [domains[step.slug]], store)
-        except TokenBudgetExceeded as exc:
-            step.error = f"token budget spent: {exc}"
-            run.steps.append(step)
-            if on_done:
-                on_done(step)
-            return False
-        except (HasteError, ValueError, KeyError) as exc:
-            step.error = f"{type(exc).__name__}: {exc}"
+            except (HasteError, ValueError, KeyError) as exc:
+                step.error = f"{type(exc).__name__}: {exc}"
+        if step.error and not outcome.budget_spent:
             log.error("campaign %s: %s %s failed: %s", campaign_id, step.phase, step.slug,
                       step.error)
         run.steps.append(step)
         if on_done:
             on_done(step)
-        return True
+        return not outcome.budget_spent
 
-    phases = [
-        [ProtocolStep("round1", "cold", s, "none", config.seed) for s in round1],
-        [ProtocolStep("round2", "warm", s, warm, config.seed) for s in round2],
-    ]
-    for steps in phases:
-        for step in steps:
-            if not attempt(step):
-                run.inventory = inventory_by_tier(conn)
-                return run
-        consolidate(store)  # between rounds: merge duplicates, retire poor skills, promote
-    if rerun:
-        seed = config.seed + RERUN_SEED_OFFSET
-        missed = [s.slug for s in run.steps if s.error is None and s.medal == "none"]
-        for slug in missed:
-            for step in (ProtocolStep("rerun", "warm", slug, warm, seed),
-                         ProtocolStep("rerun", "control", slug, "none", seed, extract=False)):
-                if not attempt(step):
+    with ExitStack() as stack:
+        pool = (
+            stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("forkserver")))
+            if workers > 1 else None
+        )
+
+        def run_wave(wave: list[ProtocolStep]) -> bool:
+            """Solve ``wave`` (side by side when there is a pool); False: budget spent."""
+            pending: list[StepJob | StepOutcome | Future[StepOutcome]] = []
+            for step in wave:
+                work = begin(step)
+                if isinstance(work, StepJob) and pool is not None:
+                    pending.append(pool.submit(_solve_step_in_worker, database_url, work))
+                elif isinstance(work, StepJob):
+                    pending.append(solve_step(conn, work, progress))
+                else:
+                    pending.append(work)
+            go_on = True
+            for step, work in zip(wave, pending, strict=True):
+                outcome = work.result() if isinstance(work, Future) else work
+                go_on = finish(step, outcome) and go_on  # every finished step is recorded
+            return go_on
+
+        phases = [
+            [ProtocolStep("round1", "cold", s, "none", config.seed) for s in round1],
+            [ProtocolStep("round2", "warm", s, warm, config.seed) for s in round2],
+        ]
+        for steps in phases:
+            for wave in _waves(steps, workers):
+                if not run_wave(wave):
                     run.inventory = inventory_by_tier(conn)
                     return run
-        consolidate(store)
+            consolidate(store)  # between rounds: merge duplicates, retire poor skills, promote
+        if rerun:
+            seed = config.seed + RERUN_SEED_OFFSET
+            missed = [s.slug for s in run.steps if s.error is None and s.medal == "none"]
+            steps = [step for slug in missed for step in (
+                ProtocolStep("rerun", "warm", slug, warm, seed),
+                ProtocolStep("rerun", "control", slug, "none", seed, extract=False),
+            )]
+            for wave in _waves(steps, workers):
+                if not run_wave(wave):
+                    run.inventory = inventory_by_tier(conn)
+                    return run
+            consolidate(store)
     run.inventory = inventory_by_tier(conn)
     return run

@@ -181,6 +181,10 @@ def campaign_command(
         None, "--campaign-id", help="resume this campaign (its id is printed at the end)"
     ),
     rerun: bool = typer.Option(True, "--rerun/--no-rerun", help="run the re-run phase"),
+    workers: int = typer.Option(
+        1, "--workers", min=1,
+        help="competitions solved side by side in each wave (promotion after every wave)",
+    ),
 ) -> None:
     """The campaign protocol: round 1 one competition per domain cold, round 2 the rest warm,
     promotion and consolidation between rounds, then a re-run of every competition that did
@@ -210,27 +214,29 @@ def campaign_command(
     try:
         with db.connection() as conn, _progress() as progress:
             overall = progress.add_task("campaign", total=len(slugs), status="")
-            current: dict[str, Any] = {}
+            tasks: dict[int, Any] = {}  # one bar per step; several run at once with workers
 
             def on_start(step: Any) -> None:
-                current["task"] = progress.add_task(
+                tasks[id(step)] = progress.add_task(
                     f"{step.phase} {step.arm} {step.slug}", total=iterations or 1,
-                    status="starting",
+                    status="starting" if workers == 1 else "running in a worker",
                 )
 
-            def report(idx: int, budget: int, row: Any) -> None:
-                _iteration_callback(progress, current["task"])(idx, budget, row)
+            def report(idx: int, budget: int, row: Any) -> None:  # in-process steps only
+                _iteration_callback(progress, tasks[next(reversed(tasks))])(idx, budget, row)
 
             def on_done(step: Any) -> None:
+                task = tasks[id(step)]
                 progress.advance(overall)
-                progress.update(current["task"], status="[red]failed" if step.error else "done")
+                progress.update(task, status="[red]failed" if step.error else "done")
                 # An attempt that stopped early (stagnation, time) leaves its bar short of the
                 # budget; stop its clock so the elapsed column shows its own duration.
-                progress.stop_task(current["task"])
+                progress.stop_task(task)
 
             run = campaign_protocol(
-                conn, slugs, config, defs_dir=defs, rerun=rerun, on_start=on_start,
-                on_done=on_done, progress=report,
+                conn, slugs, config, defs_dir=defs, rerun=rerun, workers=workers,
+                database_url=db.database_url() if workers > 1 else None,
+                on_start=on_start, on_done=on_done, progress=report,
             )
     except HasteError as exc:
         _fail(exc)

@@ -15,7 +15,7 @@ import yaml
 from tiny_competitions import write_tiny_regression
 
 from haste_dagster.agents.attempts import AttemptConfig
-from haste_dagster.agents.campaign import campaign_protocol, protocol_rounds
+from haste_dagster.agents.campaign import CampaignRun, campaign_protocol, protocol_rounds
 
 
 def test_round_one_takes_the_first_competition_of_each_domain() -> None:
@@ -115,3 +115,44 @@ def test_the_campaign_runs_rounds_and_a_rerun_phase_and_resumes_after_a_kill(
                               AttemptConfig(iterations=2, campaign_id="kill-me"), defs_dir=defs)
     assert all(s.reused for s in again.steps)
     assert conn.execute("SELECT count(*) AS n FROM attempts").fetchone()["n"] == count
+
+
+def test_a_campaign_in_waves_of_two_workers_records_every_step_once_with_the_same_cold_scores(
+    db_url: str, conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
+    defs = _defs(tmp_path / "defs")
+    slugs = ["tiny_a", "tiny_c", "tiny_b"]
+    waves = campaign_protocol(conn, slugs, AttemptConfig(iterations=2, campaign_id="waves"),
+                              defs_dir=defs, workers=2, database_url=db_url)
+    assert all(s.error is None for s in waves.steps), [s.error for s in waves.steps]
+    # round 1 (tiny_a, tiny_c) ran side by side in one wave; steps keep the protocol's order
+    assert [(s.phase, s.arm, s.slug) for s in waves.steps[:3]] == [
+        ("round1", "cold", "tiny_a"), ("round1", "cold", "tiny_c"), ("round2", "warm", "tiny_b")]
+    labels = conn.execute(
+        """SELECT label, count(*) AS n FROM attempts WHERE label LIKE 'campaign:waves:%'
+           GROUP BY label""").fetchall()
+    assert len(labels) == len(waves.steps) and all(r["n"] == 1 for r in labels)
+    # the workers wrote their skills to the shared store, and promotion saw them
+    sources = {r["source_attempt"] for r in conn.execute(
+        "SELECT source_attempt FROM skills WHERE source_attempt IS NOT NULL").fetchall()}
+    assert {s.attempt_id for s in waves.steps[:2]} <= sources
+    # attempts without skills do not depend on how the campaign was scheduled
+    line = campaign_protocol(conn, slugs, AttemptConfig(iterations=2, campaign_id="line"),
+                             defs_dir=defs)
+
+    def cold(run: CampaignRun) -> list[tuple]:
+        return [(s.phase, s.arm, s.slug, s.score) for s in run.steps if s.loading == "none"]
+
+    assert cold(waves) == cold(line)
+
+
+def test_campaign_workers_must_be_positive_and_need_the_database_url(
+    conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    from haste_dagster.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 1"):
+        campaign_protocol(conn, ["tiny_a"], AttemptConfig(), defs_dir=tmp_path, workers=0)
+    with pytest.raises(ConfigError, match="database_url"):
+        campaign_protocol(conn, ["tiny_a"], AttemptConfig(), defs_dir=tmp_path, workers=2)
