@@ -236,9 +236,11 @@ def run_pipeline_benchmark(url: str, options: PipelineOptions) -> dict[str, Any]
 
 
 def merge_reports(reports: dict[Path, dict[str, Any]]) -> dict[str, Any]:
-    """One report from complete runs on disjoint competitions (say, one per core or machine),
-    with the verdict recomputed over all of them. Runs of different seeds, iterations or
-    policy are not comparable and are refused, as is a competition measured twice."""
+    """One report from runs on disjoint competitions (say, one per core or machine), with
+    the verdict recomputed over all of them. A stopped run contributes the competitions it
+    finished (its report is rewritten after each), so a long benchmark resumes by running
+    the rest and merging. Runs of different seeds, iterations or policy are not comparable
+    and are refused, as is a competition measured twice."""
     from haste_dagster.errors import ConfigError
 
     if not reports:
@@ -248,8 +250,6 @@ def merge_reports(reports: dict[Path, dict[str, Any]]) -> dict[str, Any]:
     per_competition: dict[str, dict[str, Any]] = {}
     runs: list[dict[str, Any]] = []
     for path, report in reports.items():
-        if not report.get("complete"):
-            raise ConfigError(f"{path}: the run did not finish (complete: false)")
         for key in comparable:
             if report["options"][key] != first["options"][key]:
                 raise ConfigError(
@@ -263,7 +263,7 @@ def merge_reports(reports: dict[Path, dict[str, Any]]) -> dict[str, Any]:
         runs += report["runs"]
     usages = [r["usage"] for r in reports.values()]
     return {
-        "complete": True,
+        "complete": all(r["complete"] for r in reports.values()),
         "options": {
             **{key: first["options"][key] for key in comparable},
             "competitions": list(per_competition),

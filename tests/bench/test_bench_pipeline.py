@@ -79,12 +79,19 @@ def test_merged_shards_give_the_verdict_over_all_their_competitions() -> None:
     [
         (_report({"b": True}, seeds=1), "seeds is 1"),
         (_report({"a": True}), "a is measured in another report"),
-        ({**_report({"b": True}), "complete": False}, "did not finish"),
     ],
 )
 def test_merge_refuses_shards_that_cannot_be_compared(second: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         merge_reports({Path("a.json"): _report({"a": True}), Path("b.json"): second})
+
+
+def test_a_stopped_run_contributes_the_competitions_it_finished() -> None:
+    stopped = {**_report({"a": True, "b": False}), "complete": False}
+    rest = _report({"c": True, "d": True})
+    merged = merge_reports({Path("stopped.json"): stopped, Path("rest.json"): rest})
+    assert not merged["complete"]  # the stopped run's current competition is not in it
+    assert merged["verdict"]["competitions"] == 4 and merged["verdict"]["met"]
 
 
 def test_cli_merge_names_the_file_that_is_not_a_report(tmp_path: Path) -> None:
