@@ -367,27 +367,24 @@ def campaign_protocol(
                 go_on = finish(step, outcome) and go_on  # every finished step is recorded
             return go_on
 
-        phases = [
-            [ProtocolStep("round1", "cold", s, "none", config.seed) for s in round1],
-            [ProtocolStep("round2", "warm", s, warm, config.seed) for s in round2],
-        ]
-        for steps in phases:
+        def run_phase(steps: list[ProtocolStep]) -> bool:
+            """The phase's waves, then consolidation (merge duplicates, retire poor skills,
+            promote); False, and no consolidation, when the token budget is spent."""
             for wave in _waves(steps, workers):
                 if not run_wave(wave):
-                    run.inventory = inventory_by_tier(conn)
-                    return run
-            consolidate(store)  # between rounds: merge duplicates, retire poor skills, promote
-        if rerun:
+                    return False
+            consolidate(store)
+            return True
+
+        go_on = run_phase(
+            [ProtocolStep("round1", "cold", s, "none", config.seed) for s in round1]
+        ) and run_phase([ProtocolStep("round2", "warm", s, warm, config.seed) for s in round2])
+        if go_on and rerun:
             seed = config.seed + RERUN_SEED_OFFSET
             missed = [s.slug for s in run.steps if s.error is None and s.medal == "none"]
-            steps = [step for slug in missed for step in (
+            run_phase([step for slug in missed for step in (
                 ProtocolStep("rerun", "warm", slug, warm, seed),
                 ProtocolStep("rerun", "control", slug, "none", seed, extract=False),
-            )]
-            for wave in _waves(steps, workers):
-                if not run_wave(wave):
-                    run.inventory = inventory_by_tier(conn)
-                    return run
-            consolidate(store)
+            )])
     run.inventory = inventory_by_tier(conn)
     return run

@@ -275,10 +275,9 @@ def merge_reports(reports: dict[Path, dict[str, Any]]) -> dict[str, Any]:
         "verdict": verdict(per_competition),
         "runs": runs,
         # the shards ran side by side: wall is the longest one's, CPU their sum
-        "usage": {
-            key: (max if key == "wall_seconds" else sum)(u[key] for u in usages)
-            for key in usages[0]
-        },
+        "usage": Usage(
+            max(u["wall_seconds"] for u in usages), sum(u["cpu_seconds"] for u in usages)
+        ).as_json(),
     }
 
 
