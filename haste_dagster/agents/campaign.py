@@ -4,6 +4,9 @@ the paper's campaign protocol (``campaign_protocol``: cold round, tiered round, 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -235,6 +238,30 @@ def solve_step(
     return StepOutcome(result.attempt.attempt_id, result.grade.score, result.grade.medal)
 
 
+def _exit_with_campaign(campaign_pid: int, poll_seconds: float = 1.0) -> None:
+    """Worker initializer: end this worker as soon as the campaign process is gone.
+
+    A campaign killed with SIGKILL cannot shut its pool down, and a worker only notices when
+    it asks for its next job, so it would solve its attempt to the end while a resumed
+    campaign resumes the same attempt. The worker's parent is the forkserver, which exits
+    when the campaign does, so a changed parent (or a vanished campaign pid) means gone.
+    The attempt's open transaction rolls back; the resume rule picks the attempt up.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            try:
+                os.kill(campaign_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-campaign", daemon=True).start()
+
+
 def _solve_step_in_worker(database_url: str, job: StepJob) -> StepOutcome:
     from haste_dagster import db
 
@@ -346,7 +373,10 @@ def campaign_protocol(
 
     with ExitStack() as stack:
         pool = (
-            stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("forkserver")))
+            stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=get_context("forkserver"),
+                initializer=_exit_with_campaign, initargs=(os.getpid(),),
+            ))
             if workers > 1 else None
         )
 

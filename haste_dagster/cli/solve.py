@@ -217,6 +217,8 @@ def campaign_command(
             tasks: dict[int, Any] = {}  # one bar per step; several run at once with workers
 
             def on_start(step: Any) -> None:
+                # Re-run steps are only known once the first pass is graded: grow the total.
+                progress.update(overall, total=max(len(slugs), len(tasks) + 1))
                 tasks[id(step)] = progress.add_task(
                     f"{step.phase} {step.arm} {step.slug}", total=iterations or 1,
                     status="starting" if workers == 1 else "running in a worker",

@@ -32,6 +32,7 @@ from conftest import (
     seed_skills,
     tiny_solve,
     with_fault,
+    write_competition,
 )
 
 from haste_dagster import db
@@ -171,3 +172,76 @@ def test_sigkill_of_a_dagster_run_of_the_attempt_asset_then_a_rerun_resumes_it(
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     check_resumed(url, before, tiny_reference, tally)
     instance.dispose()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (its children, theirs...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan nobody reaps stays one)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigkill_of_a_campaign_with_workers_ends_its_workers_mid_attempt(
+    server_url: str, tmp_path: Path, tally: Counter
+) -> None:
+    """`haste campaign --workers 2`, killed while both workers solve: the workers end within
+    seconds rather than solving their attempts on (racing a resumed campaign), and once
+    they are gone nothing more is written."""
+    url = fresh_db(server_url)
+    defs = tmp_path / "defs"
+    # Two domains, so round 1 holds both and one wave runs them side by side; attempts long
+    # enough (many iterations on more rows) to outlast the check by far.
+    write_competition(defs, "rel_worker_a", seed=11, rows=1500, iterations=400, domain="rel_a")
+    write_competition(defs, "rel_worker_b", seed=12, rows=1500, iterations=400, domain="rel_b")
+    proc = subprocess.Popen(
+        haste("campaign", "--workers", "2", "--no-rerun", "--defs", str(defs)),
+        env=child_env(url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    with db.connection(url) as conn:
+        while time.monotonic() < deadline:
+            solving = conn.execute(
+                """SELECT count(DISTINCT attempt_id) AS n FROM iterations i
+                   JOIN attempts a ON a.id = i.attempt_id WHERE a.status = 'running'"""
+            ).fetchone()["n"]
+            if solving == 2:
+                break
+            assert proc.poll() is None, "the campaign ended before it could be killed"
+            time.sleep(0.05)
+        assert solving == 2, "the two workers never solved side by side"
+        workers = _descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+        tally["faults_injected"] += 1
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_running(p) for p in workers):
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)], "workers outlived their campaign"
+        written = conn.execute("SELECT count(*) AS n FROM iterations").fetchone()["n"]
+        time.sleep(3)
+        assert conn.execute("SELECT count(*) AS n FROM iterations").fetchone()["n"] == written
+        statuses = conn.execute("SELECT status FROM attempts ORDER BY id").fetchall()
+    # Ended mid-attempt: neither worker finished its attempt after the kill.
+    assert [r["status"] for r in statuses] == ["running", "running"]
