@@ -515,6 +515,8 @@ class LLMClient:
             usage = getattr(completion, "usage", None)
             prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
             completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+            details = getattr(usage, "prompt_tokens_details", None)
+            cached_tokens = int(getattr(details, "cached_tokens", 0) or 0)
             choice = completion.choices[0] if completion.choices else None
             text = choice.message.content if choice is not None else None
             parsed, problems = parse_reply(text, schema, validate)
@@ -524,7 +526,8 @@ class LLMClient:
             self._record(
                 replace(
                     base, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    latency_s=latency, ok=parsed is not None, error=error,
+                    cached_tokens=cached_tokens, latency_s=latency, ok=parsed is not None,
+                    error=error,
                 )
             )
             total = total + Usage(prompt_tokens, completion_tokens, 1, latency)

@@ -39,6 +39,7 @@ class CallRecord:
     error: str | None = None
     attempt_id: int | None = None
     campaign_id: str | None = None
+    cached_tokens: int = 0  # of prompt_tokens, served from the server's prompt cache
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class LedgerTotals:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -59,6 +61,7 @@ class LedgerTotals:
             "failed_calls": self.failed_calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
             "total_tokens": self.total_tokens,
             "latency_s": round(self.latency_s, 3),
         }
@@ -68,6 +71,7 @@ _TOTALS_SQL = """SELECT count(*) AS calls,
                         count(*) FILTER (WHERE NOT ok) AS failed_calls,
                         coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
                         coalesce(sum(completion_tokens), 0) AS completion_tokens,
+                        coalesce(sum(cached_tokens), 0) AS cached_tokens,
                         coalesce(sum(latency_s), 0) AS latency_s
                  FROM llm_calls WHERE {where}"""
 
@@ -115,11 +119,11 @@ class TokenLedger:
         with self.conn.transaction():
             row = self.conn.execute(
                 """INSERT INTO llm_calls (agent_level, purpose, attempt_id, campaign_id, model,
-                       prompt_tokens, completion_tokens, latency_s, ok, error)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+                       prompt_tokens, completion_tokens, cached_tokens, latency_s, ok, error)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
                 (
                     call.agent_level, call.purpose, call.attempt_id, call.campaign_id,
-                    call.model, call.prompt_tokens, call.completion_tokens,
+                    call.model, call.prompt_tokens, call.completion_tokens, call.cached_tokens,
                     float(call.latency_s), call.ok, error,
                 ),
             ).fetchone()
@@ -129,8 +133,8 @@ class TokenLedger:
         with self.conn.transaction():
             row = self.conn.execute(_TOTALS_SQL.format(where=where), (value,)).fetchone()
         data = row if isinstance(row, dict) else dict(
-            zip(("calls", "failed_calls", "prompt_tokens", "completion_tokens", "latency_s"),
-                row, strict=True)
+            zip(("calls", "failed_calls", "prompt_tokens", "completion_tokens", "cached_tokens",
+                 "latency_s"), row, strict=True)
         )
         return LedgerTotals(
             calls=int(data["calls"]),
@@ -138,6 +142,7 @@ class TokenLedger:
             prompt_tokens=int(data["prompt_tokens"]),
             completion_tokens=int(data["completion_tokens"]),
             latency_s=float(data["latency_s"]),
+            cached_tokens=int(data["cached_tokens"]),
         )
 
     def attempt_totals(self, attempt_id: int) -> LedgerTotals:
@@ -161,7 +166,8 @@ class TokenLedger:
         with self.conn.transaction():
             cur = self.conn.execute(
                 f"""SELECT id, created_at, agent_level, purpose, attempt_id, campaign_id, model,
-                           prompt_tokens, completion_tokens, latency_s, ok, error
+                           prompt_tokens, completion_tokens, cached_tokens, latency_s, ok,
+                           error
                     FROM llm_calls WHERE {where} ORDER BY id""",
                 params,
             )

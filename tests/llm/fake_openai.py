@@ -33,6 +33,7 @@ class Reply:
     delay_s: float = 0.0  # sleep before answering (to exceed the client timeout)
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    cached_tokens: int | None = None  # None: no prompt_tokens_details in the usage
     finish_reason: str = "stop"
 
 
@@ -166,6 +167,9 @@ class FakeOpenAI:
                         "prompt_tokens": reply.prompt_tokens,
                         "completion_tokens": reply.completion_tokens,
                         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+                        **({} if reply.cached_tokens is None else {
+                            "prompt_tokens_details": {"cached_tokens": reply.cached_tokens}
+                        }),
                     },
                 }, reply.headers)
 

@@ -66,6 +66,7 @@ def test_reply_is_parsed_and_its_tokens_land_in_the_ledger(
     assert sent["body"]["response_format"]["json_schema"]["schema"]["required"] == ["answer", "n"]
     [row] = TokenLedger(conn).calls(attempt_id=7)
     assert (row["prompt_tokens"], row["completion_tokens"], row["ok"]) == (20, 5, True)
+    assert row["cached_tokens"] == 0  # the server reported no prompt_tokens_details
     assert row["agent_level"] == "competition"
     assert (row["purpose"], row["campaign_id"]) == ("propose", "camp")
     assert row["model"] == "fake-model" and row["latency_s"] >= 0
@@ -241,13 +242,13 @@ def test_budget_without_a_ledger_counts_this_clients_calls(
         ask(client)
 
 
-def test_ledger_totals_per_attempt_and_campaign(
+def test_ledger_totals_per_attempt_and_campaign_count_prompt_cache_hits(
     fake_openai: FakeOpenAI, llm_config: LLMConfig, conn: psycopg.Connection
 ) -> None:
     fake_openai.push(
         ok(GOOD, prompt_tokens=10, completion_tokens=1),
-        text("{", prompt_tokens=12, completion_tokens=2),
-        ok(GOOD, prompt_tokens=14, completion_tokens=3),
+        text("{", prompt_tokens=12, completion_tokens=2, cached_tokens=8),
+        ok(GOOD, prompt_tokens=14, completion_tokens=3, cached_tokens=12),
         ok(GOOD, prompt_tokens=100, completion_tokens=10),
     )
     ask(LLMClient(llm_config, ledger=TokenLedger(conn), campaign_id="A"), attempt_id=1)
@@ -256,6 +257,8 @@ def test_ledger_totals_per_attempt_and_campaign(
     ledger = TokenLedger(conn)
     two = ledger.attempt_totals(2)
     assert (two.calls, two.failed_calls, two.prompt_tokens, two.completion_tokens) == (2, 1, 26, 5)
+    assert two.cached_tokens == 20 and two.as_json()["cached_tokens"] == 20
+    assert [c["cached_tokens"] for c in ledger.calls(attempt_id=2)] == [8, 12]
     camp = ledger.campaign_totals("A")
     assert (camp.calls, camp.total_tokens) == (3, 42)
     assert camp.as_json()["total_tokens"] == 42
