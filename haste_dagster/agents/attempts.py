@@ -122,7 +122,11 @@ def should_keep(
     return gain > KEEP_Z * se and gain > MIN_REL_GAIN * max(abs(incumbent_mean), 1e-12)
 
 
-def skill_views(skills: list[Skill], utility: Callable[[str], float]) -> list[SkillView]:
+def skill_views(
+    skills: list[Skill], utility: Callable[[str], float], domain: str | None = None
+) -> list[SkillView]:
+    """Policy views of ``skills``; with ``domain`` (the competition's), a domain skill of
+    another domain is marked ``foreign`` (a cross-evaluation candidate)."""
     return [
         SkillView(
             id=s.id,
@@ -136,6 +140,7 @@ def skill_views(skills: list[Skill], utility: Callable[[str], float]) -> list[Sk
             },
             kind=str(getattr(s, "kind", None) or "change"),
             payload=dict(getattr(s, "payload", None) or {}),
+            foreign=domain is not None and s.tier == "domain" and s.scope_key != domain,
         )
         for s in skills
     ]

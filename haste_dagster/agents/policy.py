@@ -36,6 +36,8 @@ class SkillView:
     # prototype candidate of the screen) | "rule" | "prior"
     kind: str = "change"
     payload: dict = field(default_factory=dict)  # a prior's move counts, a rule's template
+    # A rule promoted in another domain, loaded to be cross-evaluated here (skills.scope).
+    foreign: bool = False
 
 
 @dataclass
@@ -266,19 +268,24 @@ def resolve_skill_views(
     (``skills.rules.resolve``), and every recipe or rule checked against the spec space on
     the domain default. One that no longer validates (a renamed parameter, a family that
     cannot solve this task) or does not translate is skipped with a logged reason, never
-    passed on to break an attempt."""
+    passed on to break an attempt. Of the foreign rules (ranked by the store), the first
+    ``MAX_FOREIGN`` that translate are kept."""
     import logging
 
     from haste_dagster.skills.rules import resolve
+    from haste_dagster.skills.scope import MAX_FOREIGN
     from haste_dagster.solution.space import default_spec
 
     log = logging.getLogger(__name__)
     default = default_spec(problem)
     default_json = default.model_dump(mode="json")
     out: list[SkillView] = []
+    foreign = 0
     for view in views:
         if view.kind not in ("recipe", "rule"):
             out.append(view)
+            continue
+        if view.foreign and foreign >= MAX_FOREIGN:
             continue
         action = view.action
         if view.kind == "rule" and isinstance(view.payload.get("rule"), dict):
@@ -295,5 +302,6 @@ def resolve_skill_views(
             log.warning("skill %s (%s) skipped on %s: its action no longer validates against "
                         "the spec space: %s", view.id, view.kind, problem.slug, exc)
             continue
+        foreign += view.foreign
         out.append(SkillView(**{**view.__dict__, "action": patch.model_dump(mode="json")}))
     return out

@@ -44,6 +44,13 @@ def _profiles(store: SkillStore, slugs: Iterable[str]) -> dict[str, dict[str, An
     return {r["slug"]: dict(r["profile"]) for r in rows}
 
 
+def _domains(store: SkillStore, slugs: Iterable[str]) -> dict[str, str]:
+    rows = store.conn.execute(
+        "SELECT slug, domain FROM competitions WHERE slug = ANY(%s)", (sorted(set(slugs)),)
+    ).fetchall()
+    return {r["slug"]: r["domain"] for r in rows}
+
+
 def measured_by_competition(
     store: SkillStore, skills: Sequence[Skill]
 ) -> dict[str, list[tuple[str, float]]]:
@@ -292,7 +299,9 @@ def promote_patterns_global(
     store: SkillStore, *, dagster_run_id: str | None = None
 ) -> PromotionResult:
     """Global skills of kind rule/recipe: the pattern's domain skills helped in >= 2
-    domains (each domain's verdict is its domain skill's mean measured effect)."""
+    domains. A use counts for the domain of the competition it was measured on, so a
+    domain rule cross-evaluated in another domain (``skills.scope``) brings that domain's
+    verdict; each domain's verdict is the mean measured effect there."""
     result = PromotionResult([], [], 0, [])
     with store.conn.transaction():
         lock_promotions(store)
@@ -306,9 +315,11 @@ def promote_patterns_global(
                 evidence: dict[str, list[tuple[str, float]]] = defaultdict(list)
                 measured = measured_by_competition(store, members)
                 domain_of = {s.id: s.domain or "" for s in members}
-                for pairs in measured.values():
+                measured_in = _domains(store, measured)
+                for slug, pairs in measured.items():
                     for skill_id, delta in pairs:
-                        evidence[domain_of[skill_id]].append((skill_id, delta))
+                        where = measured_in.get(slug) or domain_of[skill_id]
+                        evidence[where].append((skill_id, delta))
                 _promote_pattern(store, "global", None, kind, pattern, members, dict(evidence),
                                  "domains", result, {}, dagster_run_id)
     return result

@@ -3,26 +3,46 @@ text global skills are ranked against, and the cross-evaluation candidates."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from haste_dagster.skills.model import Skill
 
 MAX_CANDIDATES = 4  # cross-evaluation candidates an attempt loads
+MAX_FOREIGN = 1  # of them, rules promoted in another domain (the evidence a global needs)
 
 
-def cross_candidates(skills: Sequence[Skill], covered: set[str]) -> list[Skill]:
-    """Recipes and rules learnt on other competitions of the domain, to be tried (and their
-    measured effect recorded) here: one per pattern not covered by a promoted skill, best
-    measured effect first, at most ``MAX_CANDIDATES``; recipes first (one prototype each)."""
+def cross_candidates(
+    skills: Sequence[Skill], covered: set[str], foreign: Sequence[Skill] = (), slug: str = ""
+) -> list[Skill]:
+    """Skills from elsewhere to be tried (and their measured effect recorded) here: one per
+    pattern not covered by a skill already in scope, best measured effect first.
+
+    ``skills``: recipes and rules learnt on other competitions of the domain (recipes
+    first, one prototype each), at most ``MAX_CANDIDATES``. ``foreign``: domain rules of
+    *other* domains. A pattern becomes global only on evidence from a second domain and
+    nothing else tries it there, so they keep ``MAX_FOREIGN`` places even when the domain
+    fills the rest. Many do not translate to this data or task (a classifier family on a
+    regression), which only the spec space can tell, so all of them are returned and the
+    agent keeps the first ``MAX_FOREIGN`` that do (``agents.policy``). They are ordered by
+    a hash of (``slug``, pattern), not by effect: the best one would otherwise take the
+    place on every competition of every other domain, even where it keeps failing, and
+    the rest would never gather evidence. The hash spreads the tries, reproducibly."""
+    own = _best_per_pattern(skills, covered)
+    others = _best_per_pattern(foreign, covered | {s.pattern for s in own if s.pattern})
+    others.sort(key=lambda s: hashlib.sha256(f"{slug}\0{s.pattern}".encode()).hexdigest())
+    return [*own[: MAX_CANDIDATES - (MAX_FOREIGN if others else 0)], *others]
+
+
+def _best_per_pattern(skills: Sequence[Skill], covered: set[str]) -> list[Skill]:
     best: dict[str, Skill] = {}
     for s in skills:
         if not s.pattern or s.pattern in covered or (s.effect or 0.0) <= 0:
             continue
         if s.pattern not in best or (s.effect or 0.0) > (best[s.pattern].effect or 0.0):
             best[s.pattern] = s
-    ranked = sorted(best.values(), key=lambda s: (s.kind != "recipe", -(s.effect or 0.0), s.id))
-    return ranked[:MAX_CANDIDATES]
+    return sorted(best.values(), key=lambda s: (s.kind != "recipe", -(s.effect or 0.0), s.id))
 
 
 def describe_profile(slug: str, domain: str, profile: dict[str, Any]) -> str:

@@ -454,8 +454,9 @@ class SkillStore:
         * ``tiered``: active skills whose conditions hold on ``profile``: the competition's
           own skills, its domain's skills, up to ``MAX_CANDIDATES`` *cross-evaluation
           candidates* (recipes and rules of other competitions of the domain whose pattern
-          has no domain or global skill yet: tried here so that evidence of transfer can
-          accumulate; see ``cross_candidates``), and the ``top_k_global`` global skills most
+          has no domain or global skill yet, and one rule promoted in another domain:
+          tried here so that evidence of transfer can accumulate; see
+          ``cross_candidates``), and the ``top_k_global`` global skills most
           relevant to the competition (cosine similarity of their embedding to
           ``describe_profile``; near-ties, to 3 decimals, broken by utility).
 
@@ -487,8 +488,9 @@ class SkillStore:
                          OR (s.tier = 'domain' AND s.scope_key = %s)
                          OR (s.tier = 'competition' AND s.domain = %s AND s.scope_key <> %s
                              AND s.kind IN ('recipe', 'rule')
-                             AND NOT s.payload ? 'hurt'))""",
-                (slug, domain, domain, slug),
+                             AND NOT s.payload ? 'hurt')
+                         OR (s.tier = 'domain' AND s.scope_key <> %s AND s.kind = 'rule'))""",
+                (slug, domain, domain, slug, domain),
             )
             nearest_cursor = (
                 self._nearest_cursor(query, limit, "global", "active") if top_k_global > 0
@@ -502,12 +504,15 @@ class SkillStore:
         def by_utility(s: Skill) -> tuple[Any, ...]:
             return (-s.utility, s.id)
 
-        own = [s for s in scoped if s.tier != "competition" or s.scope_key == slug]
+        own = [s for s in scoped if (s.tier, s.scope_key) in (("competition", slug),
+                                                              ("domain", domain))]
         competition = sorted((s for s in own if s.tier == "competition"), key=by_utility)
         domain_skills = sorted((s for s in own if s.tier == "domain"), key=by_utility)
         candidates = cross_candidates(
             [s for s in scoped if s.tier == "competition" and s.scope_key != slug],
             {s.pattern for s in [*domain_skills, *globals_] if s.pattern},
+            foreign=[s for s in scoped if s.tier == "domain" and s.scope_key != domain],
+            slug=slug,
         )
         return [*competition, *domain_skills, *candidates, *globals_]
 

@@ -140,3 +140,27 @@ def test_a_domain_search_prior_weights_the_heuristic_move_draw() -> None:
     assert set(weights) == {"model.params.max_depth", "family:ridge"}  # only kind prior
     assert weights["model.params.max_depth"] == 2.0 * 8 / 10  # kept often: drawn more
     assert weights["family:ridge"] == 2.0 * 1 / 8  # never kept: drawn less
+
+
+def test_of_the_foreign_rules_only_the_first_that_translates_here_is_kept(
+    two_defs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rules promoted in other domains come ranked from the store; a classifier family does
+    not solve a regression (skipped, logged), the next one is kept, the rest wait."""
+    from haste_dagster.agents.policy import SkillView, resolve_skill_views
+    from haste_dagster.competitions.registry import load_competition
+
+    def rule(n: int, template: dict) -> SkillView:
+        return SkillView(id=f"sk_{n:016d}", tier="domain", title=f"rule {n}", guidance="g",
+                         action=None, utility=0.0, kind="rule", payload={"rule": template},
+                         foreign=True)
+
+    family = rule(1, {"op": "family", "family": "logistic_regression"})
+    log1p = rule(2, {"op": "set", "path": "numeric.log1p_skewed", "value": True})
+    missing = rule(3, {"op": "set", "path": "numeric.missing_indicator", "value": True})
+    home = SkillView(**{**missing.__dict__, "id": "sk_0000000000000004", "foreign": False})
+    problem = load_competition("tiny_b", two_defs).problem
+    with caplog.at_level(logging.WARNING):
+        kept = resolve_skill_views([family, log1p, missing, home], problem, {})
+    assert [v.id for v in kept] == [log1p.id, home.id]  # the domain's own rules are not capped
+    assert any(family.id in r.getMessage() for r in caplog.records)

@@ -10,7 +10,7 @@ from skill_helpers import insert_attempt
 
 from haste_dagster.skills.extraction import KeptChange, extract_competition_skills
 from haste_dagster.skills.pattern_promotion import decisions
-from haste_dagster.skills.promotion import promote_domain
+from haste_dagster.skills.promotion import promote_domain, promote_global
 from haste_dagster.skills.rules import normalise_change, resolve
 from haste_dagster.skills.store import SkillStore
 
@@ -32,14 +32,16 @@ def _profile(slug: str, rows: int, rows_per_feature: float, skew: float = 0.1) -
             "target_skew": skew, "has_text": False, "is_forecast": False}
 
 
-def _record_profile(conn: psycopg.Connection, slug: str, profile: dict[str, Any]) -> None:
+def _record_profile(
+    conn: psycopg.Connection, slug: str, profile: dict[str, Any], domain: str = DOMAIN
+) -> None:
     from psycopg.types.json import Jsonb
 
     with conn.transaction():
         conn.execute(
             """INSERT INTO competitions (slug, domain, task, metric, definition, profile)
                VALUES (%s, %s, 'regression', 'rmse', '{}', %s)""",
-            (slug, DOMAIN, Jsonb(profile)),
+            (slug, domain, Jsonb(profile)),
         )
 
 
@@ -117,6 +119,49 @@ def test_a_rule_that_helped_on_one_competition_and_hurt_on_another_is_a_conflict
     assert [d["decision"] for d in decisions(store, RULE)][:2] == ["refused", "conflict"]
     assert "promoted" in [d["decision"] for d in decisions(store, RULE)]
     assert store.get(other).status == "active"
+
+
+def test_a_domain_rule_is_cross_evaluated_in_another_domain_and_its_help_there_makes_it_global(
+    store: SkillStore,
+) -> None:
+    _deepen(store, "comp_a", 9, 0.03, rows=1000, rpf=100.0)
+    _deepen(store, "comp_b", 12, 0.02, rows=4000, rpf=400.0)
+    (domain_rule,) = [s for s in promote_domain(store, DOMAIN).skills if s.kind == "rule"]
+    assert not [s for s in promote_global(store).skills if s.kind == "rule"]  # one domain
+
+    other, profile = "ts_a", _profile("ts_a", 2000, 200.0)
+    _record_profile(store.conn, other, profile, domain="time_series")
+    # loaded on a competition of another domain as its one foreign candidate, and not
+    # where the rule is already a domain skill
+    loaded = store.scoped_skills(other, "time_series", profile, "tiered")
+    assert [s.id for s in loaded if s.pattern == RULE] == [domain_rule.id]
+    home = store.scoped_skills("comp_c", DOMAIN, _profile("comp_c", 2000, 200.0), "tiered")
+    assert [s.id for s in home if s.pattern == RULE] == [domain_rule.id]  # its own tier
+
+    attempt = insert_attempt(store.conn, other)
+    store.record_usage(attempt, 1, [domain_rule.id], True, 0.05)
+    (global_rule,) = [s for s in promote_global(store).skills if s.kind == "rule"]
+    assert global_rule.tier == "global" and global_rule.pattern == RULE
+    (decision,) = [d for d in decisions(store, RULE) if d["tier"] == "global"
+                   and d["decision"] == "promoted"]
+    assert "helped in 2 domains" in decision["reason"] and "time_series" in decision["reason"]
+    # covered now: no longer a foreign candidate, the global is loaded instead
+    again = store.scoped_skills(other, "time_series", profile, "tiered")
+    assert [s.tier for s in again if s.pattern == RULE] == ["global"]
+
+
+def test_a_domain_rule_that_hurt_in_another_domain_is_not_made_global(
+    store: SkillStore,
+) -> None:
+    _deepen(store, "comp_a", 9, 0.03, rows=1000, rpf=100.0)
+    _deepen(store, "comp_b", 12, 0.02, rows=4000, rpf=400.0)
+    (domain_rule,) = [s for s in promote_domain(store, DOMAIN).skills if s.kind == "rule"]
+    _record_profile(store.conn, "ts_a", _profile("ts_a", 2000, 200.0), domain="time_series")
+    attempt = insert_attempt(store.conn, "ts_a")
+    store.record_usage(attempt, 1, [domain_rule.id], False, -0.05)
+    assert not [s for s in promote_global(store).skills if s.kind == "rule"]
+    (decision,) = [d for d in decisions(store, RULE) if d["tier"] == "global"]
+    assert decision["decision"] == "refused" and "hurt in 1" in decision["reason"]
 
 
 def test_rules_state_thresholds_relative_to_the_data_they_were_learnt_on() -> None:
