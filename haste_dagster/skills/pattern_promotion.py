@@ -36,19 +36,13 @@ from haste_dagster.skills.store import SkillStore
 PATTERN_KINDS = ("rule", "recipe")
 
 
-def _profiles(store: SkillStore, slugs: Iterable[str]) -> dict[str, dict[str, Any]]:
+def _competitions(store: SkillStore, slugs: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """slug -> its row (domain, profile) for the competitions evidence was measured on."""
     rows = store.conn.execute(
-        "SELECT slug, profile FROM competitions WHERE slug = ANY(%s) AND profile IS NOT NULL",
+        "SELECT slug, domain, profile FROM competitions WHERE slug = ANY(%s)",
         (sorted(set(slugs)),),
     ).fetchall()
-    return {r["slug"]: dict(r["profile"]) for r in rows}
-
-
-def _domains(store: SkillStore, slugs: Iterable[str]) -> dict[str, str]:
-    rows = store.conn.execute(
-        "SELECT slug, domain FROM competitions WHERE slug = ANY(%s)", (sorted(set(slugs)),)
-    ).fetchall()
-    return {r["slug"]: r["domain"] for r in rows}
+    return {r["slug"]: r for r in rows}
 
 
 def measured_by_competition(
@@ -289,7 +283,9 @@ def promote_patterns_domain(
             for pattern in sorted(groups):
                 members = groups[pattern]
                 evidence = measured_by_competition(store, members)
-                profiles = _profiles(store, evidence)
+                profiles = {slug: dict(row["profile"])
+                            for slug, row in _competitions(store, evidence).items()
+                            if row["profile"] is not None}
                 _promote_pattern(store, "domain", domain, kind, pattern, members, evidence,
                                  "competitions", result, profiles, dagster_run_id)
     return result
@@ -315,10 +311,11 @@ def promote_patterns_global(
                 evidence: dict[str, list[tuple[str, float]]] = defaultdict(list)
                 measured = measured_by_competition(store, members)
                 domain_of = {s.id: s.domain or "" for s in members}
-                measured_in = _domains(store, measured)
+                measured_in = _competitions(store, measured)
                 for slug, pairs in measured.items():
                     for skill_id, delta in pairs:
-                        where = measured_in.get(slug) or domain_of[skill_id]
+                        row = measured_in.get(slug)
+                        where = (row and row["domain"]) or domain_of[skill_id]
                         evidence[where].append((skill_id, delta))
                 _promote_pattern(store, "global", None, kind, pattern, members, dict(evidence),
                                  "domains", result, {}, dagster_run_id)

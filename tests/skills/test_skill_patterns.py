@@ -121,16 +121,23 @@ def test_a_rule_that_helped_on_one_competition_and_hurt_on_another_is_a_conflict
     assert store.get(other).status == "active"
 
 
-def test_a_domain_rule_is_cross_evaluated_in_another_domain_and_its_help_there_makes_it_global(
-    store: SkillStore,
-) -> None:
+def _domain_rule_tried_in_time_series(store: SkillStore, delta: float) -> Any:
+    """A domain rule learnt on comp_a and comp_b, then tried once on ``ts_a`` (time_series)."""
     _deepen(store, "comp_a", 9, 0.03, rows=1000, rpf=100.0)
     _deepen(store, "comp_b", 12, 0.02, rows=4000, rpf=400.0)
     (domain_rule,) = [s for s in promote_domain(store, DOMAIN).skills if s.kind == "rule"]
     assert not [s for s in promote_global(store).skills if s.kind == "rule"]  # one domain
+    _record_profile(store.conn, "ts_a", _profile("ts_a", 2000, 200.0), domain="time_series")
+    attempt = insert_attempt(store.conn, "ts_a")
+    store.record_usage(attempt, 1, [domain_rule.id], delta > 0, delta)
+    return domain_rule
 
+
+def test_a_domain_rule_is_cross_evaluated_in_another_domain_and_its_help_there_makes_it_global(
+    store: SkillStore,
+) -> None:
+    domain_rule = _domain_rule_tried_in_time_series(store, 0.05)
     other, profile = "ts_a", _profile("ts_a", 2000, 200.0)
-    _record_profile(store.conn, other, profile, domain="time_series")
     # loaded on a competition of another domain as its one foreign candidate, and not
     # where the rule is already a domain skill
     loaded = store.scoped_skills(other, "time_series", profile, "tiered")
@@ -138,8 +145,6 @@ def test_a_domain_rule_is_cross_evaluated_in_another_domain_and_its_help_there_m
     home = store.scoped_skills("comp_c", DOMAIN, _profile("comp_c", 2000, 200.0), "tiered")
     assert [s.id for s in home if s.pattern == RULE] == [domain_rule.id]  # its own tier
 
-    attempt = insert_attempt(store.conn, other)
-    store.record_usage(attempt, 1, [domain_rule.id], True, 0.05)
     (global_rule,) = [s for s in promote_global(store).skills if s.kind == "rule"]
     assert global_rule.tier == "global" and global_rule.pattern == RULE
     (decision,) = [d for d in decisions(store, RULE) if d["tier"] == "global"
@@ -153,15 +158,12 @@ def test_a_domain_rule_is_cross_evaluated_in_another_domain_and_its_help_there_m
 def test_a_domain_rule_that_hurt_in_another_domain_is_not_made_global(
     store: SkillStore,
 ) -> None:
-    _deepen(store, "comp_a", 9, 0.03, rows=1000, rpf=100.0)
-    _deepen(store, "comp_b", 12, 0.02, rows=4000, rpf=400.0)
-    (domain_rule,) = [s for s in promote_domain(store, DOMAIN).skills if s.kind == "rule"]
-    _record_profile(store.conn, "ts_a", _profile("ts_a", 2000, 200.0), domain="time_series")
-    attempt = insert_attempt(store.conn, "ts_a")
-    store.record_usage(attempt, 1, [domain_rule.id], False, -0.05)
+    _domain_rule_tried_in_time_series(store, -0.05)
     assert not [s for s in promote_global(store).skills if s.kind == "rule"]
-    (decision,) = [d for d in decisions(store, RULE) if d["tier"] == "global"]
-    assert decision["decision"] == "refused" and "hurt in 1" in decision["reason"]
+    # the first refusal is the helper's (one domain); the second names the harm
+    first, second = [d for d in decisions(store, RULE) if d["tier"] == "global"]
+    assert first["decision"] == second["decision"] == "refused"
+    assert "hurt in 1" in second["reason"]
 
 
 def test_rules_state_thresholds_relative_to_the_data_they_were_learnt_on() -> None:
