@@ -38,6 +38,7 @@ from haste_dagster.agents.policy import (
     Policy,
     PolicyContext,
     SkillView,
+    resolve_skill_views,
     touches_validation,
 )
 from haste_dagster.competitions.metrics import get_metric
@@ -115,7 +116,7 @@ def default_patience(budget: int) -> int:
 
 
 def attempt_views(
-    store: SkillStore, attempt: records.AttemptRow
+    store: SkillStore, attempt: records.AttemptRow, competition: Competition, profile: dict
 ) -> tuple[list[Skill], list[SkillView]]:
     """(skills, policy views) of the skill versions the attempt loaded at its start.
 
@@ -124,13 +125,20 @@ def attempt_views(
     """
     loaded = list(attempt.skills_loaded)
     skills = [store.get(entry["id"], entry["version"]) for entry in loaded]
-    return skills, frozen_views(skills, loaded)
+    return skills, frozen_views(skills, loaded, competition, profile)
 
 
-def frozen_views(skills: list[Skill], loaded: list[dict[str, Any]]) -> list[SkillView]:
-    """Policy views of ``skills`` with the utilities frozen in their ``loaded`` entries."""
+def frozen_views(
+    skills: list[Skill], loaded: list[dict[str, Any]], competition: Competition, profile: dict
+) -> list[SkillView]:
+    """Policy views of ``skills`` with the utilities frozen in their ``loaded`` entries,
+    resolved as the sequential attempt resolves them (foreign rules capped, rules restated
+    for this data, actions that no longer validate skipped with a logged reason)."""
     utility = {entry["id"]: entry.get("utility", 0.0) for entry in loaded}
-    return attempts.skill_views(skills, lambda skill_id: utility.get(skill_id, 0.0))
+    views = attempts.skill_views(
+        skills, lambda skill_id: utility.get(skill_id, 0.0), competition.definition.domain
+    )
+    return resolve_skill_views(views, competition.problem, profile)
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,7 +175,7 @@ def start_attempt(
     if records.load_iterations(conn, attempt.id):
         return attempt, False
     skills, loaded = attempts.load_attempt_skills(store, attempt, competition.definition, profile)
-    views = frozen_views(skills, loaded)
+    views = frozen_views(skills, loaded, competition, profile)
     initial, applied = policy.initial_spec(competition.problem, profile, views)
     if attempt.initial_spec is None:
         records.set_attempt_start(conn, attempt.id, initial.model_dump(mode="json"), loaded)
@@ -215,7 +223,7 @@ def propose_round(
         return RoundPlan(attempt_id, stopped="stagnation")
     initial = SolutionSpec.model_validate(attempt.initial_spec)
     incumbent, best = attempts.replay_incumbent(initial, rows)
-    _skills, views = attempt_views(store, attempt)
+    _skills, views = attempt_views(store, attempt, competition, profile)
     higher_is_better = get_metric(competition.problem.metric).higher_is_better
     history = attempts.policy_history(rows)
     plan = RoundPlan(attempt_id)

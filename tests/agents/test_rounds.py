@@ -242,3 +242,30 @@ def test_restarting_an_attempt_continues_after_its_recorded_rounds(
     assert _rows(setup["conn"], attempt.id) == before
     # ...and its next round continues the index sequence.
     assert [c.idx for c in _propose(setup, attempt.id, 2).candidates] == [3, 4]
+
+
+def test_a_recipe_that_no_longer_validates_is_skipped_by_rounds_as_by_the_sequential_loop(
+    setup: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from haste_dagster.skills.model import Evidence, Skill
+
+    stale = setup["store"].add(Skill(
+        tier="domain", scope_key=setup["competition"].definition.domain, kind="recipe",
+        pattern="recipe:regression:xgboost", title="Recipe written before max_depth was renamed",
+        guidance="When anywhere: start from this model. Evidence: helped elsewhere.",
+        action={"ops": [{"op": "set_model", "family": "xgboost",
+                         "params": {"max_dept": 3}}]},
+        evidence=[Evidence(slug="elsewhere", delta=0.5), Evidence(slug="elsewhere_2", delta=0.4)],
+        created_by="promotion",
+    ))
+    with caplog.at_level(logging.WARNING):
+        attempt = _start(setup, budget=2)
+        plan = _propose(setup, attempt.id, 2)
+    assert stale.id in {s["id"] for s in attempt.skills_loaded}
+    warned = [r.getMessage() for r in caplog.records if stale.id in r.getMessage()]
+    assert warned and "no longer validates" in warned[0] and "max_dept" in warned[0]
+    baseline = records.load_iterations(setup["conn"], attempt.id)[0]
+    assert stale.id not in baseline.skill_ids
+    assert plan.candidates and all(stale.id not in c.skill_ids for c in plan.candidates)
