@@ -126,24 +126,26 @@ def skill_views(
     skills: list[Skill], utility: Callable[[str], float], domain: str | None = None
 ) -> list[SkillView]:
     """Policy views of ``skills``; with ``domain`` (the competition's), a domain skill of
-    another domain is marked ``foreign`` (a cross-evaluation candidate)."""
-    return [
-        SkillView(
+    another domain is marked ``foreign`` (a cross-evaluation candidate) and carries the
+    conditions it must meet here (`skills.scope.conditions_here`)."""
+    from haste_dagster.skills.scope import conditions_here
+
+    views = []
+    for s in skills:
+        foreign = domain is not None and s.tier == "domain" and s.scope_key != domain
+        views.append(SkillView(
             id=s.id,
             tier=s.tier,
             title=s.title,
             guidance=s.guidance,
             action=s.action,
             utility=utility(s.id),
-            conditions={
-                "all": [c if isinstance(c, dict) else c.model_dump() for c in s.conditions]
-            },
+            conditions={"all": [c.model_dump() for c in conditions_here(s.conditions, foreign)]},
             kind=str(getattr(s, "kind", None) or "change"),
             payload=dict(getattr(s, "payload", None) or {}),
-            foreign=domain is not None and s.tier == "domain" and s.scope_key != domain,
-        )
-        for s in skills
-    ]
+            foreign=foreign,
+        ))
+    return views
 
 
 def advance_incumbent(

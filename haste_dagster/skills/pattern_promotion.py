@@ -140,8 +140,11 @@ def _evidence_sentence(per: dict[str, float], unit: str) -> str:
 def _promote_pattern(
     store: SkillStore, tier: str, scope_key: str | None, kind: str, pattern: str,
     members: list[Skill], evidence: dict[str, list[tuple[str, float]]], unit: str,
-    result: PromotionResult, profiles: dict[str, dict[str, Any]], run_id: str | None = None,
+    result: PromotionResult, profiles: dict[str, list[dict[str, Any]]],
+    run_id: str | None = None,
 ) -> None:
+    """``profiles``: per ``where`` of the evidence, the profiles of the competitions there
+    on which the pattern was measured to help (a conflict's hurt side takes its own)."""
     domain_of = {s.id: s.domain for s in members}
     sources = []
     for where, pairs in evidence.items():
@@ -158,8 +161,9 @@ def _promote_pattern(
     helping = [s for s in members if any(i == s.id for w in helped for i, _ in evidence[w])]
     promoted: Skill | None = None
     if allowed and helping:
+        widen_to = [p for where in helped for p in profiles.get(where, [])]
         promoted = _write_pattern_skill(store, tier, scope_key, kind, pattern, helping, per,
-                                        helped, unit, reason, result, profiles, run_id)
+                                        helped, unit, reason, result, widen_to, run_id)
         result.skills.append(promoted)
     record_decision(store, tier, scope_key, pattern, "promoted" if promoted else "refused",
                     reason, skill_id=promoted.id if promoted else None,
@@ -167,7 +171,8 @@ def _promote_pattern(
     if helped and hurt and unit == "competitions":
         partner = promoted or max(helping, key=lambda s: (s.effect or 0.0, s.id or ""))
         for where in hurt:
-            other = _hurt_side(store, partner, where, per[where], profiles.get(where), run_id)
+            other = _hurt_side(store, partner, where, per[where],
+                               next(iter(profiles.get(where, [])), None), run_id)
             _conflict_measured(store, partner, other, per, where, result)
             record_decision(
                 store, tier, scope_key, pattern, "conflict",
@@ -180,14 +185,12 @@ def _promote_pattern(
 def _write_pattern_skill(
     store: SkillStore, tier: str, scope_key: str | None, kind: str, pattern: str,
     helping: list[Skill], per: dict[str, float], helped: list[str], unit: str, reason: str,
-    result: PromotionResult, profiles: dict[str, dict[str, Any]], run_id: str | None = None,
+    result: PromotionResult, widen_to: list[dict[str, Any]], run_id: str | None = None,
 ) -> Skill:
     best = max(helping, key=lambda s: (s.effect or 0.0, s.id or ""))
     conditions = conditions_hull([s.conditions for s in helping])
-    if unit == "competitions":
-        for where in helped:  # cross-evaluated there: its data is in scope too
-            if where in profiles:
-                conditions = _widen(conditions, profiles[where])
+    for profile in widen_to:  # cross-evaluated there and helped: its data is in scope too
+        conditions = _widen(conditions, profile)
     payload = _generalise_payload(kind, helping)
     scope_words = f"domain {scope_key.replace('_', ' ')}" if scope_key else "every domain"
     what = (str(best.payload.get("text") or describe_action(best.action or {}))
@@ -283,7 +286,7 @@ def promote_patterns_domain(
             for pattern in sorted(groups):
                 members = groups[pattern]
                 evidence = measured_by_competition(store, members)
-                profiles = {slug: dict(row["profile"])
+                profiles = {slug: [dict(row["profile"])]
                             for slug, row in _competitions(store, evidence).items()
                             if row["profile"] is not None}
                 _promote_pattern(store, "domain", domain, kind, pattern, members, evidence,
@@ -312,11 +315,14 @@ def promote_patterns_global(
                 measured = measured_by_competition(store, members)
                 domain_of = {s.id: s.domain or "" for s in members}
                 measured_in = _competitions(store, measured)
+                helped_on: dict[str, list[dict[str, Any]]] = defaultdict(list)
                 for slug, pairs in measured.items():
+                    row = measured_in.get(slug)
                     for skill_id, delta in pairs:
-                        row = measured_in.get(slug)
-                        where = (row and row["domain"]) or domain_of[skill_id]
-                        evidence[where].append((skill_id, delta))
+                        evidence[(row and row["domain"]) or domain_of[skill_id]].append(
+                            (skill_id, delta))
+                    if row and row["profile"] is not None and sum(d for _, d in pairs) > 0:
+                        helped_on[row["domain"]].append(dict(row["profile"]))
                 _promote_pattern(store, "global", None, kind, pattern, members, dict(evidence),
-                                 "domains", result, {}, dagster_run_id)
+                                 "domains", result, helped_on, dagster_run_id)
     return result

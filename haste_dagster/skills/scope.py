@@ -7,10 +7,21 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from haste_dagster.skills.model import Skill
+from haste_dagster.skills.model import Condition, Skill
 
 MAX_CANDIDATES = 4  # cross-evaluation candidates an attempt loads
 MAX_FOREIGN = 1  # of them, rules promoted in another domain (the evidence a global needs)
+# Conditions that only restate the domain a skill was learnt in (every skill of a domain
+# has its task): a foreign rule is judged on the rest, its data conditions, or it could
+# never be tried anywhere else. Whether it translates to this task is the spec space's
+# call (agents.policy.resolve_skill_views).
+SOURCE_DOMAIN_KEYS = frozenset({"task"})
+
+
+def conditions_here(conditions: Sequence[Condition], foreign: bool) -> list[Condition]:
+    """The ``conditions`` a skill must meet on this competition: all of them, or for a
+    ``foreign`` rule (promoted in another domain) all but ``SOURCE_DOMAIN_KEYS``."""
+    return [c for c in conditions if not (foreign and c.key in SOURCE_DOMAIN_KEYS)]
 
 
 def cross_candidates(

@@ -498,7 +498,7 @@ class SkillStore:
             )
             rows = scoped_cursor.fetchall()
             nearest = nearest_rows(nearest_cursor.fetchall()) if nearest_cursor else []
-        scoped = applicable_skills(rows, profile)
+        scoped = applicable_skills(rows, profile, domain)
         globals_ = self._top_global(query, profile, top_k_global, nearest, limit)
 
         def by_utility(s: Skill) -> tuple[Any, ...]:

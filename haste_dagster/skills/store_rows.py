@@ -123,13 +123,20 @@ def row_to_skill(row: dict[str, Any], conditions: list[Condition] | None = None)
     return construct(Skill, data)
 
 
-def applicable_skills(rows: list[dict[str, Any]], profile: dict[str, Any]) -> list[Skill]:
+def applicable_skills(
+    rows: list[dict[str, Any]], profile: dict[str, Any], domain: str | None = None
+) -> list[Skill]:
     """The rows whose conditions hold on ``profile`` (`Skill.conditions_hold`: every
-    `Condition.holds`), decoded; conditions are checked before the rest is decoded."""
+    `Condition.holds`), decoded; conditions are checked before the rest is decoded. With
+    ``domain`` (the competition's), a domain skill of another domain is checked on
+    `skills.scope.conditions_here`, as a cross-evaluation candidate."""
+    from haste_dagster.skills.scope import conditions_here
+
     out = []
     for row in rows:
         conditions = row_conditions(row)
-        if all(c.holds(profile) for c in conditions):
+        foreign = domain is not None and row["tier"] == "domain" and row["scope_key"] != domain
+        if all(c.holds(profile) for c in conditions_here(conditions, foreign)):
             out.append(row_to_skill(row, conditions))
     return out
 

@@ -164,3 +164,26 @@ def test_of_the_foreign_rules_only_the_first_that_translates_here_is_kept(
         kept = resolve_skill_views([family, log1p, missing, home], problem, {})
     assert [v.id for v in kept] == [log1p.id, home.id]  # the domain's own rules are not capped
     assert any(family.id in r.getMessage() for r in caplog.records)
+
+
+def test_a_foreign_rule_is_judged_here_on_its_data_conditions_not_on_the_task_it_came_from(
+) -> None:
+    """Every skill of a domain states its task; checked in another domain, that condition
+    alone would stop the rule from ever being cross-evaluated there."""
+    from haste_dagster.agents.attempts import skill_views
+    from haste_dagster.agents.policy import conditions_hold
+    from haste_dagster.skills.model import Condition
+
+    rule = Skill(
+        tier="domain", scope_key="tabular_classification", domain="tabular_classification",
+        kind="rule", pattern="set:numeric.missing_indicator=True", title="missing indicator",
+        guidance="g", conditions=[Condition(key="task", op="==", value="binary"),
+                                  Condition(key="rows", op=">=", value=100)],
+        action={"ops": [{"op": "set", "path": "numeric.missing_indicator", "value": True}]},
+    )
+    (foreign,) = skill_views([rule], lambda _: 0.0, "tabular_regression")
+    (home,) = skill_views([rule], lambda _: 0.0, "tabular_classification")
+    regression = {"task": "regression", "rows": 500}
+    assert foreign.foreign and conditions_hold(foreign.conditions, regression)
+    assert not conditions_hold(foreign.conditions, {"task": "regression", "rows": 50})
+    assert not home.foreign and not conditions_hold(home.conditions, regression)

@@ -40,8 +40,8 @@ def _record_profile(
     with conn.transaction():
         conn.execute(
             """INSERT INTO competitions (slug, domain, task, metric, definition, profile)
-               VALUES (%s, %s, 'regression', 'rmse', '{}', %s)""",
-            (slug, domain, Jsonb(profile)),
+               VALUES (%s, %s, %s, 'rmse', '{}', %s)""",
+            (slug, domain, profile["task"], Jsonb(profile)),
         )
 
 
@@ -121,13 +121,18 @@ def test_a_rule_that_helped_on_one_competition_and_hurt_on_another_is_a_conflict
     assert store.get(other).status == "active"
 
 
+def _forecast_profile() -> dict[str, Any]:
+    """A time-series competition's profile: another task than the rule's ``regression``."""
+    return {**_profile("ts_a", 2000, 200.0), "task": "forecast", "is_forecast": True}
+
+
 def _domain_rule_tried_in_time_series(store: SkillStore, delta: float) -> Any:
     """A domain rule learnt on comp_a and comp_b, then tried once on ``ts_a`` (time_series)."""
     _deepen(store, "comp_a", 9, 0.03, rows=1000, rpf=100.0)
     _deepen(store, "comp_b", 12, 0.02, rows=4000, rpf=400.0)
     (domain_rule,) = [s for s in promote_domain(store, DOMAIN).skills if s.kind == "rule"]
     assert not [s for s in promote_global(store).skills if s.kind == "rule"]  # one domain
-    _record_profile(store.conn, "ts_a", _profile("ts_a", 2000, 200.0), domain="time_series")
+    _record_profile(store.conn, "ts_a", _forecast_profile(), domain="time_series")
     attempt = insert_attempt(store.conn, "ts_a")
     store.record_usage(attempt, 1, [domain_rule.id], delta > 0, delta)
     return domain_rule
@@ -137,9 +142,11 @@ def test_a_domain_rule_is_cross_evaluated_in_another_domain_and_its_help_there_m
     store: SkillStore,
 ) -> None:
     domain_rule = _domain_rule_tried_in_time_series(store, 0.05)
-    other, profile = "ts_a", _profile("ts_a", 2000, 200.0)
-    # loaded on a competition of another domain as its one foreign candidate, and not
-    # where the rule is already a domain skill
+    other, profile = "ts_a", _forecast_profile()
+    # loaded on a competition of another domain (and task: the rule's "task == regression"
+    # only says where it was learnt) as its one foreign candidate, and not where the rule
+    # is already a domain skill
+    assert any(c.key == "task" for c in domain_rule.conditions)
     loaded = store.scoped_skills(other, "time_series", profile, "tiered")
     assert [s.id for s in loaded if s.pattern == RULE] == [domain_rule.id]
     home = store.scoped_skills("comp_c", DOMAIN, _profile("comp_c", 2000, 200.0), "tiered")
