@@ -128,11 +128,12 @@ def skill_views(
     """Policy views of ``skills``; with ``domain`` (the competition's), a domain skill of
     another domain is marked ``foreign`` (a cross-evaluation candidate) and carries the
     conditions it must meet here (`skills.scope.conditions_here`)."""
-    from haste_dagster.skills.scope import conditions_here
+    from haste_dagster.skills.scope import conditions_here, is_foreign
 
     views = []
     for s in skills:
-        foreign = domain is not None and s.tier == "domain" and s.scope_key != domain
+        foreign = is_foreign(s.tier, s.scope_key, domain)
+        kind = str(getattr(s, "kind", None) or "change")
         views.append(SkillView(
             id=s.id,
             tier=s.tier,
@@ -140,8 +141,10 @@ def skill_views(
             guidance=s.guidance,
             action=s.action,
             utility=utility(s.id),
-            conditions={"all": [c.model_dump() for c in conditions_here(s.conditions, foreign)]},
-            kind=str(getattr(s, "kind", None) or "change"),
+            conditions={
+                "all": [c.model_dump() for c in conditions_here(s.conditions, foreign, kind)]
+            },
+            kind=kind,
             payload=dict(getattr(s, "payload", None) or {}),
             foreign=foreign,
         ))

@@ -18,10 +18,18 @@ MAX_FOREIGN = 1  # of them, rules promoted in another domain (the evidence a glo
 SOURCE_DOMAIN_KEYS = frozenset({"task"})
 
 
-def conditions_here(conditions: Sequence[Condition], foreign: bool) -> list[Condition]:
+def is_foreign(tier: str, scope_key: str | None, domain: str | None) -> bool:
+    """A domain skill of another domain than ``domain`` (the competition's, if known)."""
+    return domain is not None and tier == "domain" and scope_key != domain
+
+
+def conditions_here(
+    conditions: Sequence[Condition], foreign: bool, kind: str
+) -> list[Condition]:
     """The ``conditions`` a skill must meet on this competition: all of them, or for a
     ``foreign`` rule (promoted in another domain) all but ``SOURCE_DOMAIN_KEYS``."""
-    return [c for c in conditions if not (foreign and c.key in SOURCE_DOMAIN_KEYS)]
+    strip = foreign and kind == "rule"
+    return [c for c in conditions if not (strip and c.key in SOURCE_DOMAIN_KEYS)]
 
 
 def cross_candidates(

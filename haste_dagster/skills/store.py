@@ -36,7 +36,7 @@ from haste_dagster.skills.nearest import (
     read_skills,
     supports_iterative_scan,
 )
-from haste_dagster.skills.scope import cross_candidates, describe_profile
+from haste_dagster.skills.scope import cross_candidates, describe_profile, is_foreign
 from haste_dagster.skills.store_rows import (
     INSERT_COLUMNS,
     N_INSERT,
@@ -511,7 +511,7 @@ class SkillStore:
         candidates = cross_candidates(
             [s for s in scoped if s.tier == "competition" and s.scope_key != slug],
             {s.pattern for s in [*domain_skills, *globals_] if s.pattern},
-            foreign=[s for s in scoped if s.tier == "domain" and s.scope_key != domain],
+            foreign=[s for s in scoped if is_foreign(s.tier, s.scope_key, domain)],
             slug=slug,
         )
         return [*competition, *domain_skills, *candidates, *globals_]

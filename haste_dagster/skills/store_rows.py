@@ -130,13 +130,13 @@ def applicable_skills(
     `Condition.holds`), decoded; conditions are checked before the rest is decoded. With
     ``domain`` (the competition's), a domain skill of another domain is checked on
     `skills.scope.conditions_here`, as a cross-evaluation candidate."""
-    from haste_dagster.skills.scope import conditions_here
+    from haste_dagster.skills.scope import conditions_here, is_foreign
 
     out = []
     for row in rows:
         conditions = row_conditions(row)
-        foreign = domain is not None and row["tier"] == "domain" and row["scope_key"] != domain
-        if all(c.holds(profile) for c in conditions_here(conditions, foreign)):
+        foreign = is_foreign(row["tier"], row["scope_key"], domain)
+        if all(c.holds(profile) for c in conditions_here(conditions, foreign, row["kind"])):
             out.append(row_to_skill(row, conditions))
     return out
 

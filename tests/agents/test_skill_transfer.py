@@ -187,3 +187,7 @@ def test_a_foreign_rule_is_judged_here_on_its_data_conditions_not_on_the_task_it
     assert foreign.foreign and conditions_hold(foreign.conditions, regression)
     assert not conditions_hold(foreign.conditions, {"task": "regression", "rows": 50})
     assert not home.foreign and not conditions_hold(home.conditions, regression)
+    # only rules are cross-evaluated that way: another domain's recipe keeps its task
+    recipe = rule.model_copy(update={"kind": "recipe", "pattern": "recipe:binary:xgboost"})
+    (foreign_recipe,) = skill_views([recipe], lambda _: 0.0, "tabular_regression")
+    assert not conditions_hold(foreign_recipe.conditions, regression)
