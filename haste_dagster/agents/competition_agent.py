@@ -13,6 +13,14 @@ to propose, or when the time budget is spent.
 Resuming replays the recorded history (no refitting): the incumbent is the initial spec with
 every kept patch applied, and because policies are pure functions of their context the next
 proposal is the same one an uninterrupted run would have made.
+
+**Inert candidates.** A proposal whose candidate would fit the same model on the same
+feature matrices as the incumbent on every fold (`evaluate.same_model_input`: a
+missing-value indicator where nothing is missing) would score exactly the incumbent. It is
+not evaluated and spends no iteration: the policy is asked again with the inert proposal in
+its history (marked by its error, so it is not proposed twice), at most ``MAX_INERT`` times
+per iteration; the inert proposals are kept in the evaluated row's ``detail``. Being a pure
+function of the data, the check replays identically on resume.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -42,8 +51,11 @@ from haste_dagster.agents.attempts import (
     skill_views,
 )
 from haste_dagster.agents.policy import (
+    IterationRecord,
     Policy,
     PolicyContext,
+    Proposal,
+    SkillView,
     resolve_skill_views,
     touches_validation,
 )
@@ -51,7 +63,7 @@ from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.config import redact
 from haste_dagster.db import DatabaseError
 from haste_dagster.errors import AttemptConfigError, HasteError
-from haste_dagster.solution.evaluate import CVResult, cross_validate
+from haste_dagster.solution.evaluate import CVResult, cross_validate, same_model_input
 from haste_dagster.solution.fold_cache import FoldCache
 from haste_dagster.solution.spec import SolutionSpec, apply_patch
 
@@ -61,6 +73,9 @@ if TYPE_CHECKING:  # the skill store loads lazily, when an attempt opens it
     from haste_dagster.skills.store import SkillStore
 
 log = logging.getLogger(__name__)
+
+MAX_INERT = 3  # inert proposals skipped per iteration before one is evaluated anyway
+INERT = "inert: the model would see the incumbent's own feature matrices on every fold"
 
 
 class RefinementLoop:
@@ -93,6 +108,7 @@ class RefinementLoop:
         cache = FoldCache() if fold_cache else None  # HASTE_FOLD_CACHE_MB=0 turns it off
         self.fold_cache = cache if cache is not None and cache.max_bytes > 0 else None
         self.control: dict[str, Any] | None = None  # the guard's result (see _control_guard)
+        self.screened: list[SolutionSpec] = []  # evaluated outside the iterations, rejected
 
     def _evaluate(self, spec: SolutionSpec, seed: int, deadline: float | None = None) -> CVResult:
         return cross_validate(
@@ -128,6 +144,12 @@ class RefinementLoop:
             rows = [self._baseline(attempt, initial, applied, budget, scored)]
         else:
             initial = SolutionSpec.model_validate(attempt.initial_spec)
+            self.control = (rows[0].detail or {}).get("control")  # as the guard decided
+        if self.control is not None and self.control["control_won"]:
+            # The recorded evidence says these skills hurt here: the attempt goes on without
+            # them, and never re-proposes the spec they shaped.
+            self.views = demoted(self.views, self.control["skills"], self.control["delta"])
+            self.screened = [SolutionSpec.model_validate(self.control["skill_shaped_spec"])]
 
         incumbent, best_row = replay_incumbent(initial, rows)
         since_kept = iterations_since_kept(rows)
@@ -187,6 +209,7 @@ class RefinementLoop:
             budget=budget,
             seed=attempt.seed,
             higher_is_better=self.metric.higher_is_better,
+            screened=self.screened,
             **extra,
         )
 
@@ -217,11 +240,22 @@ class RefinementLoop:
         default is evaluated as a control on the same folds. Each responsible skill gets a
         'screened' usage row with the skill-shaped spec's delta against the control (negative
         = it hurt); when the control scores better, the attempt starts from the control.
+        Then the responsible skills are demoted for the rest of the attempt (`demoted`) and
+        the spec they shaped is not proposed again (the context's ``screened``).
         Returns (initial spec, skills it applied, its CV result when already evaluated)."""
         from haste_dagster.solution.space import default_spec
 
         control = default_spec(self.competition.problem)
-        if not applied or initial == control:
+        if not applied or initial.key() == control.key():
+            return initial, applied, None
+        if same_model_input(
+            initial, control, self.competition.problem, self.competition.train, attempt.seed,
+            self.fold_cache,
+        ):
+            # The skills change nothing the model sees here: the control would score the
+            # same to the last bit, so it is not evaluated; their measured effect is 0.
+            if self.record_usage:
+                self.record_usage(attempt.id, 0, applied, True, 0.0, event="screened")
             return initial, applied, None
         shaped = self._evaluate(initial, attempt.seed)
         plain = self._evaluate(control, attempt.seed)
@@ -229,7 +263,8 @@ class RefinementLoop:
         delta = sign * (shaped.mean - plain.mean)
         won = delta >= 0
         self.control = {"cv": plain.mean, "skill_shaped_cv": shaped.mean, "delta": delta,
-                        "skills": list(applied), "control_won": not won}
+                        "skills": list(applied), "control_won": not won,
+                        "skill_shaped_spec": initial.model_dump(mode="json")}
         if self.record_usage:
             self.record_usage(attempt.id, 0, applied, won, delta, event="screened")
         if won:
@@ -246,6 +281,8 @@ class RefinementLoop:
         t0 = time.monotonic()
         cv = scored if scored is not None else self._evaluate(initial, attempt.seed)
         base = baseline_row(attempt.id, applied, cv, time.monotonic() - t0)
+        if self.control is not None:  # kept with iteration 0, so a resume knows it
+            base.detail = {"control": self.control}
         records.record_iteration(self.conn, base)
         self._report(base, budget)
         return base
@@ -261,6 +298,23 @@ class RefinementLoop:
     ) -> records.IterationRow | None:
         t0 = time.monotonic()
         proposal = self.policy.propose(ctx)
+        inert: list[dict[str, Any]] = []
+        while (
+            proposal is not None
+            and len(inert) < MAX_INERT
+            and self._inert(proposal, incumbent, attempt.seed, deadline)
+        ):
+            assert proposal.patch is not None
+            patch = proposal.patch.model_dump(mode="json")
+            inert.append({"patch": patch, "skill_ids": list(proposal.skill_ids),
+                          "rationale": proposal.rationale})
+            ctx = replace(ctx, history=[*ctx.history, IterationRecord(
+                idx=idx, patch=patch, skill_ids=list(proposal.skill_ids), cv_mean=None,
+                cv_std=None, kept=False, error=INERT)])
+            proposal = self.policy.propose(ctx)
+        if inert:
+            log.info("attempt %s iteration %s: skipped %d inert proposal(s)", attempt.id, idx,
+                     len(inert))
         if proposal is None:
             return None
         row = records.IterationRow(
@@ -278,6 +332,7 @@ class RefinementLoop:
             prompt_tokens=proposal.prompt_tokens,
             completion_tokens=proposal.completion_tokens,
             error=getattr(proposal, "error", None),
+            detail={"inert": inert} if inert else None,
         )
         if row.error is None and proposal.patch is not None and touches_validation(proposal.patch):
             # Candidates must be scored on the incumbent's folds for the paired keep rule.
@@ -302,9 +357,34 @@ class RefinementLoop:
         row.seconds = time.monotonic() - t0
         return row
 
+    def _inert(
+        self, proposal: Proposal, incumbent: SolutionSpec, seed: int, deadline: float | None
+    ) -> bool:
+        """Whether ``proposal`` would score exactly the incumbent (see the module doc)."""
+        patch = proposal.patch
+        if proposal.error is not None or patch is None or touches_validation(patch):
+            return False
+        try:
+            candidate = apply_patch(incumbent, patch)
+        except HasteError:
+            return False  # evaluating it records why
+        return same_model_input(
+            candidate, incumbent, self.competition.problem, self.competition.train, seed,
+            self.fold_cache, deadline,
+        )
+
     def _report(self, row: records.IterationRow, budget: int) -> None:
         if self.progress:
             self.progress(row.idx, budget, row)
+
+
+def demoted(views: list[SkillView], skill_ids: list[str], delta: float) -> list[SkillView]:
+    """``views`` with the named skills' utility lowered to ``delta`` (< 0: they hurt), so
+    policies neither apply nor propose them for the rest of the attempt."""
+    blamed = set(skill_ids)
+    return [
+        replace(v, utility=min(v.utility, delta)) if v.id in blamed else v for v in views
+    ]
 
 
 def run_attempt(

@@ -5,7 +5,9 @@ utility applied (one decision per spec path: a higher-utility skill wins a confl
 
 Proposals, in order:
 1. applicable skill actions not tried yet in this attempt, best utility first (untried
-   skills, utility 0, included; harmful ones, utility < 0, never);
+   skills, utility 0, included; harmful ones, utility < 0, never; nor one that switches to
+   a model family this attempt has already evaluated: a recipe and its family rule, or a
+   family the search tried, would spend a second iteration on the same question);
 2. a (1+1) evolution strategy around the incumbent:
    - *what* to change is chosen by Thompson sampling over "moves" (one parameter or feature
      step, a family switch, a learning-rate/rounds trade, adding/removing a lag). Each move
@@ -169,6 +171,9 @@ class HeuristicPolicy:
                 continue
             if ctx.escalate and not is_structural(patch):
                 continue
+            family = switched_family(patch)
+            if family in state.tried_families and family != ctx.incumbent.model.family:
+                continue  # this family was already tried here (by a recipe, or a search move)
             candidate = try_patch(ctx.incumbent, patch, ctx.problem)
             if candidate is None or candidate.key() in state.seen:
                 continue
@@ -185,6 +190,9 @@ class HeuristicPolicy:
         state = SearchState()
         state.seen.add(ctx.incumbent.key())
         state.tried_families.add(ctx.incumbent.model.family)
+        for spec in ctx.screened:
+            state.seen.add(spec.key())
+            state.tried_families.add(spec.model.family)
         explored: list[IterationRecord] = []
         for rec in ctx.history:
             state.tried_skills.update(rec.skill_ids)
@@ -347,6 +355,12 @@ class HeuristicPolicy:
             new = param.mutate(current, rng, sigma)
         patch = parse_patch({"ops": [{"op": "set", "path": path, "value": new}]})
         return patch, f"explore: {path} {current!r} → {new!r} (σ={sigma:.2f}, {record})"
+
+
+def switched_family(patch: Patch) -> str | None:
+    """The model family ``patch`` switches to, if it does."""
+    families = [op.family for op in patch.ops if isinstance(op, SetModelOp)]
+    return families[-1] if families else None
 
 
 def move_priors(skills: list[SkillView]) -> dict[str, float]:

@@ -381,7 +381,7 @@ class StagedPipeline(RefinementLoop):
                 return rows, "exhausted"
             row.branch = name
             if escalate:
-                row.detail = {"escalated": True}
+                row.detail = {**(row.detail or {}), "escalated": True}
             self._record(self.attempt, row, best_row)
             rows.append(row)
             branch_rows.append(row)

@@ -67,6 +67,9 @@ class PolicyContext:
     # whether the next proposal must be structural (auto-escalation after two stalls).
     initial: SolutionSpec | None = None
     escalate: bool = False
+    # Specs evaluated outside the iterations and rejected (the skill-shaped initial spec
+    # the plain-default control beat): not worth proposing again.
+    screened: list[SolutionSpec] = field(default_factory=list)
 
 
 @dataclass

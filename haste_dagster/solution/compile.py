@@ -320,27 +320,30 @@ def build_pipeline(
     n_jobs: int = 1,
     deadline: float | None = None,
     fold_features: tuple[FoldCache, str] | None = None,
+    model: Any | None = None,
 ) -> Any:
     """An unfitted estimator for ``spec`` on ``problem`` (fit(X, y) / predict / predict_proba).
 
     ``device="cuda"`` only switches XGBoost to the GPU; pass `detect_device()` to use one
     when it is really there. ``n_jobs`` stays 1 by default: the orchestrator parallelises.
     ``fold_features`` (cache, key): the features step of one cross-validation fold is served
-    from the cache (`fold_cache.CachedFeatures`).
+    from the cache (`fold_cache.CachedFeatures`). ``model``: an estimator that stands in for
+    the spec's model (`evaluate.FeatureProbe`, which only runs the features step).
     """
     check_spec_for_problem(spec, problem)
     kind = task_kind(problem)
     needs_proba = get_metric(problem.metric).prediction == "proba"
-    model = make_model(
-        spec.model.family,
-        spec.model.params,
-        kind,
-        seed=seed,
-        device=device,
-        n_jobs=n_jobs,
-        needs_proba=needs_proba,
-        deadline=deadline,
-    )
+    if model is None:
+        model = make_model(
+            spec.model.family,
+            spec.model.params,
+            kind,
+            seed=seed,
+            device=device,
+            n_jobs=n_jobs,
+            needs_proba=needs_proba,
+            deadline=deadline,
+        )
     features: Any = _features(spec, problem, kind, seed)
     if fold_features is not None:
         features = CachedFeatures(features, *fold_features)

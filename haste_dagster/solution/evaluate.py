@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
@@ -29,6 +30,7 @@ from haste_dagster.errors import BudgetExceeded, SpecError
 from haste_dagster.solution.compile import build_pipeline, parse_time
 from haste_dagster.solution.fold_cache import (
     FoldCache,
+    FoldFeatures,
     data_fingerprint,
     feature_key,
     fold_fingerprint,
@@ -274,6 +276,94 @@ def cross_validate(
         )
         scores.append(score_fold(metric, problem, y[valid_idx], pred, spec.model.family))
     return CVResult.of(scores, wall, cpu)
+
+
+class FeatureProbe(BaseEstimator):
+    """Stands in for the model so a fold's pipeline runs only its features step (whose
+    matrices the fold cache keeps); its predictions are placeholders, never scored."""
+
+    def fit(self, X: Any, y: Any) -> FeatureProbe:
+        self.n_classes_ = max(1, len(np.unique(np.asarray(y))))
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.zeros(X.shape[0])
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return np.full((X.shape[0], self.n_classes_), 1.0 / self.n_classes_)
+
+
+def _fold_features(
+    spec: SolutionSpec,
+    problem: Problem,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    fold: tuple[np.ndarray, np.ndarray],
+    key: str,
+    seed: int,
+    cache: FoldCache,
+) -> FoldFeatures | None:
+    """``spec``'s feature matrices for ``fold``, from the cache or by running its features
+    step through the probe (which leaves them in the cache); None when they are too large
+    to keep."""
+    entry = cache.peek(key)
+    if entry is not None:
+        return entry
+    train_idx, valid_idx = fold
+    estimator = build_pipeline(
+        spec, problem, seed=seed, fold_features=(cache, key), model=FeatureProbe()
+    )
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore")
+        estimator.fit(X.iloc[train_idx], y[train_idx])
+        estimator.predict(X.iloc[valid_idx])
+    return cache.peek(key)
+
+
+def same_model_input(
+    a: SolutionSpec,
+    b: SolutionSpec,
+    problem: Problem,
+    train_df: pd.DataFrame,
+    seed: int,
+    cache: FoldCache | None,
+    deadline: float | None = None,
+) -> bool:
+    """Whether cross-validating ``a`` would fit the same model on the same matrices as ``b``
+    on every fold, so its scores would be ``b``'s to the last bit: the two specs differ only
+    in feature steps, and those produce identical training and validation matrices here (a
+    missing-value indicator on data without missing values, a skew threshold while the skew
+    step is off), or they are the same spec. Answers False whenever it cannot tell: no
+    cache, a matrix too large to keep, a features step that fails (cross-validation will
+    report why), the deadline.
+
+    The matrices it builds stay in ``cache``, so cross-validating ``a`` afterwards fits no
+    feature step twice; it stops at the first fold that differs."""
+    if a.key() == b.key():
+        return True
+    if cache is None or cache.max_bytes == 0:
+        return False
+    if (a.model, a.target_transform, a.validation) != (b.model, b.target_transform, b.validation):
+        return False
+    try:
+        check_spec_for_problem(a, problem)
+        problem = with_classes(problem, train_df[problem.target])
+        X, y = feature_frame(problem, train_df), target_values(problem, train_df)
+        data = data_fingerprint(X, y)
+        keys = [feature_key(spec, problem, seed) + data for spec in (a, b)]
+        for fold in make_folds(a, problem, train_df, seed):
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            where = fold_fingerprint(*fold)
+            pair = [
+                _fold_features(spec, problem, X, y, fold, key + where, seed, cache)
+                for spec, key in zip((a, b), keys, strict=True)
+            ]
+            if pair[0] is None or pair[1] is None or not pair[0].same_as(pair[1]):
+                return False
+    except Exception:  # noqa: BLE001 - cross-validating the candidate reports the error
+        return False
+    return True
 
 
 def fit_predict(

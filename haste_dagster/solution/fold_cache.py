@@ -67,6 +67,17 @@ def matrix_bytes(X: Any) -> int:
     return int(np.asarray(X).nbytes)
 
 
+def same_matrix(a: Any, b: Any) -> bool:
+    """Whether two feature matrices hold the same values (NaN equal to NaN), shape and dtype:
+    what a model fitted on either would see."""
+    if sp.issparse(a) != sp.issparse(b) or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if sp.issparse(a):
+        return (sp.csr_matrix(a) != sp.csr_matrix(b)).nnz == 0  # NaN != NaN: not the same
+    a, b = np.asarray(a), np.asarray(b)
+    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+
+
 def _copy(X: Any) -> Any:
     # The model receives its own copy: nothing it does can alter what later candidates get.
     return X.copy()
@@ -80,6 +91,9 @@ class FoldFeatures:
     @property
     def nbytes(self) -> int:
         return matrix_bytes(self.train) + matrix_bytes(self.valid)
+
+    def same_as(self, other: FoldFeatures) -> bool:
+        return same_matrix(self.train, other.train) and same_matrix(self.valid, other.valid)
 
 
 class FoldCache:
@@ -112,6 +126,10 @@ class FoldCache:
         self._entries.move_to_end(key)
         self.hits += 1
         return entry
+
+    def peek(self, key: str) -> FoldFeatures | None:
+        """The entry under ``key``, if kept, without counting a hit or a miss."""
+        return self._entries.get(key)
 
     def put(self, key: str, entry: FoldFeatures) -> None:
         if key in self._entries:

@@ -301,3 +301,31 @@ def test_ten_iterations_of_search_improve_on_the_default() -> None:
     proposals, _, base, best = _run(HeuristicPolicy(), case.problem, cv, 10, seed=0)
     assert len(proposals) == 10
     assert metric.better(best, base) and best < 0.5 * base
+
+
+def _ctx(history: list[IterationRecord], skills: list[SkillView], **extra) -> PolicyContext:
+    problem = _problem()
+    initial = default_spec(problem)
+    return PolicyContext(
+        problem=problem, profile=PROFILE, incumbent=initial, incumbent_score=1.0,
+        history=history, skills=skills, iteration=len(history), budget=10, seed=0,
+        higher_is_better=False, **extra,
+    )
+
+
+def test_a_skill_is_not_proposed_for_a_model_family_this_attempt_already_evaluated() -> None:
+    ridge = [{"op": "set_model", "family": "ridge", "params": {"alpha": 3.0}}]
+    recipe = _skill("recipe", 0.05, [*ridge, {"op": "set", "path": "numeric.scale",
+                                              "value": "standard"}])
+    rule = _skill("rule", 0.02, [{"op": "set_model", "family": "ridge", "params": {}}])
+    policy = HeuristicPolicy(max_initial_skills=0)
+    base = [IterationRecord(0, None, [], 1.0, 0.0, True, None)]
+    assert policy.propose(_ctx(base, [recipe, rule])).skill_ids == ["recipe"]
+    tried = [*base, IterationRecord(1, {"ops": recipe.action["ops"]}, ["recipe"], 2.0, 0.0,
+                                    False, None)]
+    proposal = policy.propose(_ctx(tried, [recipe, rule]))
+    assert proposal.skill_ids == []  # the family rule asks what the recipe already answered
+    # a spec the control guard rejected counts as evaluated too
+    screened = apply_patch(default_spec(_problem()), Patch.model_validate({"ops": ridge}))
+    proposal = policy.propose(_ctx(base, [rule], screened=[screened]))
+    assert proposal.skill_ids == []

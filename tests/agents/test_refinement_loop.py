@@ -225,3 +225,55 @@ def test_an_invalid_patch_is_recorded_as_a_failed_iteration(db_url: str, tiny_de
     assert rows[1]["kept"] is False and rows[1]["cv_mean"] is None
     assert "no_such_param" in errors["error"]
     assert result.attempt.stopped == "exhausted"
+
+
+class _InertThenReal:
+    """Proposes a change that leaves every fold's features as they are, then a real one once
+    the history marks the first inert."""
+
+    name = "inert-then-real"
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.contexts: list = []
+
+    def initial_spec(self, problem, profile, skills):
+        return self.inner.initial_spec(problem, profile, skills)
+
+    def propose(self, ctx):
+        self.contexts.append(ctx)
+        if ctx.iteration > 1:
+            return None
+        if not any(r.error and r.error.startswith("inert") for r in ctx.history):
+            path, value = "numeric.skew_threshold", 3.5  # the skew step is off: no effect
+        else:
+            path, value = "model.params.max_depth", 2
+        patch = Patch.model_validate({"ops": [{"op": "set", "path": path, "value": value}]})
+        return Proposal(patch=patch, rationale=f"set {path}", skill_ids=[])
+
+
+def test_an_inert_proposal_is_not_evaluated_and_spends_no_iteration(
+    db_url: str, tiny_defs: Path
+) -> None:
+    from haste_dagster.agents.heuristic import HeuristicPolicy
+
+    policy = _InertThenReal(HeuristicPolicy())
+    with db.connection(db_url) as conn:
+        result = solve(
+            conn, "tiny_regression", AttemptConfig(iterations=3), defs_dir=tiny_defs,
+            policy=policy,
+        )
+        rows = conn.execute(
+            "SELECT idx, patch, detail, cv_mean FROM iterations WHERE attempt_id = %s "
+            "ORDER BY idx",
+            (result.attempt.attempt_id,),
+        ).fetchall()
+    assert [r["idx"] for r in rows] == [0, 1]
+    evaluated = rows[1]
+    assert evaluated["patch"]["ops"][0]["path"] == "model.params.max_depth"
+    assert evaluated["cv_mean"] is not None
+    [inert] = evaluated["detail"]["inert"]
+    assert inert["patch"]["ops"][0]["path"] == "numeric.skew_threshold"
+    # the policy was asked again for the same iteration, with the inert proposal in its history
+    second = policy.contexts[1]
+    assert second.iteration == 1 and second.history[-1].error.startswith("inert")

@@ -104,6 +104,23 @@ def test_the_plain_default_control_replaces_a_harmful_warm_start(
     assert usage["skill_id"] == harmful.id and not usage["kept"] and usage["delta"] < 0
     # the negative usage lowers its utility: the next attempt trusts it less
     assert store.get(harmful.id).utility < utility_before
+    # the decision is kept with iteration 0, so a resumed attempt knows it too
+    assert baseline.detail["control"]["control_won"]
+    assert baseline.detail["control"]["skill_shaped_spec"] == control["skill_shaped_spec"]
+
+
+def test_skills_the_control_beat_are_not_proposed_again_in_the_same_attempt(
+    conn: psycopg.Connection, two_defs: Path
+) -> None:
+    from haste_dagster.agents import records
+
+    store = open_skill_store(conn)
+    harmful = store.add(_harmful_recipe())
+    result = solve(conn, "tiny_b", AttemptConfig(seed=0, iterations=3), defs_dir=two_defs,
+                   extract=False)
+    assert result.attempt.extra["control"]["control_won"]
+    rows = records.load_iterations(conn, result.attempt.attempt_id)
+    assert len(rows) > 1 and all(harmful.id not in r.skill_ids for r in rows)
 
 
 def test_a_recipe_whose_parameter_was_renamed_is_skipped_with_a_logged_reason(
@@ -191,3 +208,24 @@ def test_a_foreign_rule_is_judged_here_on_its_data_conditions_not_on_the_task_it
     recipe = rule.model_copy(update={"kind": "recipe", "pattern": "recipe:binary:xgboost"})
     (foreign_recipe,) = skill_views([recipe], lambda _: 0.0, "tabular_regression")
     assert not conditions_hold(foreign_recipe.conditions, regression)
+
+
+def test_a_warm_start_that_changes_nothing_the_model_sees_is_not_controlled(
+    conn: psycopg.Connection, two_defs: Path
+) -> None:
+    from haste_dagster.agents import records
+
+    store = open_skill_store(conn)
+    inert = store.add(Skill(
+        tier="domain", scope_key=DOMAIN, title="A skew threshold while the skew step is off",
+        guidance="When anywhere: set the skew threshold to 3.5. Evidence: helped elsewhere.",
+        action={"ops": [{"op": "set", "path": "numeric.skew_threshold", "value": 3.5}]},
+        evidence=[Evidence(slug="elsewhere", delta=0.2)], created_by="promotion",
+    ))
+    result = solve(conn, "tiny_b", AttemptConfig(seed=0, iterations=1), defs_dir=two_defs,
+                   extract=False)
+    baseline = records.load_iterations(conn, result.attempt.attempt_id)[0]
+    assert baseline.skill_ids == [inert.id]  # it shaped the start...
+    assert "control" not in result.attempt.extra  # ...but no control was evaluated for it
+    (usage,) = [u for u in _usage(conn, result.attempt.attempt_id) if u["event"] == "screened"]
+    assert usage["skill_id"] == inert.id and usage["delta"] == 0.0

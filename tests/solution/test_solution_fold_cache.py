@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from haste_dagster.solution import synthetic
-from haste_dagster.solution.evaluate import cross_validate
+from haste_dagster.solution.evaluate import cross_validate, same_model_input
 from haste_dagster.solution.fold_cache import (
     CachedFeatures,
     FoldCache,
@@ -194,3 +194,49 @@ def test_a_model_that_writes_into_its_input_cannot_alter_the_cached_matrices() -
     assert np.array_equal(again.fit_transform(X.iloc[:3]), expected[0])
     assert np.array_equal(again.transform(X.iloc[3:]), expected[1])
     assert cache.hits == 1
+
+
+FEATURE_CHANGES = [
+    {"op": "set", "path": "numeric.missing_indicator", "value": True},
+    {"op": "set", "path": "numeric.skew_threshold", "value": 2.0},
+    {"op": "set", "path": "numeric.scale", "value": "none"},
+    {"op": "set", "path": "text.min_df", "value": 3},
+]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_change_is_called_inert_exactly_when_it_scores_the_incumbent_to_the_last_bit(
+    name: str,
+) -> None:
+    case, spec = CASES[name]
+    cache = FoldCache()
+    answers = []
+    for op in FEATURE_CHANGES:
+        candidate = _patched(spec, op)
+        inert = same_model_input(candidate, spec, case.problem, case.train, 0, cache)
+        fresh = [cross_validate(s, case.problem, case.train, 0).fold_scores
+                 for s in (candidate, spec)]
+        assert inert == (fresh[0] == fresh[1]), op
+        answers.append(inert)
+    assert any(answers)  # a skew threshold while the skew step is off changes nothing
+
+
+def test_a_missing_indicator_matters_where_values_are_missing_and_nowhere_else() -> None:
+    binary, spec = CASES["binary_target_encoding"]  # has missing numeric values
+    text, text_spec = CASES["text_tfidf"]  # has none
+    indicator = {"op": "set", "path": "numeric.missing_indicator", "value": True}
+    assert binary.train.isna().any().any() and not text.train.isna().any().any()
+    cache = FoldCache()
+    assert not same_model_input(_patched(spec, indicator), spec, binary.problem, binary.train,
+                                0, cache)
+    assert same_model_input(_patched(text_spec, indicator), text_spec, text.problem, text.train,
+                            0, cache)
+
+
+def test_inertness_is_unknown_without_a_cache_and_never_claimed_across_models() -> None:
+    case, spec = CASES["text_tfidf"]
+    skew = _patched(spec, {"op": "set", "path": "numeric.skew_threshold", "value": 2.0})
+    assert not same_model_input(skew, spec, case.problem, case.train, 0, None)
+    assert same_model_input(spec, spec, case.problem, case.train, 0, None)  # the same spec
+    other_model = _model_variant(skew)
+    assert not same_model_input(other_model, spec, case.problem, case.train, 0, FoldCache())
