@@ -11,21 +11,37 @@ split depends only on the attempt seed), so the noise of a comparison is the spr
 
 i.e. it beats the incumbent by more than half a standard error of the paired difference and
 by a non-negligible relative amount.
+
+**Inert proposals** (`propose_live`). A proposal whose candidate would fit the same model
+on the same feature matrices as the incumbent on every fold (`evaluate.same_model_input`: a
+missing-value indicator where nothing is missing) would score exactly the incumbent. It is
+not evaluated and spends no iteration: the policy is asked again with it in its history
+(marked by ``INERT``, so it is not proposed twice), at most ``MAX_INERT`` times per
+iteration. The skipped proposals are kept in the evaluated row's ``detail["inert"]`` and
+`policy_history` puts them back before that row, so a resumed attempt, the next iteration
+and a round all see the history the live proposal saw.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import psycopg
 
 from haste_dagster.agents import records
-from haste_dagster.agents.policy import IterationRecord, Policy, SkillView
-from haste_dagster.errors import AttemptConfigError, AttemptStateError
+from haste_dagster.agents.policy import (
+    IterationRecord,
+    Policy,
+    PolicyContext,
+    Proposal,
+    SkillView,
+    touches_validation,
+)
+from haste_dagster.errors import AttemptConfigError, AttemptStateError, HasteError
 from haste_dagster.solution.evaluate import CVResult
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
 
@@ -40,6 +56,8 @@ Pipeline = Literal["straight", "staged"]
 PIPELINES = ("straight", "staged")
 KEEP_Z = 0.5
 MIN_REL_GAIN = 1e-4
+MAX_INERT = 3  # inert proposals skipped per iteration before one is evaluated anyway
+INERT = "inert: the model would see the incumbent's own feature matrices on every fold"
 
 
 @dataclass
@@ -163,9 +181,19 @@ def advance_incumbent(
     return incumbent, best_row, since_kept + 1
 
 
+def inert_record(idx: int, skipped: dict[str, Any]) -> IterationRecord:
+    """How a skipped inert proposal (an entry of a row's ``detail["inert"]``) reads in the
+    history of iteration ``idx``."""
+    return IterationRecord(idx=idx, patch=skipped["patch"], skill_ids=list(skipped["skill_ids"]),
+                           cv_mean=None, cv_std=None, kept=False, error=INERT)
+
+
 def policy_history(rows: list[records.IterationRow]) -> list[IterationRecord]:
-    return [
-        IterationRecord(
+    """What a policy sees of ``rows``: each row, after the inert proposals skipped for it."""
+    history = []
+    for r in rows:
+        history += [inert_record(r.idx, s) for s in (r.detail or {}).get("inert", [])]
+        history.append(IterationRecord(
             idx=r.idx,
             patch=r.patch,
             skill_ids=list(r.skill_ids),
@@ -173,9 +201,36 @@ def policy_history(rows: list[records.IterationRow]) -> list[IterationRecord]:
             cv_std=r.cv_std,
             kept=r.kept,
             error=r.error,
-        )
-        for r in rows
-    ]
+        ))
+    return history
+
+
+def propose_live(
+    policy: Policy,
+    ctx: PolicyContext,
+    inert: Callable[[SolutionSpec], bool],
+) -> tuple[Proposal | None, list[dict[str, Any]]]:
+    """The policy's proposal for ``ctx``, skipping up to ``MAX_INERT`` inert ones (see the
+    module doc); ``inert`` tells whether a candidate spec would score exactly the incumbent.
+    Returns the proposal (None: the policy has nothing left) and the skipped ones as stored
+    in ``detail["inert"]``."""
+    skipped: list[dict[str, Any]] = []
+    proposal = policy.propose(ctx)
+    while proposal is not None and len(skipped) < MAX_INERT:
+        patch = proposal.patch
+        if proposal.error is not None or patch is None or touches_validation(patch):
+            break
+        try:
+            candidate = apply_patch(ctx.incumbent, patch)
+        except HasteError:
+            break  # evaluating it records why
+        if not inert(candidate):
+            break
+        skipped.append({"patch": patch.model_dump(mode="json"),
+                        "skill_ids": list(proposal.skill_ids), "rationale": proposal.rationale})
+        ctx = replace(ctx, history=[*ctx.history, inert_record(ctx.iteration, skipped[-1])])
+        proposal = policy.propose(ctx)
+    return proposal, skipped
 
 
 def replay_incumbent(
@@ -235,6 +290,10 @@ def record_finished_attempt(
     rows the kept rate is over (default: all after the baseline); ``best_cv``: the attempt's
     score when it is not ``best_row``'s (a kept ensemble)."""
     scored = rows[1:] if scored is None else scored
+    extra = dict(extra or {})
+    skipped = sum(len((r.detail or {}).get("inert", [])) for r in rows)
+    if skipped:
+        extra["inert_skipped"] = skipped  # proposals not evaluated (see the module doc)
     result = AttemptResult(
         attempt_id=attempt.id,
         slug=attempt.slug,
@@ -249,7 +308,7 @@ def record_finished_attempt(
         prompt_tokens=sum(r.prompt_tokens for r in rows),
         completion_tokens=sum(r.completion_tokens for r in rows),
         stopped=stopped,
-        extra=dict(extra or {}),
+        extra=extra,
     )
     save_finished(conn, result)
     return result

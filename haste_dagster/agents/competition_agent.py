@@ -14,13 +14,9 @@ Resuming replays the recorded history (no refitting): the incumbent is the initi
 every kept patch applied, and because policies are pure functions of their context the next
 proposal is the same one an uninterrupted run would have made.
 
-**Inert candidates.** A proposal whose candidate would fit the same model on the same
-feature matrices as the incumbent on every fold (`evaluate.same_model_input`: a
-missing-value indicator where nothing is missing) would score exactly the incumbent. It is
-not evaluated and spends no iteration: the policy is asked again with the inert proposal in
-its history (marked by its error, so it is not proposed twice), at most ``MAX_INERT`` times
-per iteration; the inert proposals are kept in the evaluated row's ``detail``. Being a pure
-function of the data, the check replays identically on resume.
+**Inert candidates** (`attempts.propose_live`): a proposal that would score exactly the
+incumbent, its fold matrices being the incumbent's, is skipped without spending an
+iteration; the check is a pure function of the data, so it replays identically on resume.
 """
 
 from __future__ import annotations
@@ -45,16 +41,15 @@ from haste_dagster.agents.attempts import (
     load_attempt_skills,
     open_attempt,
     policy_history,
+    propose_live,
     record_finished_attempt,
     replay_incumbent,
     should_keep,
     skill_views,
 )
 from haste_dagster.agents.policy import (
-    IterationRecord,
     Policy,
     PolicyContext,
-    Proposal,
     SkillView,
     resolve_skill_views,
     touches_validation,
@@ -73,9 +68,6 @@ if TYPE_CHECKING:  # the skill store loads lazily, when an attempt opens it
     from haste_dagster.skills.store import SkillStore
 
 log = logging.getLogger(__name__)
-
-MAX_INERT = 3  # inert proposals skipped per iteration before one is evaluated anyway
-INERT = "inert: the model would see the incumbent's own feature matrices on every fold"
 
 
 class RefinementLoop:
@@ -297,21 +289,14 @@ class RefinementLoop:
         deadline: float | None = None,
     ) -> records.IterationRow | None:
         t0 = time.monotonic()
-        proposal = self.policy.propose(ctx)
-        inert: list[dict[str, Any]] = []
-        while (
-            proposal is not None
-            and len(inert) < MAX_INERT
-            and self._inert(proposal, incumbent, attempt.seed, deadline)
-        ):
-            assert proposal.patch is not None
-            patch = proposal.patch.model_dump(mode="json")
-            inert.append({"patch": patch, "skill_ids": list(proposal.skill_ids),
-                          "rationale": proposal.rationale})
-            ctx = replace(ctx, history=[*ctx.history, IterationRecord(
-                idx=idx, patch=patch, skill_ids=list(proposal.skill_ids), cv_mean=None,
-                cv_std=None, kept=False, error=INERT)])
-            proposal = self.policy.propose(ctx)
+        proposal, inert = propose_live(
+            self.policy,
+            ctx,
+            lambda candidate: same_model_input(
+                candidate, incumbent, self.competition.problem, self.competition.train,
+                attempt.seed, self.fold_cache, deadline,
+            ),
+        )
         if inert:
             log.info("attempt %s iteration %s: skipped %d inert proposal(s)", attempt.id, idx,
                      len(inert))
@@ -356,22 +341,6 @@ class RefinementLoop:
             row.error = "policy returned no patch"
         row.seconds = time.monotonic() - t0
         return row
-
-    def _inert(
-        self, proposal: Proposal, incumbent: SolutionSpec, seed: int, deadline: float | None
-    ) -> bool:
-        """Whether ``proposal`` would score exactly the incumbent (see the module doc)."""
-        patch = proposal.patch
-        if proposal.error is not None or patch is None or touches_validation(patch):
-            return False
-        try:
-            candidate = apply_patch(incumbent, patch)
-        except HasteError:
-            return False  # evaluating it records why
-        return same_model_input(
-            candidate, incumbent, self.competition.problem, self.competition.train, seed,
-            self.fold_cache, deadline,
-        )
 
     def _report(self, row: records.IterationRow, budget: int) -> None:
         if self.progress:

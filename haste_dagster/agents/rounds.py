@@ -18,9 +18,11 @@ judges them together:
   written in one transaction, so a round is either recorded whole or not at all, and
   replaying an already recorded round (a retried step) changes nothing.
 
-With K = 1 a round is exactly one iteration of `RefinementLoop`: the same proposal, the
-same keep decision, the same rows. No Dagster here: `defs/distributed.py` wires these
-functions into ops.
+Inert proposals (`attempts.propose_live`) are skipped as the loop skips them, against a fold
+cache of the round's own. With K = 1 a round is exactly one iteration of `RefinementLoop`:
+the same proposal, the same keep decision, the same rows (the loop's negative-transfer
+control of a skill-shaped start is not part of the rounds). No Dagster here:
+`defs/distributed.py` wires these functions into ops.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from haste_dagster.agents.policy import (
 )
 from haste_dagster.competitions.metrics import get_metric
 from haste_dagster.errors import HasteError
-from haste_dagster.solution.evaluate import cross_validate
+from haste_dagster.solution.evaluate import cross_validate, same_model_input
+from haste_dagster.solution.fold_cache import FoldCache
 from haste_dagster.solution.spec import SolutionSpec, apply_patch
 
 if TYPE_CHECKING:  # the skill store loads lazily, when an attempt opens it
@@ -75,6 +78,7 @@ class Candidate:
     fold_scores: list[float] | None = None
     seconds: float = 0.0
     device: str | None = None  # where it was scored: "cpu" or "cuda"
+    inert: list[dict] = field(default_factory=list)  # proposals skipped before this one
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +231,12 @@ def propose_round(
     higher_is_better = get_metric(competition.problem.metric).higher_is_better
     history = attempts.policy_history(rows)
     plan = RoundPlan(attempt_id)
+    fold_cache = FoldCache()  # the incumbent's fold matrices, for every inert check
+
+    def inert(spec: SolutionSpec) -> bool:
+        return same_model_input(spec, incumbent, competition.problem, competition.train,
+                                attempt.seed, fold_cache)
+
     for j in range(min(k, budget - idx + 1)):
         ctx = PolicyContext(
             problem=competition.problem,
@@ -240,7 +250,8 @@ def propose_round(
             seed=attempt.seed,
             higher_is_better=higher_is_better,
         )
-        proposal = policy.propose(ctx)
+        proposal, skipped = attempts.propose_live(policy, ctx, inert)
+        history = [*history, *(attempts.inert_record(idx + j, x) for x in skipped)]
         if proposal is None:
             break
         candidate = Candidate(
@@ -256,6 +267,7 @@ def propose_round(
             prompt_tokens=proposal.prompt_tokens,
             completion_tokens=proposal.completion_tokens,
             error=getattr(proposal, "error", None),
+            inert=skipped,
         )
         if candidate.error is None and proposal.patch is None:
             candidate.error = "policy returned no patch"
@@ -403,6 +415,7 @@ def record_round(
                 prompt_tokens=c.prompt_tokens,
                 completion_tokens=c.completion_tokens,
                 error=c.error,
+                detail={"inert": c.inert} if c.inert else None,
             )
             records.record_iteration(conn, row)
             if record_usage and row.skill_ids:

@@ -273,7 +273,12 @@ def test_an_inert_proposal_is_not_evaluated_and_spends_no_iteration(
     assert evaluated["patch"]["ops"][0]["path"] == "model.params.max_depth"
     assert evaluated["cv_mean"] is not None
     [inert] = evaluated["detail"]["inert"]
+    assert result.attempt.extra["inert_skipped"] == 1
     assert inert["patch"]["ops"][0]["path"] == "numeric.skew_threshold"
     # the policy was asked again for the same iteration, with the inert proposal in its history
     second = policy.contexts[1]
     assert second.iteration == 1 and second.history[-1].error.startswith("inert")
+    # and the next iteration's history, rebuilt from the rows, still holds it before row 1
+    third = policy.contexts[2]
+    assert third.iteration == 2 and [r.error is not None for r in third.history] == [
+        False, True, False]

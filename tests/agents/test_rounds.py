@@ -269,3 +269,33 @@ def test_a_recipe_that_no_longer_validates_is_skipped_by_rounds_as_by_the_sequen
     baseline = records.load_iterations(setup["conn"], attempt.id)[0]
     assert stale.id not in baseline.skill_ids
     assert plan.candidates and all(stale.id not in c.skill_ids for c in plan.candidates)
+
+
+class _InertFirst(HeuristicPolicy):
+    """Proposes a change that alters no fold matrix (the skew step is off) before every
+    heuristic proposal, until the history shows it was skipped as inert."""
+
+    def propose(self, ctx):
+        from haste_dagster.agents.attempts import INERT
+        from haste_dagster.agents.policy import Proposal
+        from haste_dagster.solution.spec import Patch
+
+        if not any(r.error == INERT for r in ctx.history):
+            patch = Patch.model_validate(
+                {"ops": [{"op": "set", "path": "numeric.skew_threshold", "value": 3.5}]})
+            return Proposal(patch=patch, rationale="an inert change", skill_ids=[])
+        return super().propose(ctx)
+
+
+def test_rounds_skip_an_inert_proposal_as_the_sequential_loop_does(
+    setup: dict[str, Any],
+) -> None:
+    setup["policy"] = _InertFirst()
+    sequential = run_attempt(setup["conn"], setup["competition"],
+                             AttemptConfig(iterations=3, seed=1), policy=_InertFirst())
+    rounds = _run_rounds(setup, rounds=3, k=1, seed=1)
+    assert _rows(setup["conn"], rounds.attempt_id) == _rows(setup["conn"], sequential.attempt_id)
+    loaded = records.load_iterations(setup["conn"], rounds.attempt_id)
+    skipped = [r.detail["inert"] for r in loaded if r.detail and "inert" in r.detail]
+    assert len(skipped) == 1 and skipped[0][0]["rationale"] == "an inert change"
+    assert all("skew_threshold" not in json.dumps(r.patch) for r in loaded)  # never evaluated

@@ -114,6 +114,8 @@ def ablation_summary(records: Sequence[AttemptRecord], slugs: Sequence[str]) -> 
             "completion_per_attempt": spread([float(r.completion_tokens) for r in records]),
         },
         "cpu_seconds": spread([r.usage.cpu_seconds for r in records]),
+        "control_evaluations": sum(r.control_evaluations for r in records),
+        "inert_skipped": sum(r.inert_skipped for r in records),
     }
 
 

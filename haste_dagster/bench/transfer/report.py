@@ -92,6 +92,8 @@ class AttemptRecord:
     # pair_ratio so warm is not credited with a free evaluation.
     control_evaluations: int = 0
     control_won: bool | None = None
+    # proposals skipped unevaluated: their fold matrices were the incumbent's (no evaluation)
+    inert_skipped: int = 0
 
     @property
     def usage(self) -> Usage:

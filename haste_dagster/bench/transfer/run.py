@@ -232,6 +232,7 @@ def _run_one(
         llm=llm,
         control_evaluations=1 if control else 0,
         control_won=bool(control["control_won"]) if control else None,
+        inert_skipped=int(result.extra.get("inert_skipped", 0)),
     )
 
 
