@@ -285,9 +285,12 @@ def _existing(
     store: SkillStore, tier: str, scope_key: str | None, signature: tuple[Any, ...],
     values: list[float], source_ids: set[str],
 ) -> Skill | None:
-    """The skill in the target scope that already stands for this pattern, if any."""
+    """The literal change in the target scope that already stands for this pattern, if
+    any. Only a ``change``: a rule or recipe with the same action belongs to pattern
+    promotion, and rewriting it here made the two paths take turns on it, writing two new
+    versions on every pass."""
     candidates = []
-    for skill in store.list(tier=tier, scope_key=scope_key, status=None):
+    for skill in store.list(tier=tier, scope_key=scope_key, status=None, kind="change"):
         if skill.scope_key != scope_key or not skill.action:
             continue
         if action_signature(skill.action) != signature:

@@ -88,6 +88,33 @@ def test_two_literal_values_in_one_direction_are_one_rule_and_one_domain_skill(
     assert again.changed == [] and store.count() == count and len(decisions(store)) == before
 
 
+def test_a_literal_change_that_recurs_after_its_rule_was_promoted_leaves_the_rule_alone(
+    store: SkillStore,
+) -> None:
+    from skill_helpers import make_skill, set_action
+
+    from haste_dagster.skills.model import Evidence
+
+    # The domain rule came first (promoted on cross-evaluation evidence); then the literal
+    # value it sets was kept on two competitions. Both promotion paths run on every pass:
+    # the literal one must write a change skill of its own, not rewrite the rule (the two
+    # took turns, two new versions of the rule a pass, forever).
+    rule = store.add(make_skill(
+        "domain", DOMAIN, "rule set:xgboost.model.params.max_depth=9 (domain)", domain=DOMAIN,
+        action=set_action("model.params.max_depth", 9), created_by="promotion",
+    ).model_copy(update={"kind": "rule", "pattern": "set:xgboost.model.params.max_depth=9"}))
+    for slug in ("comp_a", "comp_b"):
+        store.add(make_skill("competition", slug, f"{slug}: model.params.max_depth=9",
+                             action=set_action("model.params.max_depth", 9),
+                             evidence=[Evidence(slug=slug, delta=0.02)]))
+    first = promote_domain(store, DOMAIN)
+    assert store.get(rule.id).version == rule.version  # not rewritten as a change
+    assert any(s.kind == "change" and s.tier == "domain" for s in first.skills)
+    count = store.count()
+    again = promote_domain(store, DOMAIN)
+    assert again.changed == [] and store.count() == count
+
+
 def test_a_rule_that_helped_on_one_competition_and_hurt_on_another_is_a_conflict_pair(
     store: SkillStore,
 ) -> None:
