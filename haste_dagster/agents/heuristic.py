@@ -99,6 +99,12 @@ def move_key(patch: dict | Patch | None) -> str | None:
     return op.path  # type: ignore[union-attr]
 
 
+def switched_family(patch: dict | Patch | None) -> str | None:
+    """The model family a patch switches to (its move is ``family:<name>``), if it does."""
+    key = move_key(patch)
+    return key.split(":", 1)[1] if key and key.startswith("family:") else None
+
+
 class HeuristicPolicy:
     """Skill actions by utility, then a seeded (1+1)-ES with adaptive steps (see module doc)."""
 
@@ -196,9 +202,9 @@ class HeuristicPolicy:
         explored: list[IterationRecord] = []
         for rec in ctx.history:
             state.tried_skills.update(rec.skill_ids)
-            key = move_key(rec.patch)
-            if key and key.startswith("family:"):
-                state.tried_families.add(key.split(":", 1)[1])
+            family = switched_family(rec.patch)
+            if family is not None:
+                state.tried_families.add(family)
             if rec.patch is not None and not rec.skill_ids:
                 explored.append(rec)
         for spec in self._evaluated_specs(ctx):
@@ -355,12 +361,6 @@ class HeuristicPolicy:
             new = param.mutate(current, rng, sigma)
         patch = parse_patch({"ops": [{"op": "set", "path": path, "value": new}]})
         return patch, f"explore: {path} {current!r} → {new!r} (σ={sigma:.2f}, {record})"
-
-
-def switched_family(patch: Patch) -> str | None:
-    """The model family ``patch`` switches to, if it does."""
-    families = [op.family for op in patch.ops if isinstance(op, SetModelOp)]
-    return families[-1] if families else None
 
 
 def move_priors(skills: list[SkillView]) -> dict[str, float]:
