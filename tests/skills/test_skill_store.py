@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import psycopg
@@ -143,3 +144,12 @@ def test_validate_all_reports_a_row_whose_content_no_longer_matches_its_hash(
     assert store.validate_all() == [
         f"skill {skill.id} v1: content_hash does not match its content"
     ]
+
+
+def test_jsonb_columns_read_back_as_written_including_non_ascii_text(conn) -> None:
+    from haste_dagster.skills.nearest import read_skills
+
+    value = {"text": "café — naïve 数据", "nested": [1, 2.5, None, True, {"k": "v"}]}
+    got = read_skills(conn, "SELECT %s::jsonb AS j, '  [1, 2]  '::jsonb AS k", (json.dumps(value),))
+    row = got.fetchone()
+    assert row["j"] == value and row["k"] == [1, 2]
