@@ -183,3 +183,15 @@ def test_definitions_take_the_executor_from_the_environment(
     defs = build_definitions(["tabular_regression"])
     assert defs.resolve_job_def("solve_competition").executor_def.name == "in_process"
     assert defs.resolve_job_def("distributed_attempt").executor_def.name == "in_process"
+
+
+def test_every_forkserver_preload_module_imports() -> None:
+    # The forkserver swallows ImportError on preload, so a misspelt module would silently
+    # bring back the per-step imports; import each one here instead.
+    import importlib
+
+    from haste_dagster.defs.executors import FORKSERVER_PRELOAD
+
+    assert "haste_dagster.defs.definitions" in FORKSERVER_PRELOAD
+    for name in FORKSERVER_PRELOAD:
+        importlib.import_module(name)

@@ -93,7 +93,15 @@ def executor_name(env: Mapping[str, str] | None = None) -> str:
 # Step workers fork from a server that has imported these once. With Dagster's default
 # (spawn) every step re-imports Dagster, scikit-learn and the definitions: about 5 CPU
 # seconds per step on 2 cores (measured by `haste bench overhead`, docs/benchmarks.md).
-FORKSERVER_PRELOAD = ("haste_dagster.defs.definitions", "haste_dagster.solution.evaluate")
+# Each worker also opens the instance (Dagster's Postgres storage: SQLAlchemy, Alembic)
+# and the attempt step draws its learning curve (matplotlib): preloaded too, they no
+# longer cost every step worker about half a second of imports.
+FORKSERVER_PRELOAD = (
+    "haste_dagster.defs.definitions",
+    "haste_dagster.solution.evaluate",
+    "dagster_postgres",
+    "matplotlib.pyplot",
+)
 
 
 def forkserver_multiprocess_executor() -> ExecutorDefinition:
