@@ -417,7 +417,6 @@ class SkillStore:
             self.conn, vector, limit, tier, status, iterative_scan=bool(self._iterative_scan)
         )
 
-
     def similar(
         self, text: str, k: int = 10, *, tier: str | None = None, status: str | None = "active"
     ) -> list[tuple[Skill, float]]:
