@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -188,8 +189,6 @@ def test_definitions_take_the_executor_from_the_environment(
 def test_every_forkserver_preload_module_imports() -> None:
     # The forkserver swallows ImportError on preload, so a misspelt module would silently
     # bring back the per-step imports; import each one here instead.
-    import importlib
-
     from haste_dagster.defs.executors import FORKSERVER_PRELOAD
 
     assert "haste_dagster.defs.definitions" in FORKSERVER_PRELOAD
