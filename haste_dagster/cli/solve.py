@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,16 @@ def _iteration_callback(progress: Progress, task_id: Any):
         progress.update(task_id, completed=idx, total=budget, status=f"it {idx}: cv {score} {mark}")
 
     return report
+
+
+def _step_line(step: Any, seconds: float) -> str:
+    """One finished campaign step, for logs: what ran, how it ended, how long it took."""
+    if step.error:
+        outcome = f"[red]failed[/red]: {escape(str(step.error))}"
+    else:
+        score = "" if step.score is None else f"test {step.score:.4g}, "
+        outcome = f"done, {score}medal {step.medal or 'ungraded'}"
+    return f"{step.phase} {step.arm} {step.slug}: {outcome} ({seconds:.0f} s)"
 
 
 def _write_json(path: Path | None, payload: Any) -> None:
@@ -215,10 +226,12 @@ def campaign_command(
         with db.connection() as conn, _progress() as progress:
             overall = progress.add_task("campaign", total=len(slugs), status="")
             tasks: dict[int, Any] = {}  # one bar per step; several run at once with workers
+            began: dict[int, float] = {}
 
             def on_start(step: Any) -> None:
                 # Re-run steps are only known once the first pass is graded: grow the total.
                 progress.update(overall, total=max(len(slugs), len(tasks) + 1))
+                began[id(step)] = time.monotonic()
                 tasks[id(step)] = progress.add_task(
                     f"{step.phase} {step.arm} {step.slug}", total=iterations or 1,
                     status="starting" if workers == 1 else "running in a worker",
@@ -234,6 +247,8 @@ def campaign_command(
                 # An attempt that stopped early (stagnation, time) leaves its bar short of the
                 # budget; stop its clock so the elapsed column shows its own duration.
                 progress.stop_task(task)
+                if not console.is_terminal:  # bars are drawn only at the end off a terminal
+                    console.print(_step_line(step, time.monotonic() - began[id(step)]))
 
             run = campaign_protocol(
                 conn, slugs, config, defs_dir=defs, rerun=rerun, workers=workers,
