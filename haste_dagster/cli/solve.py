@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -226,12 +225,10 @@ def campaign_command(
         with db.connection() as conn, _progress() as progress:
             overall = progress.add_task("campaign", total=len(slugs), status="")
             tasks: dict[int, Any] = {}  # one bar per step; several run at once with workers
-            began: dict[int, float] = {}
 
             def on_start(step: Any) -> None:
                 # Re-run steps are only known once the first pass is graded: grow the total.
                 progress.update(overall, total=max(len(slugs), len(tasks) + 1))
-                began[id(step)] = time.monotonic()
                 tasks[id(step)] = progress.add_task(
                     f"{step.phase} {step.arm} {step.slug}", total=iterations or 1,
                     status="starting" if workers == 1 else "running in a worker",
@@ -248,7 +245,8 @@ def campaign_command(
                 # budget; stop its clock so the elapsed column shows its own duration.
                 progress.stop_task(task)
                 if not console.is_terminal:  # bars are drawn only at the end off a terminal
-                    console.print(_step_line(step, time.monotonic() - began[id(step)]))
+                    elapsed = next(t.elapsed for t in progress.tasks if t.id == task)
+                    console.print(_step_line(step, elapsed or 0.0))
 
             run = campaign_protocol(
                 conn, slugs, config, defs_dir=defs, rerun=rerun, workers=workers,
