@@ -24,7 +24,7 @@ setup: $(BIN)/.installed
 system-deps:
 	bash scripts/install_system_deps.sh
 
-# Competitions solved side by side in each wave of the campaign (one core each).
+# Worker processes of the campaign's work queue (one core each).
 WORKERS ?= 2
 
 run: setup

@@ -349,13 +349,12 @@ def open_attempt(
     conn: psycopg.Connection,
     competition: Competition,
     config: AttemptConfig,
-    policy: Policy,
+    policy_name: str,
     *,
     dagster_run_id: str | None = None,
     resume_attempt_id: int | None = None,
 ) -> records.AttemptRow:
-    """A new attempt row, or ``resume_attempt_id`` (checked to be this competition's); an
-    LLM policy is bound to it so its ledger rows carry the attempt."""
+    """A new attempt row, or ``resume_attempt_id`` (checked to be this competition's)."""
     definition = competition.definition
     if resume_attempt_id is not None:
         attempt = records.get_attempt(conn, resume_attempt_id)
@@ -363,37 +362,71 @@ def open_attempt(
             raise AttemptStateError(
                 f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}"
             )
-    else:
-        attempt_id = records.create_attempt(
-            conn,
-            slug=definition.slug,
-            policy=policy.name,
-            loading=config.loading,
-            seed=config.seed,
-            budget_iterations=config.iterations or definition.budget.iterations,
-            label=config.label,
-            dagster_run_id=dagster_run_id,
-            pipeline=config.pipeline,
-        )
-        attempt = records.get_attempt(conn, attempt_id)
-    if hasattr(policy, "bind_attempt"):  # the LLM policy tags its ledger rows
-        policy.bind_attempt(attempt.id)
-    return attempt
+        return attempt
+    attempt_id = records.create_attempt(
+        conn,
+        slug=definition.slug,
+        policy=policy_name,
+        loading=config.loading,
+        seed=config.seed,
+        budget_iterations=config.iterations or definition.budget.iterations,
+        label=config.label,
+        dagster_run_id=dagster_run_id,
+        pipeline=config.pipeline,
+    )
+    return records.get_attempt(conn, attempt_id)
+
+
+def bind_policy(policy: Policy, attempt_id: int) -> None:
+    """An LLM policy tags its ledger rows with the attempt it proposes for."""
+    if hasattr(policy, "bind_attempt"):
+        policy.bind_attempt(attempt_id)
 
 
 def load_attempt_skills(
-    store: SkillStore, attempt: records.AttemptRow, definition: CompetitionDef, profile: dict
+    conn: psycopg.Connection,
+    store: SkillStore,
+    attempt: records.AttemptRow,
+    definition: CompetitionDef,
+    profile: dict,
 ) -> tuple[list[Skill], list[dict[str, Any]]]:
-    """(skills, loaded entries) of the attempt: scoped and recorded as loaded when it starts,
-    read back from ``skills_loaded`` when it resumes. Utilities are frozen at the start so
-    a resumed attempt (or a round on another machine) sees what the first run saw."""
-    if attempt.initial_spec is None:
+    """(skills, loaded entries) of the attempt: fixed once, the first time they are asked
+    for (scoped, recorded as loaded and stored on the attempt row), read back from
+    ``skills_loaded`` ever after. Utilities are frozen with them, so a resumed attempt, a
+    round on another machine, or an attempt that a campaign phase fixed before it ran
+    (`fix_attempt_skills`) sees what was in the store when they were fixed."""
+    if attempt.skills_loaded is None:
         skills = store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading)
         store.record_loaded(attempt.id, skills)
         loaded = [
             {"id": s.id, "version": s.version, "tier": s.tier, "utility": store.utility(s.id)}
             for s in skills
         ]
+        records.set_skills_loaded(conn, attempt.id, loaded)
         return skills, loaded
     loaded = list(attempt.skills_loaded)
     return [store.get(entry["id"], entry["version"]) for entry in loaded], loaded
+
+
+def fix_attempt_skills(
+    conn: psycopg.Connection,
+    store: SkillStore,
+    competition: Competition,
+    config: AttemptConfig,
+    *,
+    resume_attempt_id: int | None = None,
+) -> int:
+    """Open the attempt ``config`` asks for (or take ``resume_attempt_id``) and fix the
+    skills it will load, now, without running it; returns its id.
+
+    A parallel campaign phase does this for every attempt of the phase before any of them
+    runs, so all of them load the store as it stood when the phase began, whatever order
+    and however many workers then run them."""
+    from haste_dagster.competitions.profile import profile_data
+
+    profile = profile_data(competition).as_dict()
+    records.record_competition(conn, competition, profile)
+    attempt = open_attempt(conn, competition, config, config.policy,
+                           resume_attempt_id=resume_attempt_id)
+    load_attempt_skills(conn, store, attempt, competition.definition, profile)
+    return attempt.id

@@ -269,8 +269,23 @@ def _solve_step_in_worker(database_url: str, job: StepJob) -> StepOutcome:
         return solve_step(conn, job)
 
 
-def _waves(steps: list[ProtocolStep], size: int) -> list[list[ProtocolStep]]:
-    return [steps[i:i + size] for i in range(0, len(steps), size)]
+def expected_seconds(conn: psycopg.Connection, domains: dict[str, str]) -> dict[str, float]:
+    """Each competition's expected search seconds, from the finished attempts in the store:
+    the mean of its own, else of its domain's; 0 when nothing is known yet. Only the order
+    in which a parallel phase runs its attempts depends on it, never what they load."""
+    rows = conn.execute(
+        """SELECT a.slug, c.domain, sum(i.seconds) AS seconds FROM attempts a
+           JOIN competitions c ON c.slug = a.slug JOIN iterations i ON i.attempt_id = a.id
+           WHERE a.status = 'finished' GROUP BY a.id, a.slug, c.domain"""
+    ).fetchall()
+    own: dict[str, list[float]] = {}
+    by_domain: dict[str, list[float]] = {}
+    for r in rows:
+        own.setdefault(r["slug"], []).append(float(r["seconds"]))
+        by_domain.setdefault(r["domain"], []).append(float(r["seconds"]))
+    known = own | {slug: by_domain[d] for slug, d in domains.items()
+                   if slug not in own and d in by_domain}
+    return {slug: sum(v) / len(v) for slug, v in known.items()}
 
 
 def campaign_protocol(
@@ -287,26 +302,34 @@ def campaign_protocol(
     progress: ProgressFn | None = None,
 ) -> CampaignRun:
     """The paper's campaign: round 1 = one competition per domain, cold (no skills loaded);
-    round 2 = the rest, warm (``config.loading``, tiered by default); promotion after every
-    wave of competitions and consolidation between rounds; then the re-run phase: every
-    competition that did not medal is attempted again warm *and* again without skills (the
-    control), both with the new seed ``config.seed + RERUN_SEED_OFFSET``. Skills are
-    extracted from every attempt but the controls.
+    round 2 = the rest, warm (``config.loading``, tiered by default); consolidation between
+    rounds; then the re-run phase: every competition that did not medal is attempted again
+    warm *and* again without skills (the control), both with the new seed
+    ``config.seed + RERUN_SEED_OFFSET``. Skills are extracted from every attempt but the
+    controls.
 
-    ``workers`` > 1 solves each phase in waves of that many steps side by side, in worker
-    processes connected to ``database_url``; promotion runs after each wave, in step order,
-    so a wave's competitions see what the waves before it promoted, and the same
-    ``workers`` gives the same campaign. ``workers=1`` promotes after every step.
-    (Only the in-process step reports ``progress``.)
+    ``workers=1`` solves the steps one after the other and promotes after each, so a
+    round-2 competition sees what every competition before it taught. ``workers`` > 1
+    solves a phase as a work queue on that many worker processes connected to
+    ``database_url``: first every attempt of the phase has its skills fixed against the
+    store as the phase begins (`attempts.fix_attempt_skills`), then the queue runs them,
+    the longest expected first (`expected_seconds`), a new one as soon as a worker is free,
+    and promotion follows the phase, in step order. What an attempt loads therefore depends
+    on neither the order nor the number of workers: every ``workers`` > 1 gives the same
+    campaign (but for attempts cut by their wall-clock budget), and the phases promote
+    between them as the paper's protocol does. (Only in-process steps report ``progress``.)
 
     Resumable: every attempt is labelled ``campaign:<id>:<phase>:<arm>:<slug>``; running
     again with the same ``config.campaign_id`` reuses graded attempts, resumes unfinished
-    ones, and re-extracts idempotently, so no skill is duplicated.
+    ones (with the skills fixed for them), and re-extracts idempotently, so no skill is
+    duplicated.
     """
-    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from contextlib import ExitStack
     from multiprocessing import get_context
 
+    from haste_dagster.agents.attempts import fix_attempt_skills
+    from haste_dagster.agents.orchestrator import load_solvable
     from haste_dagster.competitions.definition import load_definition
     from haste_dagster.skills import consolidate
 
@@ -332,11 +355,10 @@ def campaign_protocol(
     store = open_skill_store(conn)
     warm = config.loading if config.loading != "none" else "tiered"
 
-    def begin(step: ProtocolStep) -> StepJob | StepOutcome:
-        """The job that solves ``step``, or its outcome when an earlier run graded it."""
+    def begin(step: ProtocolStep, *, fix_skills: bool) -> StepJob | StepOutcome:
+        """The job that solves ``step`` (its skills fixed now when ``fix_skills``), or its
+        outcome when an earlier run graded it or it cannot start."""
         label = protocol_label(campaign_id, step.phase, step.arm, step.slug)
-        if on_start:
-            on_start(step)
         found = _labelled(conn, label)
         if found and found["status"] == "finished" and found["test_score"] is not None:
             step.reused = True
@@ -349,27 +371,83 @@ def campaign_protocol(
                                        error=f"{type(exc).__name__}: {exc}")
             return StepOutcome(found["id"], found["test_score"], found["medal"])
         resume_id = found["id"] if found and found["status"] != "finished" else None
-        return StepJob(
-            step.slug, replace(config, loading=step.loading, seed=step.seed, label=label),
-            step.extract, resume_id, defs_dir,
-        )
+        step_config = replace(config, loading=step.loading, seed=step.seed, label=label)
+        if fix_skills:
+            try:
+                competition = load_solvable(step.slug, defs_dir)
+                if not competition.definition.is_multi_target:  # its targets fix their own
+                    resume_id = fix_attempt_skills(conn, store, competition, step_config,
+                                                   resume_attempt_id=resume_id)
+            except (HasteError, ValueError, KeyError) as exc:
+                return StepOutcome(error=f"{type(exc).__name__}: {exc}")
+        return StepJob(step.slug, step_config, step.extract, resume_id, defs_dir)
 
-    def finish(step: ProtocolStep, outcome: StepOutcome) -> bool:
-        """Record ``step``'s outcome and promote; False when the token budget is spent."""
+    def record(step: ProtocolStep, outcome: StepOutcome) -> None:
         step.attempt_id = outcome.attempt_id
         step.score, step.medal, step.error = outcome.score, outcome.medal, outcome.error
-        if outcome.error is None and step.slug in domains and step.arm != "control":
+        if step.error and not outcome.budget_spent:
+            log.error("campaign %s: %s %s failed: %s", campaign_id, step.phase, step.slug,
+                      step.error)
+
+    def promote_after(step: ProtocolStep) -> None:
+        if step.error is None and step.slug in domains and step.arm != "control":
             try:
                 promote(conn, [domains[step.slug]], store)
             except (HasteError, ValueError, KeyError) as exc:
                 step.error = f"{type(exc).__name__}: {exc}"
-        if step.error and not outcome.budget_spent:
-            log.error("campaign %s: %s %s failed: %s", campaign_id, step.phase, step.slug,
-                      step.error)
+                log.error("campaign %s: promotion after %s failed: %s", campaign_id,
+                          step.slug, step.error)
         run.steps.append(step)
-        if on_done:
-            on_done(step)
-        return not outcome.budget_spent
+
+    def run_in_order(steps: list[ProtocolStep]) -> bool:
+        """One step after the other, promotion after each; False: the budget is spent."""
+        for step in steps:
+            if on_start:
+                on_start(step)
+            work = begin(step, fix_skills=False)
+            outcome = solve_step(conn, work, progress) if isinstance(work, StepJob) else work
+            record(step, outcome)
+            promote_after(step)
+            if on_done:
+                on_done(step)
+            if outcome.budget_spent:
+                return False
+        return True
+
+    def run_queue(steps: list[ProtocolStep], pool: ProcessPoolExecutor) -> bool:
+        """Every step's skills fixed first, then the queue, then promotion in step order;
+        False: the budget is spent (no new step starts once one says so)."""
+        work = [begin(step, fix_skills=True) for step in steps]
+        expected = expected_seconds(conn, domains)
+        queue = sorted((i for i, w in enumerate(work) if isinstance(w, StepJob)),
+                       key=lambda i: -expected.get(steps[i].slug, 0.0))
+        outcomes = {i: w for i, w in enumerate(work) if isinstance(w, StepOutcome)}
+        for i in sorted(outcomes):
+            if on_start:
+                on_start(steps[i])
+            record(steps[i], outcomes[i])
+            if on_done:
+                on_done(steps[i])
+        running: dict[Future[StepOutcome], int] = {}
+        spent = False
+        while running or (queue and not spent):
+            while queue and not spent and len(running) < workers:
+                i = queue.pop(0)
+                if on_start:
+                    on_start(steps[i])
+                running[pool.submit(_solve_step_in_worker, database_url, work[i])] = i
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                outcomes[i] = future.result()
+                spent = spent or outcomes[i].budget_spent
+                record(steps[i], outcomes[i])
+                if on_done:
+                    on_done(steps[i])
+        for i, step in enumerate(steps):
+            if i in outcomes:
+                promote_after(step)
+        return not spent
 
     with ExitStack() as stack:
         pool = (
@@ -380,31 +458,13 @@ def campaign_protocol(
             if workers > 1 else None
         )
 
-        def run_wave(wave: list[ProtocolStep]) -> bool:
-            """Solve ``wave`` (side by side when there is a pool); False: budget spent."""
-            pending: list[StepJob | StepOutcome | Future[StepOutcome]] = []
-            for step in wave:
-                work = begin(step)
-                if isinstance(work, StepJob) and pool is not None:
-                    pending.append(pool.submit(_solve_step_in_worker, database_url, work))
-                elif isinstance(work, StepJob):
-                    pending.append(solve_step(conn, work, progress))
-                else:
-                    pending.append(work)
-            go_on = True
-            for step, work in zip(wave, pending, strict=True):
-                outcome = work.result() if isinstance(work, Future) else work
-                go_on = finish(step, outcome) and go_on  # every finished step is recorded
-            return go_on
-
         def run_phase(steps: list[ProtocolStep]) -> bool:
-            """The phase's waves, then consolidation (merge duplicates, retire poor skills,
+            """The phase's steps, then consolidation (merge duplicates, retire poor skills,
             promote); False, and no consolidation, when the token budget is spent."""
-            for wave in _waves(steps, workers):
-                if not run_wave(wave):
-                    return False
-            consolidate(store)
-            return True
+            go_on = run_in_order(steps) if pool is None else run_queue(steps, pool)
+            if go_on:
+                consolidate(store)
+            return go_on
 
         go_on = run_phase(
             [ProtocolStep("round1", "cold", s, "none", config.seed) for s in round1]

@@ -37,6 +37,7 @@ from haste_dagster.agents.attempts import (
     ProgressFn,
     advance_incumbent,
     baseline_row,
+    bind_policy,
     iterations_since_kept,
     load_attempt_skills,
     open_attempt,
@@ -388,11 +389,12 @@ def run_attempt(
         conn,
         competition,
         config,
-        policy,
+        policy.name,
         dagster_run_id=dagster_run_id,
         resume_attempt_id=resume_attempt_id,
     )
-    skills, loaded = load_attempt_skills(store, attempt, definition, profile)
+    bind_policy(policy, attempt.id)
+    skills, loaded = load_attempt_skills(conn, store, attempt, definition, profile)
     # A resumed attempt goes on in the pipeline it started with.
     loop_class: type[RefinementLoop] = RefinementLoop
     if attempt.pipeline == "staged":

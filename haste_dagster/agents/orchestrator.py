@@ -293,6 +293,18 @@ def promote(
     return promoted
 
 
+def load_solvable(slug: str, defs_dir: Path | None = None) -> Competition:
+    """The competition, with everything that would fail after the budget is spent failing
+    here, before any compute: what the solver cannot model, and a broken leaderboard (an
+    ungraded competition, with neither medals nor a leaderboard, is fine: it is scored with
+    medal None). A multi-target competition is checked per target, by its sub-attempts."""
+    competition = load_competition(slug, defs_dir)
+    if not competition.definition.is_multi_target:
+        check_solvable(competition)
+        competition_thresholds(competition)
+    return competition
+
+
 def solve(
     conn: psycopg.Connection,
     slug: str,
@@ -308,7 +320,7 @@ def solve(
 ) -> SolveResult:
     """Attempt → skills → graded submission for one competition. ``resume_attempt_id``
     resumes that attempt (``resume`` alone: the newest ungraded one of ``slug``)."""
-    competition = load_competition(slug, defs_dir)
+    competition = load_solvable(slug, defs_dir)
     if competition.definition.is_multi_target:  # one sub-attempt per target column
         from haste_dagster.agents.multitarget import solve_multitarget
 
@@ -316,11 +328,6 @@ def solve(
             conn, competition, config, resume=resume, extract=extract, progress=progress,
             dagster_run_id=dagster_run_id, policy=policy,
         )
-    # Everything that would fail after the budget is spent fails here, before any compute:
-    # what the solver cannot model, and a broken leaderboard (an ungraded competition, with
-    # neither medals nor a leaderboard, is fine: it is scored with medal None).
-    check_solvable(competition)
-    competition_thresholds(competition)
     store = open_skill_store(conn)
     if policy is None:
         policy = make_policy(config.policy, conn, campaign_id=config.campaign_id)

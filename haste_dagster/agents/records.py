@@ -8,7 +8,7 @@ replayed write after resume can never duplicate it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
@@ -57,7 +57,7 @@ class AttemptRow:
     initial_spec: dict | None
     best_spec: dict | None
     best_cv: float | None
-    skills_loaded: list[dict] = field(default_factory=list)
+    skills_loaded: list[dict] | None = None  # None: not fixed yet (attempts.load_attempt_skills)
     label: str | None = None
     dagster_run_id: str | None = None
     test_score: float | None = None
@@ -173,10 +173,25 @@ def set_attempt_start(
 ) -> None:
     with conn.transaction():
         conn.execute(
+            # started_at: when the loop first starts (a parallel campaign phase creates its
+            # attempts' rows earlier, to fix their skills, and queues them)
             """UPDATE attempts SET initial_spec = %s, skills_loaded = %s, status = 'running',
-                                   error = NULL
+                                   error = NULL,
+                                   started_at = CASE WHEN initial_spec IS NULL THEN now()
+                                                     ELSE started_at END
                WHERE id = %s""",
             (Jsonb(initial_spec), Jsonb(skills_loaded), attempt_id),
+        )
+
+
+def set_skills_loaded(
+    conn: psycopg.Connection, attempt_id: int, skills_loaded: list[dict]
+) -> None:
+    """Fix the attempt's skills (once: a second call leaves the first choice)."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE attempts SET skills_loaded = %s WHERE id = %s AND skills_loaded IS NULL",
+            (Jsonb(skills_loaded), attempt_id),
         )
 
 

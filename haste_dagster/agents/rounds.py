@@ -172,13 +172,16 @@ def start_attempt(
         conn,
         competition,
         config,
-        policy,
+        policy.name,
         dagster_run_id=dagster_run_id,
         resume_attempt_id=resume_attempt_id,
     )
+    attempts.bind_policy(policy, attempt.id)
     if records.load_iterations(conn, attempt.id):
         return attempt, False
-    skills, loaded = attempts.load_attempt_skills(store, attempt, competition.definition, profile)
+    skills, loaded = attempts.load_attempt_skills(
+        conn, store, attempt, competition.definition, profile
+    )
     views = frozen_views(skills, loaded, competition, profile)
     initial, applied = policy.initial_spec(competition.problem, profile, views)
     if attempt.initial_spec is None:

@@ -193,7 +193,9 @@ def campaign_command(
     rerun: bool = typer.Option(True, "--rerun/--no-rerun", help="run the re-run phase"),
     workers: int = typer.Option(
         1, "--workers", min=1,
-        help="competitions solved side by side in each wave (promotion after every wave)",
+        help="worker processes: each phase runs as a work queue, its skills fixed when the "
+        "phase begins (the same campaign for any number above 1); 1: one after the other, "
+        "promotion after each",
     ),
 ) -> None:
     """The campaign protocol: round 1 one competition per domain cold, round 2 the rest warm,

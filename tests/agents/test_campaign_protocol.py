@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -117,26 +118,26 @@ def test_the_campaign_runs_rounds_and_a_rerun_phase_and_resumes_after_a_kill(
     assert conn.execute("SELECT count(*) AS n FROM attempts").fetchone()["n"] == count
 
 
-def test_a_campaign_in_waves_of_two_workers_records_every_step_once_with_the_same_cold_scores(
+def test_a_campaign_with_two_workers_records_every_step_once_with_the_same_cold_scores(
     db_url: str, conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
     defs = _defs(tmp_path / "defs")
     slugs = ["tiny_a", "tiny_c", "tiny_b"]
-    waves = campaign_protocol(conn, slugs, AttemptConfig(iterations=2, campaign_id="waves"),
-                              defs_dir=defs, workers=2, database_url=db_url)
-    assert all(s.error is None for s in waves.steps), [s.error for s in waves.steps]
-    # round 1 (tiny_a, tiny_c) ran side by side in one wave; steps keep the protocol's order
-    assert [(s.phase, s.arm, s.slug) for s in waves.steps[:3]] == [
+    queued = campaign_protocol(conn, slugs, AttemptConfig(iterations=2, campaign_id="queue"),
+                               defs_dir=defs, workers=2, database_url=db_url)
+    assert all(s.error is None for s in queued.steps), [s.error for s in queued.steps]
+    # round 1 (tiny_a, tiny_c) ran side by side; steps keep the protocol's order
+    assert [(s.phase, s.arm, s.slug) for s in queued.steps[:3]] == [
         ("round1", "cold", "tiny_a"), ("round1", "cold", "tiny_c"), ("round2", "warm", "tiny_b")]
     labels = conn.execute(
-        """SELECT label, count(*) AS n FROM attempts WHERE label LIKE 'campaign:waves:%'
+        """SELECT label, count(*) AS n FROM attempts WHERE label LIKE 'campaign:queue:%'
            GROUP BY label""").fetchall()
-    assert len(labels) == len(waves.steps) and all(r["n"] == 1 for r in labels)
+    assert len(labels) == len(queued.steps) and all(r["n"] == 1 for r in labels)
     # the workers wrote their skills to the shared store, and promotion saw them
     sources = {r["source_attempt"] for r in conn.execute(
         "SELECT source_attempt FROM skills WHERE source_attempt IS NOT NULL").fetchall()}
-    assert {s.attempt_id for s in waves.steps[:2]} <= sources
+    assert {s.attempt_id for s in queued.steps[:2]} <= sources
     # attempts without skills do not depend on how the campaign was scheduled
     line = campaign_protocol(conn, slugs, AttemptConfig(iterations=2, campaign_id="line"),
                              defs_dir=defs)
@@ -144,7 +145,57 @@ def test_a_campaign_in_waves_of_two_workers_records_every_step_once_with_the_sam
     def cold(run: CampaignRun) -> list[tuple]:
         return [(s.phase, s.arm, s.slug, s.score) for s in run.steps if s.loading == "none"]
 
-    assert cold(waves) == cold(line)
+    assert cold(queued) == cold(line)
+
+
+def test_a_parallel_phase_loads_the_store_as_it_began_so_any_worker_count_gives_one_campaign(
+    server_url: str, db_url: str, conn: psycopg.Connection, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Round 2 holds three competitions of one domain. Each one's skills are fixed before
+    any of them runs, so none sees the search prior or skills its phase-mates rewrite, and
+    two workers (two of them, then one) and three (all at once) make the same campaign."""
+    from haste_dagster import db
+
+    monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
+    defs = tmp_path / "defs"
+    for i, slug in enumerate(["tiny_a", "tiny_c", "tiny_b", "tiny_d", "tiny_e"]):
+        write_tiny_regression(defs, slug, seed=i + 1, rows=160, iterations=4,
+                              domain="small_tables" if slug == "tiny_c" else "tabular_regression")
+    slugs = ["tiny_a", "tiny_c", "tiny_b", "tiny_d", "tiny_e"]
+    at_phase_start: set[tuple[str, int]] = set()
+
+    def on_start(step: object) -> None:  # a parallel phase starts its first step after
+        if getattr(step, "phase", "") == "round2" and not at_phase_start:  # fixing them all
+            at_phase_start.update((r["id"], r["version"]) for r in conn.execute(
+                "SELECT id, version FROM skills").fetchall())
+            conn.commit()
+
+    def campaign(url: str, workers: int, hook: object = None) -> tuple[list, list, dict]:
+        with db.connection(url) as c:
+            run = campaign_protocol(
+                c, slugs, AttemptConfig(iterations=4, campaign_id="same"), defs_dir=defs,
+                rerun=False, workers=workers, database_url=url, on_start=hook,
+            )
+            assert all(s.error is None for s in run.steps), [s.error for s in run.steps]
+            loaded = [(r["label"], r["skills_loaded"]) for r in c.execute(
+                "SELECT label, skills_loaded FROM attempts ORDER BY label").fetchall()]
+            skills = [tuple(r.values()) for r in c.execute(
+                """SELECT id, version, tier, status FROM skills ORDER BY id, version"""
+            ).fetchall()]
+        steps = [(s.phase, s.arm, s.slug, s.score, s.medal) for s in run.steps]
+        return steps, loaded, {"skills": skills, "inventory": run.inventory}
+
+    two = campaign(db_url, 2, on_start)
+    round2 = [entries for label, entries in two[1] if ":round2:" in label]
+    assert len(round2) == 3 and all(entries for entries in round2)  # the prior, at least
+    fixed = {(e["id"], e["version"]) for entries in round2 for e in entries}
+    assert fixed <= at_phase_start
+    # ...while the store did move on during the phase (the domain prior was recounted)
+    assert {(r["id"], r["version"]) for r in conn.execute(
+        "SELECT id, version FROM skills").fetchall()} - at_phase_start
+    three = campaign(db.create_database(server_url, f"t_{uuid.uuid4().hex[:12]}"), 3)
+    assert three == two
 
 
 def test_campaign_workers_must_be_positive_and_need_the_database_url(
@@ -156,3 +207,35 @@ def test_campaign_workers_must_be_positive_and_need_the_database_url(
         campaign_protocol(conn, ["tiny_a"], AttemptConfig(), defs_dir=tmp_path, workers=0)
     with pytest.raises(ConfigError, match="database_url"):
         campaign_protocol(conn, ["tiny_a"], AttemptConfig(), defs_dir=tmp_path, workers=2)
+
+
+def test_a_competition_is_expected_to_cost_what_its_own_or_else_its_domains_attempts_did(
+    conn: psycopg.Connection,
+) -> None:
+    from haste_dagster.agents.campaign import expected_seconds
+
+    def finished(slug: str, domain: str, seconds: list[float], status: str = "finished") -> None:
+        conn.execute(
+            """INSERT INTO competitions (slug, domain, task, metric, definition)
+               VALUES (%s, %s, 'regression', 'rmse', '{}') ON CONFLICT DO NOTHING""",
+            (slug, domain))
+        attempt = conn.execute(
+            """INSERT INTO attempts (slug, policy, loading, seed, budget_iterations, status)
+               VALUES (%s, 'heuristic', 'none', 0, 3, %s) RETURNING id""",
+            (slug, status)).fetchone()["id"]
+        for idx, s in enumerate(seconds):
+            conn.execute("INSERT INTO iterations (attempt_id, idx, seconds) VALUES (%s, %s, %s)",
+                         (attempt, idx, s))
+
+    finished("text_a", "text", [100.0, 200.0])
+    finished("text_a", "text", [50.0, 50.0])
+    finished("text_b", "text", [1000.0], status="running")  # unfinished: no evidence yet
+    finished("table_a", "tables", [2.0, 4.0])
+    conn.commit()
+    domains = {"text_a": "text", "text_b": "text", "table_b": "tables", "new": "images"}
+    assert expected_seconds(conn, domains) == {
+        "text_a": 200.0,  # the mean of its own two attempts
+        "text_b": 200.0,  # its domain's mean
+        "table_a": 6.0,
+        "table_b": 6.0,
+    }  # "new" has no evidence: the queue runs it after those that have, in step order

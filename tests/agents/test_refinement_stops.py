@@ -112,7 +112,7 @@ def test_skill_usage_delta_is_positive_when_a_lower_is_better_score_drops(
     policy = _Scripted(with_skill)
     config = AttemptConfig(iterations=3)
     with db.connection(db_url) as conn:
-        attempt = open_attempt(conn, competition, config, policy)
+        attempt = open_attempt(conn, competition, config, policy.name)
         loop = RefinementLoop(
             conn,
             competition,

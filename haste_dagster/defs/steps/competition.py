@@ -129,13 +129,9 @@ def attempt_step(
 ) -> StepResult:
     from haste_dagster.agents.attempts import AttemptConfig
     from haste_dagster.agents.competition_agent import run_attempt
-    from haste_dagster.competitions.grading import competition_thresholds
-    from haste_dagster.competitions.registry import check_solvable
+    from haste_dagster.agents.orchestrator import load_solvable
 
-    competition = load_competition(slug)
-    # Fail before the budget is spent, as `haste solve` does.
-    check_solvable(competition)
-    competition_thresholds(competition)
+    competition = load_solvable(slug)  # fails before the budget is spent, as `haste solve` does
 
     def progress(idx: int, budget: int, row: IterationRow) -> None:
         mark = "kept" if row.kept else ("error" if row.error else "reverted")
