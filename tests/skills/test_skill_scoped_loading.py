@@ -104,3 +104,32 @@ def test_tiered_looks_past_nearby_globals_whose_conditions_fail(store: SkillStor
     far = store.add(make_skill("global", None, "Calibrate probabilities with isotonic fits"))
     loaded = store.scoped_skills("text_a", "text", PROFILE, "tiered", top_k_global=1)
     assert [s.id for s in loaded] == [far.id]
+
+
+
+def test_repeated_searches_reuse_one_generic_plan(
+    store: SkillStore, inventory: dict[str, Skill]
+) -> None:
+    """Once psycopg has prepared them, the nearest-neighbour searches of scoped loading and
+    `similar` can run on a cached generic plan instead of being planned on every execution:
+    the query vector is their only parameter (tier, status and LIMIT are literals), so the
+    generic plan of the global search still uses the partial index over active globals.
+    With parameters PostgreSQL kept planning each search anew at 100,000 skills (its
+    generic plan, blind to tier = 'global', searched the whole index)."""
+    first = store.scoped_skills("text_a", "text", PROFILE, "tiered")
+    first_similar = store.similar("word n-grams", k=3)
+    for _ in range(12):  # psycopg prepares at the 6th; PostgreSQL weighs 5 custom plans
+        assert store.scoped_skills("text_a", "text", PROFILE, "tiered") == first
+        assert store.similar("word n-grams", k=3) == first_similar
+    prepared = store.conn.execute(
+        """SELECT statement, parameter_types::text AS types, generic_plans
+           FROM pg_prepared_statements WHERE statement LIKE '%embedding <=>%'"""
+    ).fetchall()
+    assert len(prepared) == 2  # the global search of scoped loading and similar's top-k
+    assert [p["types"] for p in prepared] == ["{vector}", "{vector}"]
+    assert all(p["generic_plans"] > 0 for p in prepared)
+    global_search = next(p["statement"] for p in prepared if "'global'" in p["statement"])
+    with store.conn.transaction():
+        store.conn.execute("SET LOCAL enable_seqscan = off")  # a tiny table is read whole
+        plan = store.conn.execute(f"EXPLAIN (GENERIC_PLAN) {global_search}").fetchall()
+    assert "skills_global_hnsw" in "\n".join(r["QUERY PLAN"] for r in plan)
