@@ -4,11 +4,9 @@ and the fast decoding of stored rows into Skills (see ``SkillStore``)."""
 from __future__ import annotations
 
 import json
-import operator
 from typing import Any
 
 from psycopg.types.json import JsonbLoader
-from pydantic import BaseModel
 
 from haste_dagster.errors import SkillError
 from haste_dagster.skills.model import Condition, Evidence, Skill, SkillStats, canonical_json
@@ -85,12 +83,6 @@ class JsonbText(JsonbLoader):
 
 
 _FIELDS: dict[type, frozenset[str]] = {}
-# pydantic's instance slots, set through their descriptors (cheaper than object.__setattr__,
-# which looks each name up first)
-_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
-_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
-_SET_DICT = object.__setattr__
 
 
 def construct(cls: type, values: dict[str, Any]) -> Any:
@@ -102,21 +94,16 @@ def construct(cls: type, values: dict[str, Any]) -> Any:
         fields = _FIELDS[cls] = frozenset(cls.model_fields)
     if values.keys() != fields:
         return cls.model_construct(**values)
-    return _complete(cls, values)
-
-
-def _complete(cls: type, values: dict[str, Any]) -> Any:
-    """``construct`` for ``values`` known to hold exactly the fields of ``cls``."""
     obj = cls.__new__(cls)
-    _SET_DICT(obj, "__dict__", values)
-    _SET_FIELDS_SET(obj, set(values))
-    _SET_EXTRA(obj, None)
-    _SET_PRIVATE(obj, None)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
     return obj
 
 
 def row_stats(row: dict[str, Any]) -> SkillStats:
-    return _complete(
+    return construct(
         SkillStats,
         {
             "loaded": row["loaded"] or 0,
@@ -132,30 +119,18 @@ def row_conditions(row: dict[str, Any]) -> list[Condition]:
     return [construct(Condition, dict(c)) for c in row["conditions"]]
 
 
-# The columns a Skill takes from its row as they are; row_to_skill adds the rest.
-_ROW_FIELDS = ("id", "version", *VERSIONED_FIELDS, "created_at")
-_ROW_VALUES = operator.itemgetter(*_ROW_FIELDS)
-# row_to_skill builds every field itself, so it skips construct's check of the keys
-if {*_ROW_FIELDS, "stats", "content_hash", "embedding"} != set(Skill.model_fields) or set(
-    SkillStats.model_fields
-) != {"loaded", "applied", "kept", "mean_delta", "kept_delta_sum"}:
-    raise SkillError("store_rows: Skill or SkillStats fields changed; update row_to_skill")
-
-
 def row_to_skill(row: dict[str, Any], conditions: list[Condition] | None = None) -> Skill:
     """A Skill from a stored row without re-validation: rows are validated when written and
     never edited (a trigger enforces it), and loading is on the hot path of every attempt.
     ``SkillStore.validate_all`` re-checks every stored version in full. ``conditions``: the
     row's already decoded conditions."""
-    data = dict(zip(_ROW_FIELDS, _ROW_VALUES(row), strict=True))
+    data = {k: row[k] for k in ("id", "version", *VERSIONED_FIELDS, "created_at")}
     data["conditions"] = row_conditions(row) if conditions is None else conditions
     data["evidence"] = [construct(Evidence, dict(e)) for e in data["evidence"]]
     data["parent_ids"] = list(data["parent_ids"])
     data["payload"] = dict(data["payload"] or {})
-    data["stats"] = row_stats(row)
-    data["content_hash"] = row["content_hash"]
-    data["embedding"] = None
-    return _complete(Skill, data)
+    data.update(stats=row_stats(row), content_hash=row["content_hash"], embedding=None)
+    return construct(Skill, data)
 
 
 def applicable_skills(
