@@ -362,6 +362,8 @@ def open_attempt(
             raise AttemptStateError(
                 f"attempt {resume_attempt_id} belongs to {attempt.slug}, not {definition.slug}"
             )
+        if attempt.initial_spec is None:  # it never got going: it starts now
+            records.mark_started(conn, attempt.id)
         return attempt
     attempt_id = records.create_attempt(
         conn,

@@ -173,15 +173,19 @@ def set_attempt_start(
 ) -> None:
     with conn.transaction():
         conn.execute(
-            # started_at: when the loop first starts (a parallel campaign phase creates its
-            # attempts' rows earlier, to fix their skills, and queues them)
             """UPDATE attempts SET initial_spec = %s, skills_loaded = %s, status = 'running',
-                                   error = NULL,
-                                   started_at = CASE WHEN initial_spec IS NULL THEN now()
-                                                     ELSE started_at END
+                                   error = NULL
                WHERE id = %s""",
             (Jsonb(initial_spec), Jsonb(skills_loaded), attempt_id),
         )
+
+
+def mark_started(conn: psycopg.Connection, attempt_id: int) -> None:
+    """``started_at`` = now, for an attempt that starts running after its row was made (a
+    parallel campaign phase creates its attempts' rows early, to fix their skills, and then
+    queues them)."""
+    with conn.transaction():
+        conn.execute("UPDATE attempts SET started_at = now() WHERE id = %s", (attempt_id,))
 
 
 def set_skills_loaded(
