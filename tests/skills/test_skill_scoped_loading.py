@@ -106,7 +106,6 @@ def test_tiered_looks_past_nearby_globals_whose_conditions_fail(store: SkillStor
     assert [s.id for s in loaded] == [far.id]
 
 
-
 def test_repeated_searches_reuse_one_generic_plan(
     store: SkillStore, inventory: dict[str, Skill]
 ) -> None:
