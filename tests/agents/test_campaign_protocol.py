@@ -239,3 +239,46 @@ def test_a_competition_is_expected_to_cost_what_its_own_or_else_its_domains_atte
         "table_a": 6.0,
         "table_b": 6.0,
     }  # "new" has no evidence: the queue runs it after those that have, in step order
+
+
+def test_a_parallel_campaign_stopped_after_fixing_a_phase_resumes_it_with_the_skills_it_fixed(
+    db_url: str, conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haste_dagster.agents.factory import open_skill_store
+    from haste_dagster.competitions.profile import profile_data
+    from haste_dagster.competitions.registry import load_competition
+    from haste_dagster.skills.model import Skill
+
+    monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
+    defs = _defs(tmp_path / "defs")
+    slugs = ["tiny_a", "tiny_c", "tiny_b"]
+    config = AttemptConfig(iterations=2, campaign_id="stopped")
+
+    class Stopped(Exception):
+        pass
+
+    def stop_in_round_two(step: object) -> None:  # after the phase fixed its skills
+        if getattr(step, "phase", "") == "round2":
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        campaign_protocol(conn, slugs, config, defs_dir=defs, workers=2, database_url=db_url,
+                          on_start=stop_in_round_two)
+    query = "SELECT id, skills_loaded FROM attempts WHERE label LIKE 'campaign:stopped:round2:%'"
+    fixed = [dict(r) for r in conn.execute(query).fetchall()]
+    assert len(fixed) == 1 and fixed[0]["skills_loaded"] is not None
+    # The store moves on before the resume: a domain skill tiny_b would load if it loaded now.
+    store = open_skill_store(conn)
+    late = store.add(Skill(tier="domain", scope_key="tabular_regression",
+                           domain="tabular_regression", title="Prefer shallow trees",
+                           guidance="Shallow trees generalise on small tables."))
+    conn.commit()
+    profile = profile_data(load_competition("tiny_b", defs)).as_dict()
+    assert late.id in {s.id for s in store.scoped_skills("tiny_b", "tabular_regression",
+                                                           profile, "tiered")}
+
+    run = campaign_protocol(conn, slugs, config, defs_dir=defs, workers=2, database_url=db_url)
+    assert all(s.error is None for s in run.steps), [s.error for s in run.steps]
+    assert [s.reused for s in run.steps[:3]] == [True, True, False]
+    assert [dict(r) for r in conn.execute(query).fetchall()] == fixed  # one attempt, same skills
+    assert late.id not in {e["id"] for e in fixed[0]["skills_loaded"]}
