@@ -90,10 +90,7 @@ class RefinementLoop:
         self.competition = competition
         self.policy = policy
         self.skills_loaded = skills_loaded
-        utility = {entry["id"]: entry.get("utility", 0.0) for entry in skills_loaded}
-        self.views = skill_views(
-            skills, lambda skill_id: utility.get(skill_id, 0.0), competition.definition.domain
-        )
+        self.views = skill_views(skills, skills_loaded, competition.definition.domain)
         self.record_usage = record_usage
         self.progress = progress
         self.metric = get_metric(competition.problem.metric)

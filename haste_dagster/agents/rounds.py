@@ -138,10 +138,7 @@ def frozen_views(
     """Policy views of ``skills`` with the utilities frozen in their ``loaded`` entries,
     resolved as the sequential attempt resolves them (foreign rules capped, rules restated
     for this data, actions that no longer validate skipped with a logged reason)."""
-    utility = {entry["id"]: entry.get("utility", 0.0) for entry in loaded}
-    views = attempts.skill_views(
-        skills, lambda skill_id: utility.get(skill_id, 0.0), competition.definition.domain
-    )
+    views = attempts.skill_views(skills, loaded, competition.definition.domain)
     return resolve_skill_views(views, competition.problem, profile)
 
 

@@ -141,6 +141,8 @@ def skill_record(skill: Any) -> dict[str, Any]:
         value = _get(skill, name)
         if isinstance(value, int | float):
             record[name] = round(float(value), 4)
+    if _get(skill, "applies_unseen") is not None:
+        record["applies_unseen"] = bool(_get(skill, "applies_unseen"))
     return record
 
 

@@ -198,15 +198,15 @@ def test_a_foreign_rule_is_judged_here_on_its_data_conditions_not_on_the_task_it
                                   Condition(key="rows", op=">=", value=100)],
         action={"ops": [{"op": "set", "path": "numeric.missing_indicator", "value": True}]},
     )
-    (foreign,) = skill_views([rule], lambda _: 0.0, "tabular_regression")
-    (home,) = skill_views([rule], lambda _: 0.0, "tabular_classification")
+    (foreign,) = skill_views([rule], [], "tabular_regression")
+    (home,) = skill_views([rule], [], "tabular_classification")
     regression = {"task": "regression", "rows": 500}
     assert foreign.foreign and conditions_hold(foreign.conditions, regression)
     assert not conditions_hold(foreign.conditions, {"task": "regression", "rows": 50})
     assert not home.foreign and not conditions_hold(home.conditions, regression)
     # only rules are cross-evaluated that way: another domain's recipe keeps its task
     recipe = rule.model_copy(update={"kind": "recipe", "pattern": "recipe:binary:xgboost"})
-    (foreign_recipe,) = skill_views([recipe], lambda _: 0.0, "tabular_regression")
+    (foreign_recipe,) = skill_views([recipe], [], "tabular_regression")
     assert not conditions_hold(foreign_recipe.conditions, regression)
 
 
@@ -229,3 +229,46 @@ def test_a_warm_start_that_changes_nothing_the_model_sees_is_not_controlled(
     assert "control" not in result.attempt.extra  # ...but no control was evaluated for it
     (usage,) = [u for u in _usage(conn, result.attempt.attempt_id) if u["event"] == "screened"]
     assert usage["skill_id"] == inert.id and usage["delta"] == 0.0
+
+
+def test_a_sibling_rule_measured_only_where_it_was_learnt_is_tested_in_an_iteration_not_applied_unseen(
+    conn: psycopg.Connection, two_defs: Path
+) -> None:
+    from haste_dagster.agents import records
+    from haste_dagster.skills.pattern_promotion import recurred_skills
+
+    store = open_skill_store(conn)
+    in_sample = store.add(Skill(
+        tier="competition", scope_key="elsewhere", domain=DOMAIN, kind="rule",
+        pattern="set:model.params.max_depth=2", title="elsewhere: shallower trees",
+        guidance="When anywhere: set max_depth to 2. Evidence: kept on elsewhere.",
+        action={"ops": [{"op": "set", "path": "model.params.max_depth", "value": 2}]},
+        evidence=[Evidence(slug="elsewhere", delta=0.3)],
+    ))
+    assert recurred_skills(store, [in_sample]) == set()  # one competition: in-sample
+    result = solve(conn, "tiny_b", AttemptConfig(seed=0, iterations=2), defs_dir=two_defs,
+                   extract=False)
+    (entry,) = [e for e in result.attempt.skills_loaded if e["id"] == in_sample.id]
+    assert entry["applies_unseen"] is False
+    rows = records.load_iterations(conn, result.attempt.attempt_id)
+    assert rows[0].skill_ids == [] and "control" not in result.attempt.extra
+    assert rows[1].skill_ids == [in_sample.id]  # the keep rule tested it first
+    (usage,) = [u for u in _usage(conn, result.attempt.attempt_id)
+                if u["skill_id"] == in_sample.id]
+    assert usage["event"] == "applied" and usage["iteration_idx"] == 1
+    # measured on a second competition now: it recurred if it helped there too
+    assert (in_sample.id in recurred_skills(store, [store.get(in_sample.id)])) == (
+        usage["delta"] > 0)
+
+
+def test_a_benefit_recurs_when_it_helped_in_two_competitions_and_in_more_than_it_hurt() -> None:
+    from haste_dagster.skills.promotion import recurs
+
+    assert not recurs("competition", {"a": [0.3]})
+    assert not recurs("competition", {"a": [0.3], "b": [-0.1]})
+    assert recurs("competition", {"a": [0.3], "b": [0.01, -0.005]})
+    assert not recurs("competition", {"a": [0.3], "b": [0.1], "c": [-0.2], "d": [-0.1]})
+    # promotion already asked for two competitions: since then it must not have hurt as often
+    assert recurs("domain", {"a": [0.3]})
+    assert not recurs("domain", {"a": [0.3], "b": [-0.2]})
+    assert not recurs("global", {})
