@@ -18,9 +18,9 @@ from haste_dagster.skills.promotion import (
     conditions_hull,
     evidence_allows,
     evidence_union,
-    recurs,
     lock_promotions,
     median_of,
+    recurs,
 )
 from haste_dagster.skills.store import SkillStore
 

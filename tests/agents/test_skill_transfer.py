@@ -231,7 +231,7 @@ def test_a_warm_start_that_changes_nothing_the_model_sees_is_not_controlled(
     assert usage["skill_id"] == inert.id and usage["delta"] == 0.0
 
 
-def test_a_sibling_rule_measured_only_where_it_was_learnt_is_tested_in_an_iteration_not_applied_unseen(
+def test_a_sibling_rule_measured_only_where_it_was_learnt_is_tested_not_applied_unseen(
     conn: psycopg.Connection, two_defs: Path
 ) -> None:
     from haste_dagster.agents import records
