@@ -429,6 +429,7 @@ def fix_attempt_skills(
     config: AttemptConfig,
     *,
     resume_attempt_id: int | None = None,
+    dagster_run_id: str | None = None,
 ) -> int:
     """Open the attempt ``config`` asks for (or take ``resume_attempt_id``) and fix the
     skills it will load, now, without running it; returns its id.
@@ -441,6 +442,6 @@ def fix_attempt_skills(
     profile = profile_data(competition).as_dict()
     records.record_competition(conn, competition, profile)
     attempt = open_attempt(conn, competition, config, config.policy,
-                           resume_attempt_id=resume_attempt_id)
+                           dagster_run_id=dagster_run_id, resume_attempt_id=resume_attempt_id)
     load_attempt_skills(conn, store, attempt, competition.definition, profile)
     return attempt.id

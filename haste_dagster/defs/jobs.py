@@ -153,8 +153,61 @@ def _rounds(slugs: list[str]) -> tuple[list[str], list[str]]:
     "missing partitions.")
 def campaign_competitions(context: OpExecutionContext, config: CampaignConfig):  # noqa: ANN201
     round1, _ = _rounds(_campaign_slugs(context, config))
-    for slug in round1:
-        yield DynamicOutput({"slug": slug, "phase": "round1"}, mapping_key=_mapping_key(slug))
+    for order, slug in enumerate(round1):
+        yield DynamicOutput({"slug": slug, "phase": "round1", "order": order},
+                           mapping_key=_mapping_key(slug))
+
+
+def _promote_phase(
+    context: OpExecutionContext, solved: list[dict], skill_store: SkillStoreResource
+) -> None:
+    """Promotion after a phase, as `haste campaign` does it: the domain of every solved
+    step, in step order, whichever step finished first."""
+    from haste_dagster.agents.orchestrator import promote
+    from haste_dagster.errors import HasteError
+
+    with skill_store.open() as (conn, store):
+        for entry in sorted(solved, key=lambda e: e["order"]):
+            if entry["error"] is not None or entry.get("arm") == "control":
+                continue
+            try:
+                promote(conn, [entry["domain"]], store, dagster_run_id=context.run_id)
+            except (HasteError, ValueError, KeyError) as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                context.log.error(f"promotion after {entry['slug']} failed: {entry['error']}")
+
+
+def _fix_skills(
+    context: OpExecutionContext, slug: str, cfg: AttemptRunConfig,
+    skill_store: SkillStoreResource,
+) -> int | None:
+    """The attempt a later step will run, opened with its skills fixed now; None when that
+    fails (the step then fails the same way and records why)."""
+    from haste_dagster.errors import HasteError
+
+    try:
+        return steps.fix_skills_step(slug, cfg, skill_store=skill_store,
+                                     instance=context.instance, run_id=context.run_id)
+    except (HasteError, ValueError, KeyError) as exc:
+        context.log.error(f"could not fix the skills of {slug}: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _step_config(config: AttemptRunConfig, run_id: str, step: dict) -> AttemptRunConfig:
+    """``config`` for one campaign step. Round 1 is cold: no skills loaded, whatever the
+    store holds. The label ties the attempt to this campaign run (the transfer report reads
+    the protocol back from it)."""
+    from haste_dagster.agents.campaign import protocol_label
+
+    cold = step["phase"] == "round1"
+    label = protocol_label(run_id, step["phase"], "cold" if cold else "warm", step["slug"])
+    return config.model_copy(update={"label": label, **({"loading": "none"} if cold else {})})
+
+
+def _op_config(context: OpExecutionContext, op_name: str) -> AttemptRunConfig:
+    """The attempt settings this run's config gives op ``op_name`` (defaults filled in)."""
+    raw = ((context.run_config.get("ops") or {}).get(op_name) or {}).get("config") or {}
+    return AttemptRunConfig(**raw)
 
 
 def _solve(
@@ -166,17 +219,12 @@ def _solve(
     artifacts: ArtifactsResource,
     database: DatabaseResource,
 ) -> dict:
-    from haste_dagster.agents.campaign import protocol_label
     from haste_dagster.errors import HasteError
 
     slug = step["slug"]
-    # Round 1 is cold: no skills loaded, whatever the store holds. The label ties the
-    # attempt to this campaign run (the transfer report reads the protocol back from it).
-    arm = "cold" if step["phase"] == "round1" else "warm"
-    update: dict = {"label": protocol_label(context.run_id, step["phase"], arm, slug)}
-    if step["phase"] == "round1":
-        update["loading"] = "none"
-    cfg = config.model_copy(update=update)
+    cfg = _step_config(config, context.run_id, step)
+    outcome = {"slug": slug, "domain": None, "phase": step["phase"], "order": step["order"],
+               "medal": None, "error": None}
     try:
         data = steps.competition_data_step(slug, database)
         data.log_events(context, "competition_data", slug)
@@ -191,6 +239,7 @@ def _solve(
             instance=context.instance,
             run_id=context.run.run_id,
             log=context.log.info,
+            attempt_id=step.get("attempt_id"),  # round 2: opened with its skills fixed
         )
         attempt.log_events(context, "attempt", slug)
         submission = steps.submission_step(slug, attempt.value, database)
@@ -200,17 +249,12 @@ def _solve(
             slug, attempt.value, skill_store, run_id=context.run.run_id
         )
         skills.log_events(context, "competition_skills", slug)
-        with skill_store.open() as (conn, store):
-            from haste_dagster.agents.orchestrator import promote
-
-            promote(conn, [data.value], store, dagster_run_id=context.run.run_id)
     except (HasteError, ValueError, KeyError) as exc:
         # One broken competition must not stop the campaign; the last op fails the run.
         context.log.error(f"competition {slug} failed: {type(exc).__name__}: {exc}")
-        return {"slug": slug, "domain": None, "phase": step["phase"], "medal": None,
-                "error": f"{type(exc).__name__}: {exc}"}
-    return {"slug": slug, "domain": data.value, "phase": step["phase"],
-            "medal": str(submission.value.medal), "error": None}
+        return {**outcome, "error": f"{type(exc).__name__}: {exc}"}
+    # Promotion waits for the phase to end (`_promote_phase`).
+    return {**outcome, "domain": data.value, "medal": str(submission.value.medal)}
 
 
 @op(tags=TRAIN_TAGS, description="Solve one competition as the per-competition assets do.")
@@ -226,8 +270,12 @@ def solve_one(
     return _solve(context, step, config, skill_store, llm, artifacts, database)
 
 
-@op(out=DynamicOut(dict), description="Between rounds: consolidate (merge, retire, promote); "
-    "then round 2, the rest of the competitions, warm.")
+ROUND_TWO_SOLVER = "solve_round_two"
+
+
+@op(out=DynamicOut(dict), description="Between rounds: promote round 1, consolidate (merge, "
+    "retire, promote); then round 2, the rest of the competitions, warm, each attempt opened "
+    "with its skills fixed before any of them runs.")
 def round_two_competitions(  # noqa: ANN201
     context: OpExecutionContext,
     config: CampaignConfig,
@@ -236,15 +284,25 @@ def round_two_competitions(  # noqa: ANN201
 ):
     from haste_dagster.skills import consolidate
 
+    _promote_phase(context, solved, skill_store)
     with skill_store.open() as (_conn, store):
         consolidate(store)
     _, round2 = _rounds(_campaign_slugs(context, config))
-    for slug in round2:
-        yield DynamicOutput({"slug": slug, "phase": "round2"}, mapping_key=_mapping_key(slug))
+    # Every round-2 attempt loads the store as it stands now, with the settings its solve
+    # step runs with: which step finishes first changes nothing another one loads.
+    solver = _op_config(context, ROUND_TWO_SOLVER)
+    planned = [{"slug": slug, "phase": "round2", "order": i} for i, slug in enumerate(round2)]
+    for step in planned:
+        step["attempt_id"] = _fix_skills(
+            context, step["slug"], _step_config(solver, context.run_id, step), skill_store
+        )
+    for step in planned:
+        yield DynamicOutput(step, mapping_key=_mapping_key(step["slug"]))
 
 
-@op(tags=TRAIN_TAGS, description="The re-run phase: every competition that did not medal, "
-    "warm and without skills (control), with a new seed; then consolidation.")
+@op(tags=TRAIN_TAGS, description="Promote round 2 and consolidate; then the re-run phase: "
+    "every competition that did not medal, warm and without skills (control), with a new "
+    "seed, every attempt's skills fixed first; then promotion and consolidation.")
 def rerun_phase(
     context: OpExecutionContext,
     first: list[dict],
@@ -252,40 +310,44 @@ def rerun_phase(
     config: RerunConfig,
     skill_store: SkillStoreResource,
 ) -> list[dict]:
-    from haste_dagster.agents.attempts import AttemptConfig
     from haste_dagster.agents.campaign import RERUN_SEED_OFFSET, protocol_label
-    from haste_dagster.agents.orchestrator import promote, solve
+    from haste_dagster.agents.orchestrator import solve
     from haste_dagster.errors import HasteError
     from haste_dagster.skills import consolidate
 
+    _promote_phase(context, second, skill_store)
+    with skill_store.open() as (_conn, store):
+        consolidate(store)
     solved = [*first, *second]
     if not config.rerun:
         return solved
-    seed = config.seed + RERUN_SEED_OFFSET
     warm = config.loading if config.loading != "none" else "tiered"
+    missed = [e for e in solved if e["error"] is None and e["medal"] == "none"]
+    plan = [
+        {"slug": e["slug"], "domain": e["domain"], "phase": "rerun", "arm": arm,
+         "order": 2 * i + j,
+         "cfg": config.model_copy(update={
+             "loading": loading, "seed": config.seed + RERUN_SEED_OFFSET,
+             "label": protocol_label(context.run_id, "rerun", arm, e["slug"])})}
+        for i, e in enumerate(missed)
+        for j, (arm, loading) in enumerate((("warm", warm), ("control", "none")))
+    ]
+    for step in plan:  # as in round 2: every attempt of the phase loads the store as it is now
+        step["attempt_id"] = _fix_skills(context, step["slug"], step["cfg"], skill_store)
     reruns: list[dict] = []
-    with skill_store.open() as (conn, store):
-        consolidate(store)
-        for entry in [e for e in solved if e["error"] is None and e["medal"] == "none"]:
-            for arm, loading in (("warm", warm), ("control", "none")):
-                attempt = AttemptConfig(
-                    # iterations 0 (the launchpad default): each competition's own budget
-                    policy=config.policy, loading=loading, iterations=config.iterations or None,
-                    seed=seed, label=protocol_label(context.run_id, "rerun", arm, entry["slug"]),
-                )
-                try:
-                    result = solve(conn, entry["slug"], attempt, extract=arm == "warm",
-                                   dagster_run_id=context.run_id)
-                    if arm == "warm":
-                        promote(conn, [entry["domain"]], store, dagster_run_id=context.run_id)
-                    reruns.append({"slug": entry["slug"], "domain": entry["domain"],
-                                   "phase": "rerun", "arm": arm, "medal": result.grade.medal,
-                                   "error": None})
-                except (HasteError, ValueError, KeyError) as exc:
-                    context.log.error(f"re-run {arm} {entry['slug']} failed: {exc}")
-                    reruns.append({"slug": entry["slug"], "domain": entry["domain"],
-                                   "phase": "rerun", "arm": arm, "medal": None,
-                                   "error": f"{type(exc).__name__}: {exc}"})
+    with skill_store.open() as (conn, _store):
+        for step in plan:
+            cfg = step.pop("cfg")
+            try:
+                result = solve(conn, step["slug"], steps.attempt_config(cfg),
+                               extract=step["arm"] == "warm", dagster_run_id=context.run_id,
+                               resume_attempt_id=step.pop("attempt_id"))
+                reruns.append({**step, "medal": result.grade.medal, "error": None})
+            except (HasteError, ValueError, KeyError) as exc:
+                context.log.error(f"re-run {step['arm']} {step['slug']} failed: {exc}")
+                reruns.append({**step, "medal": None, "error": f"{type(exc).__name__}: {exc}"})
+    _promote_phase(context, reruns, skill_store)
+    with skill_store.open() as (_conn, store):
         consolidate(store)
     return [*solved, *reruns]
 
@@ -330,7 +392,7 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
     )
     def campaign() -> None:
         first = campaign_competitions().map(solve_one).collect()
-        second = round_two_competitions(first).map(solve_one.alias("solve_round_two")).collect()
+        second = round_two_competitions(first).map(solve_one.alias(ROUND_TWO_SOLVER)).collect()
         promote_and_report(rerun_phase(first, second))
 
     return campaign

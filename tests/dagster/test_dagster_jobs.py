@@ -61,6 +61,52 @@ def test_campaign_job_solves_every_competition_then_promotes_and_reports(
     instance.dispose()
 
 
+def test_campaign_job_fixes_every_round_two_attempts_skills_before_any_of_them_runs(
+    tiny_env: dict[str, Path], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tiny_competitions import write_tiny_regression
+
+    from haste_dagster import db
+    from haste_dagster.agents.factory import open_skill_store
+    from haste_dagster.competitions.profile import profile_data
+    from haste_dagster.competitions.registry import load_competition
+
+    monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
+    defs = tiny_env["defs"].parent / "three_defs"
+    for seed, slug in enumerate(("tiny_a", "tiny_b", "tiny_c"), start=1):
+        write_tiny_regression(defs, slug, seed=seed, rows=300, iterations=6)
+    monkeypatch.setenv("HASTE_COMPETITION_DEFS", str(defs))
+    instance = dagster_instance(db_url, tiny_env["dagster_home"])
+    result = build_definitions().resolve_job_def("campaign").execute_in_process(
+        instance=instance, run_config={"ops": {"rerun_phase": {"config": {"rerun": False}}}}
+    )
+    assert result.success
+    with db.connection(db_url) as conn:
+        round2 = conn.execute(
+            """SELECT id, slug, skills_loaded, dagster_run_id FROM attempts
+               WHERE label LIKE %s ORDER BY slug""", (f"campaign:{result.run_id}:round2:%",)
+        ).fetchall()
+        assert [a["slug"] for a in round2] == ["tiny_b", "tiny_c"]  # run one after the other
+        assert all(a["dagster_run_id"] == result.run_id for a in round2)
+        learnt_in_round2 = {
+            r["id"] for r in conn.execute(
+                "SELECT id FROM skills WHERE source_attempt = ANY(%s)",
+                ([a["id"] for a in round2],),
+            ).fetchall()
+        }
+        for attempt in round2:
+            loaded = {entry["id"] for entry in attempt["skills_loaded"]}
+            assert not loaded & learnt_in_round2, attempt["slug"]
+        # What the store offers the later attempt now, it did not offer when round 2 began:
+        # the phase rule, not luck, kept it out.
+        later = load_competition("tiny_c")
+        now = open_skill_store(conn).scoped_skills(
+            "tiny_c", later.definition.domain, profile_data(later).as_dict(), "tiered"
+        )
+    assert {s.id for s in now} & learnt_in_round2
+    instance.dispose()
+
+
 def test_nightly_consolidation_schedule_is_on_by_default_at_3am(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -8,12 +8,14 @@ Modules: ``result`` (StepResult), ``competition``, ``skills``, ``reports`` (by a
 """
 
 from haste_dagster.defs.steps.competition import (
+    attempt_config,
     attempt_metadata,
     attempt_outcomes,
     attempt_step,
     competition_data_step,
     competition_skills_audit,
     competition_skills_step,
+    fix_skills_step,
     learning_curve_metadata,
     load_competition,
     resume_attempt_id,
@@ -44,6 +46,7 @@ __all__ = [
     "Log",
     "REPORT_COLUMNS",
     "StepResult",
+    "attempt_config",
     "attempt_metadata",
     "attempt_outcomes",
     "attempt_step",
@@ -52,6 +55,7 @@ __all__ = [
     "competition_skills_step",
     "consolidate_step",
     "domain_skills_step",
+    "fix_skills_step",
     "global_skills_step",
     "learning_curve_metadata",
     "load_competition",

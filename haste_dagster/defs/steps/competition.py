@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the domain modules load when a step runs, not with the code
 
     import psycopg
 
-    from haste_dagster.agents.attempts import AttemptResult
+    from haste_dagster.agents.attempts import AttemptConfig, AttemptResult
     from haste_dagster.agents.records import AttemptRow, IterationRow
     from haste_dagster.competitions.registry import Competition
     from haste_dagster.skills.model import Skill
@@ -116,6 +116,46 @@ def resume_attempt_id(
     return records.resumable_attempt(conn, slug, cfg, run_is_live=run_is_live(instance))
 
 
+def attempt_config(cfg: AttemptRunConfig) -> AttemptConfig:
+    """The domain's attempt settings for a step's run config."""
+    from haste_dagster.agents.attempts import AttemptConfig
+
+    return AttemptConfig(
+        policy=cfg.policy,
+        loading=cfg.loading,
+        iterations=cfg.iterations or None,  # 0: the competition's budget
+        seed=cfg.seed,
+        label=cfg.label,
+        pipeline=cfg.pipeline,
+    )
+
+
+def fix_skills_step(
+    slug: str,
+    cfg: AttemptRunConfig,
+    *,
+    skill_store: SkillStoreResource,
+    instance: DagsterInstance,
+    run_id: str,
+) -> int | None:
+    """Open the attempt a later step with ``cfg`` will run (or the one it would resume) and
+    fix its skills now (`attempts.fix_attempt_skills`): a campaign phase does this for all
+    its attempts before any runs, so none of them depends on which finished first. None
+    for a multi-target competition (its targets fix their own)."""
+    from haste_dagster.agents.attempts import fix_attempt_skills
+    from haste_dagster.agents.orchestrator import load_solvable
+
+    competition = load_solvable(slug)
+    if competition.definition.is_multi_target:
+        return None
+    with skill_store.open() as (conn, store):
+        return fix_attempt_skills(
+            conn, store, competition, attempt_config(cfg),
+            resume_attempt_id=resume_attempt_id(instance, conn, slug, cfg),
+            dagster_run_id=run_id,
+        )
+
+
 def attempt_step(
     slug: str,
     cfg: AttemptRunConfig,
@@ -126,10 +166,13 @@ def attempt_step(
     instance: DagsterInstance,
     run_id: str,
     log: Log,
+    attempt_id: int | None = None,
 ) -> StepResult:
-    from haste_dagster.agents.attempts import AttemptConfig
+    """Run the attempt: ``attempt_id`` (opened, its skills fixed, by `fix_skills_step`),
+    else the one the resume rule finds, else a new one."""
     from haste_dagster.agents.competition_agent import run_attempt
     from haste_dagster.agents.orchestrator import load_solvable
+    from haste_dagster.agents.records import get_attempt
 
     competition = load_solvable(slug)  # fails before the budget is spent, as `haste solve` does
 
@@ -138,20 +181,15 @@ def attempt_step(
         log(f"{slug} iteration {idx}/{budget}: cv {row.cv_mean} {mark}")
 
     with skill_store.open() as (conn, store):
-        resume_id = resume_attempt_id(instance, conn, slug, cfg)
-        if resume_id is not None:
+        resume_id = attempt_id or resume_attempt_id(instance, conn, slug, cfg)
+        # resumed: it had started before (an attempt only fixed in advance starts now)
+        resumed = resume_id is not None and get_attempt(conn, resume_id).initial_spec is not None
+        if resumed:
             log(f"resuming attempt {resume_id}")
         result = run_attempt(
             conn,
             competition,
-            AttemptConfig(
-                policy=cfg.policy,
-                loading=cfg.loading,
-                iterations=cfg.iterations or None,  # 0: the competition's budget
-                seed=cfg.seed,
-                label=cfg.label,
-                pipeline=cfg.pipeline,
-            ),
+            attempt_config(cfg),
             store=store,
             policy=llm.policy(cfg.policy, conn, campaign_id=run_id),
             dagster_run_id=run_id,
@@ -174,7 +212,7 @@ def attempt_step(
                 result.iterations, png, slug, competition.metric.higher_is_better
             ),
             "learning_curve_path": MetadataValue.path(str(png)),
-            "resumed": resume_id is not None,
+            "resumed": resumed,
         }
     )
     if cfg.policy == "llm":
