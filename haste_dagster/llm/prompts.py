@@ -323,7 +323,9 @@ def specialist_messages(
         "that will refine the spec.\n"
         "Rules: apply only skills whose conditions match the dataset profile; cite only "
         "skill ids listed in the skills block; the patch must use only the steps, models and "
-        "parameters of the spec format; an empty patch keeps the default spec."
+        "parameters of the spec format; an empty patch keeps the default spec. A skill "
+        "with applies_unseen false was measured only on the competition it was learnt on: "
+        "pass it down to be tested rather than applying it."
     )
     return _conversation(
         _shared_context(problem, profile, scoped, space),
