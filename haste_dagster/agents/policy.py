@@ -306,8 +306,12 @@ def resolve_skill_views(
             candidate = apply_patch(default, patch)
             check_spec_for_problem(candidate, problem)
         except (SpecError, ValidationError) as exc:
-            log.warning("skill %s (%s) skipped on %s: its action no longer validates against "
-                        "the spec space: %s", view.id, view.kind, problem.slug, exc)
+            if view.foreign:  # a candidate from another domain's task: expected to miss often
+                log.info("foreign skill %s (%s) skipped on %s: it does not fit this task: %s",
+                         view.id, view.kind, problem.slug, exc)
+            else:
+                log.warning("skill %s (%s) skipped on %s: its action no longer validates "
+                            "against the spec space: %s", view.id, view.kind, problem.slug, exc)
             continue
         foreign += view.foreign
         out.append(SkillView(**{**view.__dict__, "action": patch.model_dump(mode="json")}))
