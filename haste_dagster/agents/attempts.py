@@ -143,11 +143,10 @@ def should_keep(
 def skill_views(
     skills: list[Skill], loaded: Sequence[Mapping[str, Any]], domain: str | None = None
 ) -> list[SkillView]:
-    """Policy views of ``skills`` with the utility and ``applies_unseen`` frozen in their
-    ``loaded`` entries (`load_attempt_skills`); with ``domain`` (the competition's), a
-    domain skill of another domain is marked ``foreign`` (a cross-evaluation candidate,
-    never applied unseen) and carries the conditions it must meet here
-    (`skills.scope.conditions_here`)."""
+    """Policy views of ``skills`` with the utilities frozen in their ``loaded`` entries
+    (`load_attempt_skills`); with ``domain`` (the competition's), a domain skill of another
+    domain is marked ``foreign`` (a cross-evaluation candidate) and carries the conditions
+    it must meet here (`skills.scope.conditions_here`)."""
     from haste_dagster.skills.scope import conditions_here, is_foreign
 
     frozen = {entry["id"]: entry for entry in loaded}
@@ -169,7 +168,6 @@ def skill_views(
             kind=kind,
             payload=dict(getattr(s, "payload", None) or {}),
             foreign=foreign,
-            applies_unseen=bool(entry.get("applies_unseen", False)) and not foreign,
         ))
     return views
 
@@ -399,21 +397,14 @@ def load_attempt_skills(
 ) -> tuple[list[Skill], list[dict[str, Any]]]:
     """(skills, loaded entries) of the attempt: fixed once, the first time they are asked
     for (scoped, recorded as loaded and stored on the attempt row), read back from
-    ``skills_loaded`` ever after. Utilities, and whether each skill may shape the start
-    unseen (it was learnt on this competition, or its benefit recurred beyond the one it
-    was learnt on: `skills.promotion.recurs`), are frozen with them, so a resumed attempt, a
+    ``skills_loaded`` ever after. Utilities are frozen with them, so a resumed attempt, a
     round on another machine, or an attempt that a campaign phase fixed before it ran
     (`fix_attempt_skills`) sees what was in the store when they were fixed."""
     if attempt.skills_loaded is None:
-        from haste_dagster.skills.pattern_promotion import recurred_skills
-
         skills = store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading)
         store.record_loaded(attempt.id, skills)
-        recurred = recurred_skills(store, skills)
         loaded = [
-            {"id": s.id, "version": s.version, "tier": s.tier, "utility": store.utility(s.id),
-             "applies_unseen": s.id in recurred or (s.tier, s.scope_key) == (
-                 "competition", definition.slug)}
+            {"id": s.id, "version": s.version, "tier": s.tier, "utility": store.utility(s.id)}
             for s in skills
         ]
         records.set_skills_loaded(conn, attempt.id, loaded)

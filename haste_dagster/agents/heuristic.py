@@ -1,9 +1,7 @@
 """HeuristicPolicy: the offline default policy, a real optimiser with no LLM.
 
 Initial spec: `default_spec(problem)` with the applicable skill actions of highest positive
-utility applied (one decision per spec path: a higher-utility skill wins a conflict), of
-the skills learnt on this competition or whose benefit recurred beyond the one they were
-learnt on (`SkillView.applies_unseen`).
+utility applied (one decision per spec path: a higher-utility skill wins a conflict).
 
 Proposals, in order:
 1. applicable skill actions not tried yet in this attempt, best utility first (untried
@@ -126,11 +124,10 @@ class HeuristicPolicy:
         for skill, patch in applicable_skills(skills, profile, problem):
             if len(applied) >= self.max_initial_skills:
                 break
-            # A benefit measured only on another competition it was learnt on is in-sample
-            # (kept because it scored well there): such a skill, like an untried one
-            # (utility 0), is proposed as an iteration instead, where the keep rule tests
-            # it and its usage gets recorded. Harmful ones (< 0) are never applied.
-            if skill.utility <= 0 or not skill.applies_unseen:
+            # Only skills with a recorded benefit go in unseen; an untried one (utility 0) is
+            # proposed as an iteration instead, where the keep rule tests it and its usage
+            # gets recorded. Harmful ones (< 0) are never applied.
+            if skill.utility <= 0:
                 continue
             paths = patch.paths()
             if any(_overlaps(p, d) for p in paths for d in decided):

@@ -38,10 +38,6 @@ class SkillView:
     payload: dict = field(default_factory=dict)  # a prior's move counts, a rule's template
     # A rule promoted in another domain, loaded to be cross-evaluated here (skills.scope).
     foreign: bool = False
-    # It may shape a start unseen: it was learnt on this competition, or its benefit was
-    # measured beyond the one it was learnt on (`skills.promotion.recurs`). Any other
-    # skill is proposed as an iteration, where the keep rule tests it.
-    applies_unseen: bool = False
 
 
 @dataclass

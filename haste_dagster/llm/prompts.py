@@ -141,8 +141,6 @@ def skill_record(skill: Any) -> dict[str, Any]:
         value = _get(skill, name)
         if isinstance(value, int | float):
             record[name] = round(float(value), 4)
-    if _get(skill, "applies_unseen") is not None:
-        record["applies_unseen"] = bool(_get(skill, "applies_unseen"))
     return record
 
 
@@ -323,9 +321,7 @@ def specialist_messages(
         "that will refine the spec.\n"
         "Rules: apply only skills whose conditions match the dataset profile; cite only "
         "skill ids listed in the skills block; the patch must use only the steps, models and "
-        "parameters of the spec format; an empty patch keeps the default spec. A skill "
-        "with applies_unseen false was measured only on the competition it was learnt on: "
-        "pass it down to be tested rather than applying it."
+        "parameters of the spec format; an empty patch keeps the default spec."
     )
     return _conversation(
         _shared_context(problem, profile, scoped, space),

@@ -20,7 +20,6 @@ from haste_dagster.skills.promotion import (
     evidence_union,
     lock_promotions,
     median_of,
-    recurs,
 )
 from haste_dagster.skills.store import SkillStore
 
@@ -51,39 +50,17 @@ def measured_by_competition(
 ) -> dict[str, list[tuple[str, float]]]:
     """competition slug -> [(skill id, delta)] over the skills' evidence and usage."""
     out: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    for skill_id, per in measured_per_skill(store, skills).items():
-        for slug, deltas in per.items():
-            out[slug] += [(skill_id, d) for d in deltas]
-    return out
-
-
-def measured_per_skill(
-    store: SkillStore, skills: Sequence[Skill]
-) -> dict[str, dict[str, list[float]]]:
-    """skill id -> competition slug -> deltas: each skill's evidence (where it was learnt)
-    and its measured uses (where it was tried), a kept change counted once."""
-    out: dict[str, dict[str, list[float]]] = {}
     usage = store.measured_effects([s.id or "" for s in skills])
     for skill in skills:
-        per: dict[str, list[float]] = out.setdefault(skill.id or "", defaultdict(list))
         seen: set[tuple[int | None, int | None]] = set()
         for e in skill.evidence:
-            per[e.slug].append(e.delta)
+            out[e.slug].append((skill.id or "", e.delta))
             seen.add((e.attempt_id, e.iteration))
         for row in usage.get(skill.id or "", []):
             if (row["attempt_id"], row["iteration_idx"]) in seen and row["event"] == "applied":
                 continue  # the kept change extraction already wrote down as evidence
-            per[row["slug"]].append(float(row["delta"]))
+            out[row["slug"]].append((skill.id or "", float(row["delta"])))
     return out
-
-
-def recurred_skills(store: SkillStore, skills: Sequence[Skill]) -> set[str]:
-    """Ids of the skills whose benefit has been seen beyond one competition (`recurs`)."""
-    measured = measured_per_skill(store, skills)
-    return {
-        s.id for s in skills
-        if s.id is not None and recurs(s.tier, measured.get(s.id, {}))
-    }
 
 
 def _widen(conditions: Sequence[Condition], profile: dict[str, Any]) -> list[Condition]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,18 +117,6 @@ def evidence_allows(tier: str, sources: Iterable[Any]) -> tuple[bool, str]:
     if len(helped) <= len(hurt):
         return False, f"{said}; contradicting evidence outweighs it"
     return True, said
-
-
-def recurs(tier: str, measured: Mapping[str, Sequence[float]]) -> bool:
-    """Whether a skill's benefit has recurred: ``measured`` (competition -> deltas) shows
-    it helped in at least ``MIN_SUPPORT`` competitions and in more than it hurt; a domain
-    or global skill passed that test to be promoted, so it needs only not to have hurt in
-    as many competitions as it helped since. A benefit measured on one competition alone
-    is in-sample (the change was kept there because it scored well there), so it does not
-    count as a reason to apply the skill unseen elsewhere."""
-    helped, hurt = _verdicts({slug: list(deltas) for slug, deltas in measured.items()})
-    needed = 1 if tier in ("domain", "global") else MIN_SUPPORT
-    return len(helped) >= needed and len(helped) > len(hurt)
 
 
 # ---- patterns --------------------------------------------------------------------------

@@ -32,14 +32,7 @@ def _problem() -> Problem:
     return synthetic.make_regression(n=40).problem
 
 
-def _skill(
-    sid: str,
-    utility: float,
-    ops: list[dict],
-    conditions: dict | None = None,
-    *,
-    applies_unseen: bool = True,
-) -> SkillView:
+def _skill(sid: str, utility: float, ops: list[dict], conditions: dict | None = None) -> SkillView:
     return SkillView(
         id=sid,
         tier="domain",
@@ -48,7 +41,6 @@ def _skill(
         action={"ops": ops},
         utility=utility,
         conditions=conditions or {},
-        applies_unseen=applies_unseen,
     )
 
 
@@ -147,20 +139,6 @@ def test_initial_spec_applies_the_highest_utility_skill_of_a_conflict() -> None:
     assert applied == ["depth8", "scale"]  # unproven (utility 0) waits to be tested
     assert spec.model.params["max_depth"] == 8 and spec.categorical.encoding == "ordinal"
     assert spec.text == default_spec(_problem()).text
-
-
-def test_a_skill_whose_benefit_was_measured_only_where_it_was_learnt_is_tested_not_applied_unseen(
-) -> None:
-    in_sample = _skill("in_sample", 0.05, _depth(8), applies_unseen=False)
-    recurred = _skill(
-        "recurred", 0.01, [{"op": "set", "path": "categorical.encoding", "value": "ordinal"}]
-    )
-    spec, applied = HeuristicPolicy().initial_spec(_problem(), PROFILE, [in_sample, recurred])
-    assert applied == ["recurred"]
-    assert spec.model.params["max_depth"] == default_spec(_problem()).model.params["max_depth"]
-    proposals, _, _, _ = _run(HeuristicPolicy(), _problem(), _toy_score, 1,
-                              skills=[in_sample, recurred])
-    assert proposals[0].skill_ids == ["in_sample"]  # the keep rule tests it first
 
 
 def test_untried_skill_actions_are_proposed_first_by_utility_citing_their_ids() -> None:
