@@ -324,24 +324,23 @@ def rerun_phase(
     warm = config.loading if config.loading != "none" else "tiered"
     missed = [e for e in solved if e["error"] is None and e["medal"] == "none"]
     plan = [
-        {"slug": e["slug"], "domain": e["domain"], "phase": "rerun", "arm": arm,
-         "order": 2 * i + j,
-         "cfg": config.model_copy(update={
+        ({"slug": e["slug"], "domain": e["domain"], "phase": "rerun", "arm": arm,
+          "order": 2 * i + j},
+         config.model_copy(update={
              "loading": loading, "seed": config.seed + RERUN_SEED_OFFSET,
-             "label": protocol_label(context.run_id, "rerun", arm, e["slug"])})}
+             "label": protocol_label(context.run_id, "rerun", arm, e["slug"])}))
         for i, e in enumerate(missed)
         for j, (arm, loading) in enumerate((("warm", warm), ("control", "none")))
     ]
-    for step in plan:  # as in round 2: every attempt of the phase loads the store as it is now
-        step["attempt_id"] = _fix_skills(context, step["slug"], step["cfg"], skill_store)
+    # As in round 2: every attempt of the phase loads the store as it stands now.
+    fixed = [_fix_skills(context, step["slug"], cfg, skill_store) for step, cfg in plan]
     reruns: list[dict] = []
     with skill_store.open() as (conn, _store):
-        for step in plan:
-            cfg = step.pop("cfg")
+        for (step, cfg), attempt_id in zip(plan, fixed, strict=True):
             try:
                 result = solve(conn, step["slug"], steps.attempt_config(cfg),
                                extract=step["arm"] == "warm", dagster_run_id=context.run_id,
-                               resume_attempt_id=step.pop("attempt_id"))
+                               resume_attempt_id=attempt_id)
                 reruns.append({**step, "medal": result.grade.medal, "error": None})
             except (HasteError, ValueError, KeyError) as exc:
                 context.log.error(f"re-run {step['arm']} {step['slug']} failed: {exc}")
