@@ -48,7 +48,6 @@ from haste_dagster.agents.attempts import (
     should_keep,
     skill_views,
 )
-from haste_dagster.agents.heuristic import move_outcome
 from haste_dagster.agents.policy import (
     Policy,
     PolicyContext,
@@ -324,9 +323,6 @@ class RefinementLoop:
         if row.error is None and proposal.patch is not None:
             try:
                 candidate = apply_patch(incumbent, proposal.patch)
-                outcome = move_outcome(incumbent, proposal.patch)
-                if outcome is not None:  # which way it went, for the domain's search prior
-                    row.detail = {**(row.detail or {}), "outcome": outcome}
                 cv = self._evaluate(candidate, attempt.seed, deadline)
             except HasteError as exc:
                 row.error = f"{type(exc).__name__}: {exc}"

@@ -25,9 +25,7 @@ a resumed attempt proposes exactly what the uninterrupted one would have.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,32 +97,6 @@ def move_key(patch: dict | Patch | None) -> str | None:
         if paths == ["model.params.learning_rate", "model.params.max_iter"]:
             return "trade:learning_rate"
     return op.path  # type: ignore[union-attr]
-
-
-def move_outcome(spec: SolutionSpec, patch: dict | Patch | None) -> str | None:
-    """Which way a one-value move went from ``spec``: ``up`` or ``down`` for a number, the
-    new value as JSON for a choice or flag; None for any other patch."""
-    key = move_key(patch)
-    if key is None or key.startswith(("family:", "trade:")):
-        return None
-    parsed = patch if isinstance(patch, Patch) else parse_patch(patch)
-    op = parsed.ops[0]
-    if len(parsed.ops) != 1 or op.op != "set":
-        return None
-    try:
-        old = _get(spec, op.path)  # type: ignore[union-attr]
-    except (KeyError, TypeError):
-        return None
-    new = op.value  # type: ignore[union-attr]
-    if _is_number(old) and _is_number(new):
-        return None if new == old else ("up" if new > old else "down")
-    if isinstance(new, (str, bool)) or new is None:
-        return json.dumps(new)
-    return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def switched_family(patch: dict | Patch | None) -> str | None:
@@ -318,10 +290,10 @@ class HeuristicPolicy:
         moves = self._moves(ctx, state, structural=structural)
         if not moves:
             return None
-        priors = SearchPriors.from_skills(ctx.skills)
+        priors = move_priors(ctx.skills)
         draws = [
             rng.beta(
-                prior * priors.weight(key) + state.kept.get(key, 0),
+                prior * priors.get(key, 1.0) + state.kept.get(key, 0),
                 1.0 + state.tries.get(key, 0) - state.kept.get(key, 0),
             )
             for key, prior, _ in moves
@@ -332,8 +304,7 @@ class HeuristicPolicy:
             return self._family_move(ctx, payload, record)
         if key == "trade:learning_rate":
             return self._trade_move(ctx.incumbent, rng, state.sigma, record)
-        lean = priors.lean(key, payload)
-        return self._param_move(ctx, key, payload, rng, state.sigma, record, lean)
+        return self._param_move(ctx, key, payload, rng, state.sigma, record)
 
     def _family_move(self, ctx: PolicyContext, family: str, record: str) -> tuple[Patch, str]:
         kind = task_kind(ctx.problem)
@@ -382,78 +353,30 @@ class HeuristicPolicy:
         rng: np.random.Generator,
         sigma: float,
         record: str,
-        lean: Callable[[Any], float] | None = None,
     ) -> tuple[Patch, str]:
         current = _get(ctx.incumbent, path)
         if param.kind == "int_list":
             new = _list_move(path, list(current), ctx.problem, rng)
         else:
-            new = param.mutate(current, rng, sigma, lean)
+            new = param.mutate(current, rng, sigma)
         patch = parse_patch({"ops": [{"op": "set", "path": path, "value": new}]})
         return patch, f"explore: {path} {current!r} → {new!r} (σ={sigma:.2f}, {record})"
 
 
-PSEUDO_TRIES = 2  # a count is shrunk toward the domain's kept rate by this many tries
-
-
-@dataclass(frozen=True)
-class SearchPriors:
-    """The domain's search priors (skills of kind ``prior``, see ``skills.priors``) as the
-    move draw uses them.
-
-    Every rate is a kept rate shrunk toward the domain's overall kept rate (empirical
-    Bayes, ``PSEUDO_TRIES`` tries at that rate), and a weight is that rate divided by the
-    overall one: a move kept more often than the domain's average is drawn more, one kept
-    less often is drawn less, one never tried keeps its space weight (1). Dividing by a
-    fixed one half instead, as an earlier version did, made every move kept less than half
-    the time (nearly all) weigh less than an untried one, so the prior could only discourage.
-    """
-
-    moves: dict[str, tuple[int, int]]  # move key -> (tried, kept)
-    outcomes: dict[str, dict[str, tuple[int, int]]]  # path -> outcome -> (tried, kept)
-    base: float  # the domain's smoothed overall kept rate
-
-    @classmethod
-    def from_skills(cls, skills: list[SkillView]) -> SearchPriors:
-        moves: dict[str, tuple[int, int]] = {}
-        outcomes: dict[str, dict[str, tuple[int, int]]] = {}
-        for skill in skills:
-            if skill.kind != "prior":
-                continue
-            for key, pair in (skill.payload.get("moves") or {}).items():
-                moves[key] = _add(moves.get(key), pair)
-            for path, by_outcome in (skill.payload.get("outcomes") or {}).items():
-                have = outcomes.setdefault(path, {})
-                for outcome, pair in by_outcome.items():
-                    have[outcome] = _add(have.get(outcome), pair)
-        tried = sum(t for t, _ in moves.values())
-        kept = sum(k for _, k in moves.values())
-        return cls(moves, outcomes, (kept + 1) / (tried + 2))
-
-    def rate(self, pair: tuple[int, int] | None) -> float:
-        tried, kept = pair or (0, 0)
-        return (kept + PSEUDO_TRIES * self.base) / (tried + PSEUDO_TRIES)
-
-    def weight(self, key: str) -> float:
-        """The move's draw weight relative to its space weight (1 = no evidence)."""
-        return self.rate(self.moves.get(key)) / self.base
-
-    def lean(self, path: str, param: Param) -> Callable[[Any], float] | None:
-        """How a step on ``path`` should lean (see `Param.mutate`): the shrunk kept rate of
-        each outcome (``up``/``down`` for a number, a choice's value as JSON); None
-        without evidence."""
-        by_outcome = self.outcomes.get(path)
-        if not by_outcome:
-            return None
-        numeric = param.kind in ("int", "float")
-        return lambda outcome: self.rate(
-            by_outcome.get(outcome if numeric else json.dumps(outcome))
-        )
-
-
-def _add(have: tuple[int, int] | None, pair: Any) -> tuple[int, int]:
-    tried, kept = (int(pair[0]), int(pair[1])) if len(pair) == 2 else (0, 0)
-    return (have[0] + tried, have[1] + kept) if have else (tried, kept)
+def move_priors(skills: list[SkillView]) -> dict[str, float]:
+    """Move weights from the domain's search priors (skills of kind ``prior``, whose payload
+    holds ``moves: {key: [tried, kept]}`` over earlier attempts of the domain): twice the
+    smoothed kept rate, so a move kept half the time elsewhere keeps its space weight, one
+    kept more often is drawn more, one rarely kept less."""
+    counts: dict[str, list[int]] = {}
+    for skill in skills:
+        if skill.kind != "prior":
+            continue
+        for key, pair in (skill.payload.get("moves") or {}).items():
+            tried, kept = (int(pair[0]), int(pair[1])) if len(pair) == 2 else (0, 0)
+            have = counts.setdefault(key, [0, 0])
+            have[0], have[1] = have[0] + tried, have[1] + kept
+    return {key: 2.0 * (kept + 1) / (tried + 2) for key, (tried, kept) in counts.items()}
 
 
 def _overlaps(a: str, b: str) -> bool:

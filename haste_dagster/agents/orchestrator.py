@@ -179,8 +179,7 @@ def update_search_priors(
     from haste_dagster.skills.priors import write_domain_prior
 
     rows = conn.execute(
-        """SELECT i.attempt_id, i.patch, i.kept, i.detail->>'outcome' AS outcome
-           FROM iterations i
+        """SELECT i.attempt_id, i.patch, i.kept FROM iterations i
            JOIN attempts a ON a.id = i.attempt_id JOIN competitions c ON c.slug = a.slug
            WHERE c.domain = %s AND i.idx > 0 AND i.patch IS NOT NULL AND i.error IS NULL
              AND jsonb_array_length(i.skill_ids) = 0 AND a.status = 'finished'
@@ -188,20 +187,14 @@ def update_search_priors(
         (domain,),
     ).fetchall()
     moves: dict[str, list[int]] = {}
-    outcomes: dict[str, dict[str, list[int]]] = {}
     for r in rows:
         key = move_key(r["patch"])
         if key is None:
             continue
-        kept = int(bool(r["kept"]))
-        pairs = [moves.setdefault(key, [0, 0])]
-        if r["outcome"] is not None:
-            pairs.append(outcomes.setdefault(key, {}).setdefault(r["outcome"], [0, 0]))
-        for pair in pairs:
-            pair[0] += 1
-            pair[1] += kept
-    attempts = len({r["attempt_id"] for r in rows})
-    return write_domain_prior(store, domain, moves, attempts, outcomes)
+        pair = moves.setdefault(key, [0, 0])
+        pair[0] += 1
+        pair[1] += int(bool(r["kept"]))
+    return write_domain_prior(store, domain, moves, len({r["attempt_id"] for r in rows}))
 
 
 def reflect_with_llm(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -148,28 +147,13 @@ class Param:
             return list(self.default)  # list contents are problem-specific: see random_spec
         return self._from_unit(float(rng.random()))
 
-    def mutate(
-        self,
-        value: Any,
-        rng: np.random.Generator,
-        sigma: float,
-        lean: Callable[[Any], float] | None = None,
-    ) -> Any:
-        """A nearby value (a Gaussian step of ``sigma`` in the unit coordinate).
-
-        ``lean`` (a search prior's evidence; None: no preference) weights the outcomes: for
-        a number, ``lean("up")`` is the chance the step goes up and ``lean("down")`` down;
-        for a choice, ``lean(c)`` is choice ``c``'s relative weight."""
+    def mutate(self, value: Any, rng: np.random.Generator, sigma: float) -> Any:
+        """A nearby value (a Gaussian step of ``sigma`` in the unit coordinate)."""
         if self.kind == "bool":
             return not value
         if self.kind == "choice":
             others = [c for c in self.choices if c != value]
-            if not others:
-                return value
-            if lean is None:
-                return others[int(rng.integers(len(others)))]
-            weights = np.array([lean(c) for c in others], dtype=float)
-            return others[int(rng.choice(len(others), p=weights / weights.sum()))]
+            return others[int(rng.integers(len(others)))] if others else value
         if self.kind == "choice_list":
             toggle = self.choices[int(rng.integers(len(self.choices)))]
             out = [c for c in value if c != toggle] if toggle in value else [*value, toggle]
@@ -186,15 +170,11 @@ class Param:
         if self.zero_ok and rng.random() < 0.1:
             return 0 if self.kind == "int" else 0.0
         u = self._to_unit(value)
-        step = float(rng.normal(0.0, sigma))
-        if lean is not None:
-            up = lean("up") / (lean("up") + lean("down"))
-            step = abs(step) if rng.random() < up else -abs(step)
-        new = self._from_unit(u + step)
+        new = self._from_unit(u + float(rng.normal(0.0, sigma)))
         if new == value and self.kind == "int":  # a step too small to change an integer
             assert self.low is not None and self.high is not None
-            nudge = (step > 0) if lean is not None else rng.random() < 0.5
-            new = int(min(self.high, max(self.low, value + (1 if nudge else -1))))
+            step = 1 if rng.random() < 0.5 else -1
+            new = int(min(self.high, max(self.low, value + step)))
         return new
 
     def describe(self) -> str:

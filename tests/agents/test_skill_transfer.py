@@ -13,7 +13,6 @@ from tiny_competitions import write_tiny_regression
 from haste_dagster.agents.attempts import AttemptConfig
 from haste_dagster.agents.factory import open_skill_store
 from haste_dagster.agents.orchestrator import promote, solve
-from haste_dagster.agents.policy import SkillView
 from haste_dagster.skills.model import Evidence, Skill
 
 DOMAIN = "tabular_regression"
@@ -144,91 +143,20 @@ def test_a_recipe_whose_parameter_was_renamed_is_skipped_with_a_logged_reason(
     assert "control" not in result.attempt.extra  # nothing applied it
 
 
-def _prior(payload: dict) -> SkillView:
-    return SkillView(id="sk_0000000000000001", tier="domain", title="prior", guidance="g",
-                     action=None, utility=0.0, kind="prior", payload=payload)
+def test_a_domain_search_prior_weights_the_heuristic_move_draw() -> None:
+    from haste_dagster.agents.heuristic import move_priors
+    from haste_dagster.agents.policy import SkillView
 
-
-def test_a_domain_search_prior_weights_moves_against_the_domains_kept_rate() -> None:
-    """A move kept more often than the domain's average is drawn more than an untried one,
-    even when it was kept less than half the time; one never kept is drawn less."""
-    from haste_dagster.agents.heuristic import PSEUDO_TRIES, SearchPriors
-
-    prior = _prior({"moves": {"model.params.max_depth": [8, 3], "family:ridge": [6, 0],
-                              "numeric.scale": [6, 0]}})
+    prior = SkillView(id="sk_0000000000000001", tier="domain", title="prior", guidance="g",
+                      action=None, utility=0.0, kind="prior",
+                      payload={"moves": {"model.params.max_depth": [8, 7],
+                                         "family:ridge": [6, 0]}})
     change = SkillView(id="sk_0000000000000002", tier="domain", title="c", guidance="g",
                        action=None, utility=0.0, payload={"moves": {"x": [1, 1]}})
-    priors = SearchPriors.from_skills([prior, change])
-    assert set(priors.moves) == {"model.params.max_depth", "family:ridge", "numeric.scale"}
-    base = (3 + 1) / (20 + 2)
-    assert priors.base == base
-    assert priors.weight("model.params.max_depth") == (3 + PSEUDO_TRIES * base) / (8 + 2) / base
-    assert priors.weight("model.params.max_depth") > 1.0  # kept 3 in 8: above the average
-    assert priors.weight("model.params.subsample") == 1.0  # untried: its space weight
-    assert priors.weight("family:ridge") < 1.0  # never kept: drawn less
-
-
-def test_the_domain_prior_counts_which_way_each_step_went_and_whether_it_was_kept(
-    conn: psycopg.Connection, two_defs: Path
-) -> None:
-    from haste_dagster.agents import records
-    from haste_dagster.agents.heuristic import move_key
-    from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
-
-    result = solve(conn, "tiny_a", AttemptConfig(seed=0), defs_dir=two_defs)
-    attempt = records.get_attempt(conn, result.attempt.attempt_id)
-    assert attempt.initial_spec is not None
-    incumbent = SolutionSpec.model_validate(attempt.initial_spec)
-    expected: dict[str, dict[str, list[int]]] = {}
-    for row in records.load_iterations(conn, attempt.id)[1:]:
-        outcome = (row.detail or {}).get("outcome")
-        if outcome in ("up", "down"):  # a number moved: the way the recorded value went
-            (op,) = Patch.model_validate(row.patch).ops
-            before = incumbent.model_dump(mode="json")
-            for part in op.path.split("."):  # type: ignore[union-attr]
-                before = before[part]
-            assert (op.value > before) == (outcome == "up")  # type: ignore[union-attr]
-        if outcome is not None and not row.skill_ids and row.error is None:
-            pair = expected.setdefault(move_key(row.patch) or "", {}).setdefault(outcome, [0, 0])
-            pair[0] += 1
-            pair[1] += int(row.kept)
-        if row.kept and row.patch is not None:
-            incumbent = apply_patch(incumbent, Patch.model_validate(row.patch))
-    assert expected  # the tiny attempt moved at least one value
-    store = open_skill_store(conn)
-    promote(conn, [DOMAIN], store)  # promotion recounts the domain's prior
-    (prior,) = store.list(tier="domain", scope_key=DOMAIN, kind="prior")
-    assert prior.payload["outcomes"] == expected
-    for path, by_outcome in expected.items():  # the outcomes split the move's own counts
-        assert sum(t for t, _ in by_outcome.values()) <= prior.payload["moves"][path][0]
-
-
-def test_a_search_prior_leans_steps_the_way_they_were_kept() -> None:
-    """Steps on a path go the way they were kept in the domain (a smaller min_df, say),
-    choices towards the value kept; without evidence the step is symmetric."""
-    import numpy as np
-
-    from haste_dagster.agents.heuristic import SearchPriors
-    from haste_dagster.solution.params import Param
-
-    priors = SearchPriors.from_skills([_prior({
-        "moves": {"text.min_df": [8, 3], "categorical.encoding": [6, 2], "x": [20, 1]},
-        "outcomes": {"text.min_df": {"down": [3, 3], "up": [5, 0]},
-                     "categorical.encoding": {'"onehot"': [3, 2], '"target"': [3, 0]}},
-    })])
-    number = Param(kind="int", low=1, high=50, default=5, log=True)
-    choice = Param(kind="choice", choices=("ordinal", "onehot", "target"), default="ordinal")
-    rng = np.random.default_rng(0)
-
-    def downs(lean: object) -> int:
-        return sum(number.mutate(10, rng, 0.2, lean) < 10 for _ in range(400))  # type: ignore[arg-type]
-
-    assert downs(priors.lean("text.min_df", number)) > 320  # leans down: kept 3/3 vs 0/5
-    assert 140 < downs(None) < 260  # no evidence: either way
-    assert priors.lean("model.params.C", number) is None
-    picks = [choice.mutate("ordinal", rng, 0.2, priors.lean("categorical.encoding", choice))
-             for _ in range(400)]
-    assert picks.count("onehot") > 2 * picks.count("target")
+    weights = move_priors([prior, change])
+    assert set(weights) == {"model.params.max_depth", "family:ridge"}  # only kind prior
+    assert weights["model.params.max_depth"] == 2.0 * 8 / 10  # kept often: drawn more
+    assert weights["family:ridge"] == 2.0 * 1 / 8  # never kept: drawn less
 
 
 def test_of_the_foreign_rules_only_the_first_that_translates_here_is_kept(
@@ -236,7 +164,7 @@ def test_of_the_foreign_rules_only_the_first_that_translates_here_is_kept(
 ) -> None:
     """Rules promoted in other domains come ranked from the store; a classifier family does
     not solve a regression (skipped, logged), the next one is kept, the rest wait."""
-    from haste_dagster.agents.policy import resolve_skill_views
+    from haste_dagster.agents.policy import SkillView, resolve_skill_views
     from haste_dagster.competitions.registry import load_competition
 
     def rule(n: int, template: dict) -> SkillView:
