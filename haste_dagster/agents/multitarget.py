@@ -19,7 +19,9 @@ budget is split evenly: each sub-attempt gets ``seconds / k``.
 **Records.** One attempt row (the *parent*: the competition's slug, the whole budget N) holds
 the combined grade and the stacked predictions, so ``haste solve --submission`` and
 ``haste grade`` read it like any attempt. Each target is a sub-attempt row (``parent_id``,
-``target``: migration 0009) with its own iterations, skills loaded and usage. ``--resume``
+``target``: migration 0009) with its own iterations, skills loaded and usage, refined in the
+pipeline the attempt was asked for (``--pipeline staged``: each target screens its own
+prototypes). ``--resume``
 picks up the newest ungraded parent and resumes every sub-attempt from its last recorded
 iteration (a finished one is replayed from its rows without refitting); a target with no
 sub-attempt yet gets a new one.
@@ -39,7 +41,13 @@ import numpy as np
 import psycopg
 
 from haste_dagster.agents import records
-from haste_dagster.agents.attempts import AttemptConfig, AttemptResult, ProgressFn, save_finished
+from haste_dagster.agents.attempts import (
+    AttemptConfig,
+    AttemptResult,
+    ProgressFn,
+    open_attempt,
+    save_finished,
+)
 from haste_dagster.agents.competition_agent import run_attempt
 from haste_dagster.agents.factory import make_policy, open_skill_store
 from haste_dagster.agents.orchestrator import (
@@ -94,17 +102,8 @@ def _open_parent(
         log.warning("nothing to resume for %s: starting a new attempt", competition.slug)
     if resume_id is not None:
         return records.get_attempt(conn, resume_id), True
-    attempt_id = records.create_attempt(
-        conn,
-        slug=competition.slug,
-        policy=policy_name,
-        loading=config.loading,
-        seed=config.seed,
-        budget_iterations=config.iterations or competition.definition.budget.iterations,
-        label=config.label,
-        dagster_run_id=dagster_run_id,
-    )
-    return records.get_attempt(conn, attempt_id), False
+    parent = open_attempt(conn, competition, config, policy_name, dagster_run_id=dagster_run_id)
+    return parent, False
 
 
 def _sub_attempt(
@@ -127,6 +126,7 @@ def _sub_attempt(
         dagster_run_id=parent.dagster_run_id,
         parent_id=parent.id,
         target=target,
+        pipeline=parent.pipeline,  # each target is refined as the attempt was asked to be
     )
 
 

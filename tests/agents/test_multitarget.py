@@ -91,3 +91,18 @@ def test_sub_attempts_extract_competition_skills_once(
         extract_skills(conn, target_view(competition, target), attempt_id)
     again = conn.execute("SELECT count(*) AS n FROM skills WHERE is_current").fetchone()["n"]
     assert again == len(skills)
+
+
+def test_a_multi_target_attempt_refines_every_target_in_the_pipeline_it_was_asked_for(
+    conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
+    defs = _defs(tmp_path, "multitarget")
+    result = solve(conn, "synthetic-playground", AttemptConfig(iterations=8, pipeline="staged"),
+                   defs_dir=defs, extract=False)
+    parent = records.get_attempt(conn, result.attempt.attempt_id)
+    assert parent.pipeline == "staged"
+    for attempt_id in records.sub_attempts(conn, parent.id).values():
+        assert records.get_attempt(conn, attempt_id).pipeline == "staged"
+        branches = {r.branch for r in records.load_iterations(conn, attempt_id)}
+        assert "screen" in branches  # it screened prototypes, not the straight line
