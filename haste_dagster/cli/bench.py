@@ -76,6 +76,9 @@ def transfer_command(
         False, "--quick", help="CI smoke preset: small tabular competitions, 1 seed"
     ),
     policy: str = typer.Option("heuristic", help="heuristic | llm"),
+    pipeline: str = typer.Option(
+        "straight", help="straight | staged: every attempt's pipeline (see haste solve)"
+    ),
     modes: str = typer.Option("tiered,flat,none", help="loading modes of the ablation"),
     peers: str = typer.Option("flaml", help="peer systems, comma-separated ('' for none)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON here"),
@@ -97,6 +100,7 @@ def transfer_command(
         "evaluation": _split_names(evaluation),
         "defs_dirs": list(defs),
         "policy": policy,
+        "pipeline": pipeline,
         "modes": tuple(_split_names([modes])),
         "peers": tuple(_split_names([peers])),
         "keep_databases": keep_databases,

@@ -46,6 +46,9 @@ class TransferBenchConfig(Config):
     seeds: int | None = Field(default=None, ge=1, description="None: the preset's.")
     iterations: int | None = Field(default=None, ge=1, description="None: the preset's.")
     policy: Literal["heuristic", "llm"] = "heuristic"
+    pipeline: Literal["straight", "staged"] = Field(
+        default="straight", description="Every attempt's pipeline (see AttemptRunConfig)."
+    )
     peers: list[str] = Field(default_factory=lambda: ["flaml"])
 
 

@@ -89,7 +89,23 @@ def _record(
 
 def test_incumbent_curve_only_moves_on_kept_iterations() -> None:
     rows = _rows((1.0, True), (0.5, False), (0.8, True), (None, False), (0.7, True))
-    assert incumbent_curve(rows) == [1.0, 1.0, 0.8, 0.8, 0.7]
+    assert incumbent_curve(rows, higher_is_better=False) == [1.0, 1.0, 0.8, 0.8, 0.7]
+
+
+def test_a_staged_attempts_screen_spends_evaluations_but_never_reaches_a_score() -> None:
+    """Screen rows are scored on one fold: they count as evaluations, but their scores are
+    not cross-validated incumbents. Each branch keeps its own incumbent, so a runner-up's
+    kept row below the winner's best does not lower the curve."""
+    rows = _rows((0.95, True), (0.70, True), (0.60, True),  # the screen: one fold each
+                 (0.80, True), (0.84, True), (0.82, False),  # the winner's branch
+                 (0.72, True), (0.83, False))  # the runner-up's branch, then the ensemble
+    for row, branch in zip(rows, ["screen"] * 3 + ["winner"] * 3 + ["runner_up", "ensemble"],
+                           strict=True):
+        row["branch"] = branch
+    assert incumbent_curve(rows, higher_is_better=True) == [
+        None, None, None, 0.80, 0.84, 0.84, 0.84, 0.84]
+    assert evaluations_to_reach(rows, 0.80, higher_is_better=True) == 4  # not the screen's 0.95
+    assert evaluations_to_reach(rows, 0.90, higher_is_better=True) is None
 
 
 def test_evaluations_to_reach_count_the_baseline_and_respect_the_metric_direction() -> None:
@@ -340,6 +356,42 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
     finally:
         for name in (dbs["inventory"], dbs["cold"]):
             db.drop_database(server_url, name)
+
+
+def test_a_staged_run_refines_every_attempt_through_the_screen_and_counts_its_rows(
+    db_url: str, server_url: str, two_tiny: Path
+) -> None:
+    from haste_dagster.bench.transfer import run_transfer_benchmark
+
+    options = TransferOptions(defs_dirs=[two_tiny], iterations=4, seeds=1, modes=("tiered",),
+                              peers=(), pipeline="staged", keep_databases=True)
+    report = run_transfer_benchmark(db_url, options).as_json()
+    try:
+        attempts = [*report["campaign"], *report["attempts"]]
+        for attempt in attempts:
+            url = db.database_address(db.server_conninfo(server_url), attempt["database"])
+            with psycopg.connect(url, row_factory=dict_row) as conn:
+                row = conn.execute("SELECT pipeline FROM attempts WHERE id = %s",
+                                   (attempt["attempt_id"],)).fetchone()
+            assert row["pipeline"] == "staged"
+            assert [it["branch"] for it in attempt["iterations"][:3]] == ["screen"] * 3
+        cold, warm = (next(a for a in report["attempts"] if a["arm"] == arm)
+                      for arm in ("cold", "warm"))
+        higher = cold["higher_is_better"]
+        cold_n = evaluations_to_reach(cold["iterations"], cold["best_cv"], higher)
+        assert cold_n is not None and cold_n > 3  # the screen's three rows spent evaluations
+        warm_n = evaluations_to_reach(warm["iterations"], cold["best_cv"], higher)
+        warm_count = (warm_n if warm_n is not None else warm["budget"] + 1)
+        assert warm["control_evaluations"] == 0  # the screen, not the guard, tests the skills
+        assert report["warm_cold_iteration_ratio"] == pytest.approx(warm_count / cold_n)
+    finally:
+        for name in report["databases"].values():
+            db.drop_database(server_url, name)
+
+
+def test_plan_refuses_an_unknown_pipeline(two_tiny: Path) -> None:
+    with pytest.raises(BenchmarkError, match="--pipeline must be one of straight, staged"):
+        plan_benchmark(TransferOptions(defs_dirs=[two_tiny], pipeline="wavy"))
 
 
 # ---- inventory freezing and aggregation ---------------------------------------------------

@@ -19,12 +19,22 @@ def as_good_as(score: float, target: float, higher_is_better: bool) -> bool:
     return score >= target if higher_is_better else score <= target
 
 
-def incumbent_curve(iterations: Sequence[dict[str, Any]]) -> list[float | None]:
-    """The incumbent (best kept) CV score after each iteration, in idx order."""
+def _counts(row: dict[str, Any]) -> bool:
+    """Whether a row's score is a cross-validated incumbent: kept, scored, and not a staged
+    attempt's screen row (one validation fold: it spends an evaluation, but its score is not
+    comparable with a full cross-validation)."""
+    return bool(row["kept"]) and row["score"] is not None and row.get("branch") != "screen"
+
+
+def incumbent_curve(
+    iterations: Sequence[dict[str, Any]], higher_is_better: bool
+) -> list[float | None]:
+    """The incumbent (best kept) CV score after each iteration, in idx order (a staged
+    attempt's branches each keep their own incumbent: the curve is the best of them)."""
     curve: list[float | None] = []
     best: float | None = None
     for row in sorted(iterations, key=lambda r: r["idx"]):
-        if row["kept"] and row["score"] is not None:
+        if _counts(row) and (best is None or as_good_as(row["score"], best, higher_is_better)):
             best = float(row["score"])
         curve.append(best)
     return curve
@@ -33,13 +43,10 @@ def incumbent_curve(iterations: Sequence[dict[str, Any]]) -> list[float | None]:
 def evaluations_to_reach(
     iterations: Sequence[dict[str, Any]], target: float, higher_is_better: bool
 ) -> int | None:
-    """``idx + 1`` of the first kept iteration scoring at least ``target``; None if none does."""
+    """``idx + 1`` of the first kept iteration scoring at least ``target``; None if none does
+    (every row spends an evaluation, screen rows included)."""
     for row in sorted(iterations, key=lambda r: r["idx"]):
-        if (
-            row["kept"]
-            and row["score"] is not None
-            and as_good_as(float(row["score"]), target, higher_is_better)
-        ):
+        if _counts(row) and as_good_as(float(row["score"]), target, higher_is_better):
             return int(row["idx"]) + 1
     return None
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from haste_dagster.agents.attempts import PIPELINES
 from haste_dagster.competitions.definition import definition_paths, load_definition
 from haste_dagster.config import competition_defs_dir
 from haste_dagster.errors import HasteError
@@ -58,6 +59,8 @@ class TransferOptions:
     seeds: int = 3
     iterations: int | None = None  # None: each competition's own budget
     policy: str = "heuristic"
+    # every attempt of every arm: straight, or staged (its prototype screen tries recipes)
+    pipeline: str = "straight"
     modes: tuple[Loading, ...] = MODES
     peers: tuple[str, ...] = ("flaml",)
     campaign_seed: int = 0
@@ -108,6 +111,10 @@ def plan_benchmark(options: TransferOptions) -> Plan:
         raise BenchmarkError("--seeds must be at least 1")
     if options.iterations is not None and options.iterations < 1:
         raise BenchmarkError("--iterations must be at least 1")
+    if options.pipeline not in PIPELINES:
+        raise BenchmarkError(
+            f"--pipeline must be one of {', '.join(PIPELINES)}, not {options.pipeline!r}"
+        )
     unknown_modes = [m for m in options.modes if m not in MODES]
     if unknown_modes or "tiered" not in options.modes:
         raise BenchmarkError(

@@ -101,7 +101,7 @@ class AttemptRecord:
 
     @property
     def curve(self) -> list[float | None]:
-        return incumbent_curve(self.iterations)
+        return incumbent_curve(self.iterations, self.higher_is_better)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -115,6 +115,7 @@ def _slim_iterations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "idx": r["idx"],
+            "branch": r.get("branch", "main"),
             "score": r["score"],
             "kept": bool(r["kept"]),
             "error": r.get("error"),
@@ -176,6 +177,7 @@ def _run_one(
     size = inventory(conn)["active"]
     config = AttemptConfig(
         policy=options.policy,
+        pipeline=options.pipeline,  # type: ignore[arg-type]  # checked by plan_benchmark
         loading=loading,
         iterations=options.iterations,
         seed=seed,

@@ -132,6 +132,7 @@ def transfer_benchmark_step(
         "evaluation": config.evaluation,
         "defs_dirs": [Path(d) for d in config.defs_dirs],
         "policy": config.policy,
+        "pipeline": config.pipeline,
         "peers": tuple(config.peers),
         "log": log,
     }
