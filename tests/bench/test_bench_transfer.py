@@ -391,7 +391,7 @@ def test_a_staged_run_refines_every_attempt_through_the_screen_and_counts_its_ro
 
 def test_plan_refuses_an_unknown_pipeline(two_tiny: Path) -> None:
     with pytest.raises(BenchmarkError, match="--pipeline must be one of straight, staged"):
-        plan_benchmark(TransferOptions(defs_dirs=[two_tiny], pipeline="wavy"))
+        plan_benchmark(TransferOptions(defs_dirs=[two_tiny], pipeline="wavy"))  # type: ignore[arg-type]
 
 
 # ---- inventory freezing and aggregation ---------------------------------------------------

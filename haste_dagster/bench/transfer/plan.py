@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from haste_dagster.agents.attempts import PIPELINES
+from haste_dagster.agents.attempts import PIPELINES, Pipeline
 from haste_dagster.competitions.definition import definition_paths, load_definition
 from haste_dagster.config import competition_defs_dir
 from haste_dagster.errors import HasteError
@@ -60,7 +60,7 @@ class TransferOptions:
     iterations: int | None = None  # None: each competition's own budget
     policy: str = "heuristic"
     # every attempt of every arm: straight, or staged (its prototype screen tries recipes)
-    pipeline: str = "straight"
+    pipeline: Pipeline = "straight"
     modes: tuple[Loading, ...] = MODES
     peers: tuple[str, ...] = ("flaml",)
     campaign_seed: int = 0

@@ -177,7 +177,7 @@ def _run_one(
     size = inventory(conn)["active"]
     config = AttemptConfig(
         policy=options.policy,
-        pipeline=options.pipeline,  # type: ignore[arg-type]  # checked by plan_benchmark
+        pipeline=options.pipeline,
         loading=loading,
         iterations=options.iterations,
         seed=seed,
