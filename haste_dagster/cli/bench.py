@@ -72,6 +72,13 @@ def transfer_command(
         min=1,
         help="refinement iterations per attempt (default: each budget; --quick 10)",
     ),
+    campaign_seed: int = typer.Option(
+        0,
+        "--campaign-seed",
+        min=0,
+        help="seed of the campaign's attempts; the evaluation seeds start here too, so a "
+        "different value is an independent replicate of the whole benchmark",
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="CI smoke preset: small tabular competitions, 1 seed"
     ),
@@ -101,6 +108,7 @@ def transfer_command(
         "defs_dirs": list(defs),
         "policy": policy,
         "pipeline": pipeline,
+        "campaign_seed": campaign_seed,
         "modes": tuple(_split_names([modes])),
         "peers": tuple(_split_names([peers])),
         "keep_databases": keep_databases,

@@ -50,6 +50,12 @@ class TransferBenchConfig(Config):
         default="straight", description="Every attempt's pipeline (see AttemptRunConfig)."
     )
     peers: list[str] = Field(default_factory=lambda: ["flaml"])
+    campaign_seed: int = Field(
+        default=0,
+        ge=0,
+        description="Seed of the campaign's attempts; the evaluation seeds start here too "
+        "(another value: an independent replicate).",
+    )
 
 
 class RerunConfig(AttemptRunConfig):

@@ -133,6 +133,7 @@ def transfer_benchmark_step(
         "defs_dirs": [Path(d) for d in config.defs_dirs],
         "policy": config.policy,
         "pipeline": config.pipeline,
+        "campaign_seed": config.campaign_seed,
         "peers": tuple(config.peers),
         "log": log,
     }
