@@ -93,6 +93,11 @@ def transfer_command(
     keep_databases: bool = typer.Option(
         False, "--keep-databases", help="keep the throwaway benchmark databases for inspection"
     ),
+    pool: list[Path] = typer.Option(
+        [], "--pool",
+        help="run nothing: the --json reports of replicates (repeated; e.g. other "
+        "--campaign-seed values), each one's pair figures with intervals and all pooled",
+    ),
 ) -> None:
     """Transfer benchmark: cold campaign, warm vs cold, loading ablation, kept rate vs
     inventory size, FLAML at the same measured CPU seconds. Runs in throwaway databases."""
@@ -102,6 +107,10 @@ def transfer_command(
     from haste_dagster.bench.transfer import TransferOptions, run_transfer_benchmark, write_json
 
     console = Console(stderr=True)
+    if pool:
+        with _bench_errors(console):
+            _pool_transfer_reports(console, pool, json_out)
+        return
     overrides: dict = {
         "competitions": _split_names(competitions),
         "evaluation": _split_names(evaluation),
@@ -134,6 +143,8 @@ def transfer_command(
 def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, imported lazily
     from rich.console import Console
     from rich.table import Table
+
+    from haste_dagster.bench.transfer import figures
 
     def fmt(value: object, pattern: str = "{:.3g}") -> str:
         return "—" if value is None else pattern.format(value)
@@ -168,11 +179,67 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
     out.print(
         f"kept rate: warm {fmt(kept['warm'], '{:.0%}')} vs cold {fmt(kept['cold'], '{:.0%}')}"
     )
+    ratio, never, share, counts, p, kept_ratio = _interval_cells(figures(report.outcomes()))
+    out.print(
+        f"95% intervals over pairs: iteration ratio {ratio} ({never} never reached); warm "
+        f"test >= cold {share} (better/tied/worse {counts}, sign test p {p}); kept-rate "
+        f"ratio {kept_ratio}"
+    )
     inv = report.inventory_domains
     out.print(f"inventory by tier {inv.get('by_tier', {})}; domain skills by kind "
               f"{inv.get('domain_by_kind', {})}")
     if report.options.policy == "llm":
         _print_llm_summary(out, report.llm_summary())
+
+
+def _pool_transfer_reports(console: Console, paths: list[Path], json_out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from haste_dagster.bench.transfer import outcomes_from_json, pooled_figures
+    from haste_dagster.errors import ConfigError
+
+    twice = sorted({str(p) for p in paths if paths.count(p) > 1})
+    if twice:
+        raise ConfigError(f"--pool {', '.join(twice)} given twice: each replicate counts once")
+    replicates = {
+        str(path): outcomes_from_json(_read_report(path, "transfer", TRANSFER_REPORT_KEYS),
+                                      str(path))
+        for path in paths
+    }
+    pooled = pooled_figures(replicates)
+    _write_figures(console, json_out, pooled)
+    table = Table(title="transfer figures, 95% intervals (replicates, then pooled)")
+    for column in ("report", "pairs", "iteration ratio", "never reached",
+                   "warm test >= cold", "better/tied/worse", "sign test p", "kept-rate ratio"):
+        table.add_column(column)
+    rows = [*pooled["replicates"].items(), ("pooled", pooled["pooled"])]
+    for name, figures in rows:
+        table.add_row(Path(name).name, str(figures["pairs"]), *_interval_cells(figures))
+    Console().print(table)
+
+
+def _interval_cells(figures: dict) -> list[str]:
+    """One row's cells: each figure as ``measured [low, high]``."""
+    def cell(key: str, pattern: str) -> str:
+        figure = figures.get(key)
+        if not figure or figure["measured"] is None:
+            return "—"
+        text = pattern.format(figure["measured"])
+        return text + (f" [{pattern.format(figure['ci'][0])}, {pattern.format(figure['ci'][1])}]"
+                       if figure.get("ci") else "")
+
+    share = figures.get("warm_test_at_least_cold_share") or {}
+    ratio = figures.get("warm_cold_iteration_ratio") or {}
+    p = share.get("sign_test_p")
+    return [
+        cell("warm_cold_iteration_ratio", "{:.2f}"),
+        str(ratio.get("never_reached", "—")),
+        cell("warm_test_at_least_cold_share", "{:.0%}"),
+        f"{share['better']}/{share['tied']}/{share['worse']}" if share else "—",
+        "—" if p is None else f"{p:.2f}",
+        cell("warm_cold_kept_rate_ratio", "{:.2f}"),
+    ]
 
 
 def _print_llm_summary(out, summary: dict) -> None:  # noqa: ANN001 - a rich Console
@@ -240,7 +307,9 @@ def pipeline_command(
     console = Console(stderr=True)
     with _bench_errors(console):
         if merge:
-            report = merge_reports({path: _read_report(path) for path in merge})
+            report = merge_reports(
+                {path: _read_report(path, "pipeline", PIPELINE_REPORT_KEYS) for path in merge}
+            )
         else:
             options = PipelineOptions(
                 competitions=_split_names(competitions), seeds=seeds, iterations=iterations,
@@ -254,8 +323,13 @@ def pipeline_command(
     _print_pipeline_report(report)
 
 
-def _read_report(path: Path) -> dict:
-    """A benchmark's JSON report, or a ConfigError naming the file."""
+PIPELINE_REPORT_KEYS = frozenset({"complete", "options", "per_competition", "runs", "usage"})
+TRANSFER_REPORT_KEYS = frozenset({"options", "warm_vs_cold", "attempts"})
+
+
+def _read_report(path: Path, kind: str, keys: frozenset[str]) -> dict:
+    """A benchmark's JSON report (a ``kind`` report has ``keys``), or a ConfigError naming
+    the file."""
     from haste_dagster.errors import ConfigError
 
     try:
@@ -263,10 +337,10 @@ def _read_report(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable JSON report ({exc})") from exc
     if not isinstance(report, dict):
-        raise ConfigError(f"{path}: not a pipeline report (not a JSON object)")
-    missing = {"complete", "options", "per_competition", "runs", "usage"} - set(report)
+        raise ConfigError(f"{path}: not a {kind} report (not a JSON object)")
+    missing = keys - set(report)
     if missing:
-        raise ConfigError(f"{path}: not a pipeline report (no {', '.join(sorted(missing))})")
+        raise ConfigError(f"{path}: not a {kind} report (no {', '.join(sorted(missing))})")
     return report
 
 

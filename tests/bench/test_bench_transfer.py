@@ -17,6 +17,7 @@ import pytest
 import yaml
 from psycopg.rows import dict_row
 from tiny_competitions import write_tiny_regression
+from typer.testing import CliRunner
 
 from haste_dagster import db
 from haste_dagster.bench.measure import Stopwatch, Usage
@@ -25,10 +26,13 @@ from haste_dagster.bench.transfer import (
     BenchmarkError,
     TransferOptions,
     evaluations_to_reach,
+    figures,
     incumbent_curve,
+    outcomes_from_json,
     pair_ratio,
     plan_benchmark,
 )
+from haste_dagster.cli.bench import app as bench_app
 
 
 def _write_regression(folder: Path, slug: str, coef: float, seed: int, rows: int = 300) -> Path:
@@ -350,6 +354,20 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
             )
             assert run["usage"]["cpu_seconds"] > 0
             assert run["medal"] in {"gold", "silver", "bronze", "none"}
+
+        # the intervals come from the pairs the report lists, and read back from its file
+        assert report["uncertainty"] == json.loads(json.dumps(
+            figures(outcomes_from_json(report, str(out)))))
+        assert report["uncertainty"]["warm_cold_iteration_ratio"]["measured"] == pytest.approx(
+            report["warm_cold_iteration_ratio"])
+        replicate = tmp_path / "replicate.json"
+        replicate.write_text(out.read_text())
+        pooled = CliRunner().invoke(bench_app, ["transfer", "--pool", str(out), "--pool",
+                                                str(replicate), "--json",
+                                                str(tmp_path / "pooled.json")])
+        assert pooled.exit_code == 0, pooled.output
+        both = json.loads((tmp_path / "pooled.json").read_text())
+        assert both["pooled"]["pairs"] == 2 * report["uncertainty"]["pairs"]
 
         with db.connection(db_url) as conn:  # the store the command was pointed at is untouched
             assert conn.execute("SELECT count(*) AS n FROM attempts").fetchone()["n"] == 0

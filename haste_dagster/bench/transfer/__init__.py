@@ -43,7 +43,8 @@ Wall-clock and CPU seconds (this process and its children) are measured around e
 attempt, submission and peer run (:mod:`haste_dagster.bench.measure`).
 
 Modules: :mod:`.plan` (options, presets, plan), :mod:`.measures` (pure functions of the
-records), :mod:`.report` (records, summaries, verdicts, JSON), :mod:`.run` (the phases).
+records), :mod:`.report` (records, summaries, verdicts, JSON), :mod:`.uncertainty`
+(intervals over pairs, replicates pooled), :mod:`.run` (the phases).
 """
 
 from haste_dagster.bench.transfer.measures import (
@@ -77,6 +78,12 @@ from haste_dagster.bench.transfer.run import (
     inventory_listing,
     run_transfer_benchmark,
 )
+from haste_dagster.bench.transfer.uncertainty import (
+    PairOutcome,
+    figures,
+    outcomes_from_json,
+    pooled_figures,
+)
 
 __all__ = [
     "MODES",
@@ -86,6 +93,7 @@ __all__ = [
     "BenchmarkError",
     "FrozenStore",
     "Graded",
+    "PairOutcome",
     "PairRatio",
     "PeerRecord",
     "Plan",
@@ -93,12 +101,15 @@ __all__ = [
     "TransferReport",
     "ablation_summary",
     "evaluations_to_reach",
+    "figures",
     "incumbent_curve",
     "inventory",
     "inventory_listing",
     "kept_rate_bins",
+    "outcomes_from_json",
     "pair_ratio",
     "plan_benchmark",
+    "pooled_figures",
     "run_transfer_benchmark",
     "spread",
     "write_json",

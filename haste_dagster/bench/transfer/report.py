@@ -23,6 +23,7 @@ from haste_dagster.bench.transfer.measures import (
     spread,
 )
 from haste_dagster.bench.transfer.plan import Arm, Plan, TransferOptions
+from haste_dagster.bench.transfer.uncertainty import PairOutcome, figures
 
 SCHEMA = "haste.bench.transfer/1"
 
@@ -166,6 +167,11 @@ class TransferReport:
 
     def ratios(self) -> list[PairRatio]:
         return [pair_ratio(c, w) for c, w in self.pairs() if c.best_cv is not None]
+
+    def outcomes(self) -> list[PairOutcome]:
+        """Every pair's figures, for the intervals (``uncertainty``)."""
+        return [PairOutcome.of(pair_ratio(c, w), c, w)
+                for c, w in self.pairs() if c.best_cv is not None]
 
     def warm_cold_iteration_ratio(self) -> float | None:
         ratios = self.ratios()
@@ -450,6 +456,7 @@ class TransferReport:
             "warm_vs_cold": self.warm_vs_cold(),
             "warm_test_vs_cold": self.warm_test_vs_cold(),
             "kept_rates": self.kept_rates(),
+            "uncertainty": figures(self.outcomes()),
             "rerun_phase": self.rerun_phase(),
             "kept_rate_curve": curve,
             "kept_rate_by_inventory": kept_rate_bins(curve),

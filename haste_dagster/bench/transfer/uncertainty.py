@@ -1,0 +1,144 @@
+"""How sure the transfer figures are: intervals over (competition, seed) pairs, and the
+figures pooled over independent replicates of the whole benchmark (``--campaign-seed``).
+
+One pair is a cold and a warm attempt with the same competition, seed, budget and folds.
+The intervals resample pairs (a percentile bootstrap) or count them (Wilson's interval,
+the exact sign test). The pairs of one benchmark share its campaign, so they are not
+independent draws of it: the intervals describe the evaluation's noise, not the campaign's.
+Replicates run with other campaign seeds show that variation directly, which is why
+:func:`pooled_figures` reports each replicate beside the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from haste_dagster.bench.transfer.measures import as_good_as
+from haste_dagster.errors import ConfigError
+
+if TYPE_CHECKING:
+    from haste_dagster.bench.transfer.measures import PairRatio
+    from haste_dagster.bench.transfer.report import AttemptRecord
+
+RESAMPLES = 4000
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """What the targets read from one (competition, seed) pair."""
+
+    slug: str
+    seed: int
+    cold_evaluations: int
+    warm_evaluations: int  # budget + 1 (and control evaluations) when never reached
+    reached: bool
+    higher_is_better: bool
+    cold_test: float | None
+    warm_test: float | None
+    cold_kept_rate: float | None  # None: no scored refinement iteration
+    warm_kept_rate: float | None
+
+    @classmethod
+    def of(cls, ratio: PairRatio, cold: AttemptRecord, warm: AttemptRecord) -> PairOutcome:
+        return cls(
+            ratio.slug, ratio.seed, ratio.cold_evaluations, ratio.warm_evaluations,
+            ratio.reached, cold.higher_is_better, cold.test_score, warm.test_score,
+            cold.kept_rate if cold.scored_iterations else None,
+            warm.kept_rate if warm.scored_iterations else None,
+        )
+
+
+def outcomes_from_json(payload: Mapping[str, Any], source: str) -> list[PairOutcome]:
+    """The pairs of a transfer report's JSON (``haste bench transfer --json``); a
+    ConfigError naming ``source`` when it is not one."""
+    try:
+        per_competition = payload["warm_vs_cold"]["per_competition"]
+        attempts = {(a["arm"], a["slug"], a["seed"]): a for a in payload["attempts"]}
+        out = []
+        for slug, summary in per_competition.items():
+            for pair in summary["pairs"]:
+                cold = attempts[("cold", slug, pair["seed"])]
+                warm = attempts[("warm", slug, pair["seed"])]
+                out.append(PairOutcome(
+                    slug, int(pair["seed"]), int(pair["cold_evaluations"]),
+                    int(pair["warm_evaluations"]), bool(pair["reached"]),
+                    bool(cold["higher_is_better"]), cold["test_score"], warm["test_score"],
+                    cold["kept_rate"] if cold["scored_iterations"] else None,
+                    warm["kept_rate"] if warm["scored_iterations"] else None,
+                ))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{source}: not a transfer report (haste bench transfer --json): missing or "
+            f"malformed {exc}"
+        ) from exc
+    return out
+
+
+def figures(
+    outcomes: Sequence[PairOutcome], resamples: int = RESAMPLES, seed: int = 0
+) -> dict[str, Any]:
+    """The three pair-based targets with their intervals (reproducible: ``seed``)."""
+    n = len(outcomes)
+    out: dict[str, Any] = {"pairs": n, "level": LEVEL, "resamples": resamples}
+    if n == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(resamples, n))
+    tail = (1 - LEVEL) / 2 * 100
+
+    warm = np.array([o.warm_evaluations for o in outcomes], dtype=float)
+    cold = np.array([o.cold_evaluations for o in outcomes], dtype=float)
+    ratios = warm[draws].sum(axis=1) / cold[draws].sum(axis=1)
+    out["warm_cold_iteration_ratio"] = {
+        "measured": float(warm.sum() / cold.sum()),
+        "ci": [float(v) for v in np.percentile(ratios, [tail, 100 - tail])],
+        "never_reached": sum(1 for o in outcomes if not o.reached),
+    }
+
+    tested = [o for o in outcomes if o.cold_test is not None and o.warm_test is not None]
+    if tested:
+        better = sum(1 for o in tested if o.warm_test != o.cold_test
+                     and as_good_as(o.warm_test, o.cold_test, o.higher_is_better))  # type: ignore[arg-type]
+        tied = sum(1 for o in tested if o.warm_test == o.cold_test)
+        worse = len(tested) - better - tied
+        at_least = better + tied
+        interval = binomtest(at_least, len(tested)).proportion_ci(LEVEL, method="wilson")
+        out["warm_test_at_least_cold_share"] = {
+            "measured": at_least / len(tested),
+            "ci": [float(interval.low), float(interval.high)],
+            "better": better, "tied": tied, "worse": worse,
+            # two-sided exact sign test of better vs worse, ties left out
+            "sign_test_p": (
+                float(binomtest(better, better + worse).pvalue) if better + worse else None
+            ),
+        }
+
+    kept = [o for o in outcomes if o.cold_kept_rate is not None and o.warm_kept_rate is not None]
+    if kept:
+        w = np.array([o.warm_kept_rate for o in kept], dtype=float)
+        c = np.array([o.cold_kept_rate for o in kept], dtype=float)
+        measured = float(w.mean() / c.mean()) if c.mean() > 0 else None
+        picks = rng.integers(0, len(kept), size=(resamples, len(kept)))
+        cold_means = c[picks].mean(axis=1)
+        ok = cold_means > 0
+        boot = w[picks].mean(axis=1)[ok] / cold_means[ok]
+        out["warm_cold_kept_rate_ratio"] = {
+            "measured": measured,
+            "ci": [float(v) for v in np.percentile(boot, [tail, 100 - tail])] if ok.any() else None,
+        }
+    return out
+
+
+def pooled_figures(replicates: Mapping[str, Sequence[PairOutcome]]) -> dict[str, Any]:
+    """Each replicate's figures and those of all their pairs together."""
+    pooled = [o for outcomes in replicates.values() for o in outcomes]
+    return {
+        "replicates": {name: figures(outcomes) for name, outcomes in replicates.items()},
+        "pooled": figures(pooled),
+    }
