@@ -412,6 +412,11 @@ def test_plan_refuses_an_unknown_pipeline(two_tiny: Path) -> None:
         plan_benchmark(TransferOptions(defs_dirs=[two_tiny], pipeline="wavy"))  # type: ignore[arg-type]
 
 
+def test_plan_refuses_a_negative_campaign_seed(two_tiny: Path) -> None:
+    with pytest.raises(BenchmarkError, match="--campaign-seed must be 0 or more, not -1"):
+        plan_benchmark(TransferOptions(defs_dirs=[two_tiny], campaign_seed=-1))
+
+
 # ---- inventory freezing and aggregation ---------------------------------------------------
 
 

@@ -27,6 +27,7 @@ def test_transfer_benchmark_job_records_figures_and_plots_on_transfer_report(
             "seeds": 1,
             "iterations": 2,
             "peers": [],  # FLAML has its own test in tests/bench; this checks the wiring
+            "campaign_seed": 5,
         }
         result = defs.resolve_job_def("transfer_benchmark").execute_in_process(
             instance=instance, run_config={"ops": {"transfer_benchmark_op": {"config": config}}}
@@ -37,6 +38,9 @@ def test_transfer_benchmark_job_records_figures_and_plots_on_transfer_report(
         metadata = event.asset_materialization.metadata
         report = json.loads(Path(metadata["bench_json_path"].value).read_text())
         assert report["development"] == [SLUGS[0]] and report["evaluation"] == [SLUGS[1]]
+        assert report["seeds"] == [5]  # the evaluation seeds start at the campaign seed
+        assert [a["seed"] for a in report["campaign"] if a["arm"] == "campaign"] == [5]
+        assert metadata["intervals"].value == report["uncertainty"]
         assert metadata["warm_cold_iteration_ratio"].value == report["warm_cold_iteration_ratio"]
         assert set(metadata["ablation_medal_rate"].value) == {"tiered", "flat", "none"}
         for plot in ("learning_curves", "kept_rate", "ablation"):

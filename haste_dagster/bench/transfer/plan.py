@@ -111,6 +111,8 @@ def plan_benchmark(options: TransferOptions) -> Plan:
         raise BenchmarkError("--seeds must be at least 1")
     if options.iterations is not None and options.iterations < 1:
         raise BenchmarkError("--iterations must be at least 1")
+    if options.campaign_seed < 0:
+        raise BenchmarkError(f"--campaign-seed must be 0 or more, not {options.campaign_seed}")
     if options.pipeline not in PIPELINES:
         raise BenchmarkError(
             f"--pipeline must be one of {', '.join(PIPELINES)}, not {options.pipeline!r}"
