@@ -32,6 +32,8 @@ from dagster import (
     Failure,
     JobDefinition,
     OpExecutionContext,
+    Out,
+    Output,
     ScheduleDefinition,
     define_asset_job,
     job,
@@ -273,9 +275,10 @@ def solve_one(
 ROUND_TWO_SOLVER = "solve_round_two"
 
 
-@op(out=DynamicOut(dict), description="Between rounds: promote round 1, consolidate (merge, "
-    "retire, promote); then round 2, the rest of the competitions, warm, each attempt opened "
-    "with its skills fixed before any of them runs.")
+@op(out={"steps": DynamicOut(dict), "round_one": Out(list)},
+    description="Between rounds: promote round 1, consolidate (merge, retire, promote); "
+    "then round 2, the rest of the competitions, warm, each attempt opened with its skills "
+    "fixed before any of them runs.")
 def round_two_competitions(  # noqa: ANN201
     context: OpExecutionContext,
     config: CampaignConfig,
@@ -285,6 +288,9 @@ def round_two_competitions(  # noqa: ANN201
     from haste_dagster.skills import consolidate
 
     _promote_phase(context, solved, skill_store)
+    # Round 1's outcomes, with any promotion failure now recorded on them, go on to the last
+    # op (an op's input is its own copy: marking `solved` alone would not reach it).
+    yield Output(solved, output_name="round_one")
     with skill_store.open() as (_conn, store):
         consolidate(store)
     _, round2 = _rounds(_campaign_slugs(context, config))
@@ -297,7 +303,7 @@ def round_two_competitions(  # noqa: ANN201
             context, step["slug"], _step_config(solver, context.run_id, step), skill_store
         )
     for step in planned:
-        yield DynamicOutput(step, mapping_key=_mapping_key(step["slug"]))
+        yield DynamicOutput(step, mapping_key=_mapping_key(step["slug"]), output_name="steps")
 
 
 @op(tags=TRAIN_TAGS, description="Promote round 2 and consolidate; then the re-run phase: "
@@ -391,8 +397,9 @@ def build_campaign(domains: Sequence[str]) -> JobDefinition:
     )
     def campaign() -> None:
         first = campaign_competitions().map(solve_one).collect()
-        second = round_two_competitions(first).map(solve_one.alias(ROUND_TWO_SOLVER)).collect()
-        promote_and_report(rerun_phase(first, second))
+        planned, round_one = round_two_competitions(first)
+        second = planned.map(solve_one.alias(ROUND_TWO_SOLVER)).collect()
+        promote_and_report(rerun_phase(round_one, second))
 
     return campaign
 

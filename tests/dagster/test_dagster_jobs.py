@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DefaultScheduleStatus
+from dagster import AssetKey, AssetRecordsFilter, DefaultScheduleStatus, FilesystemIOManager
 
 from haste_dagster.config import PROJECT_ROOT
 from haste_dagster.defs.definitions import build_definitions
@@ -104,6 +104,42 @@ def test_campaign_job_fixes_every_round_two_attempts_skills_before_any_of_them_r
             "tiny_c", later.definition.domain, profile_data(later).as_dict(), "tiered"
         )
     assert {s.id for s in now} & learnt_in_round2
+    instance.dispose()
+
+
+def test_a_failed_round_one_promotion_fails_the_campaign_run_and_names_the_competition(
+    tiny_env: dict[str, Path], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haste_dagster.agents import orchestrator
+    from haste_dagster.errors import HasteError
+
+    monkeypatch.setenv("HASTE_EMBEDDINGS", "hashing")
+    promote, calls = orchestrator.promote, []
+
+    def first_promotion_fails(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        if len(calls) == 1:  # round 1's: the only one before round 2 starts
+            raise HasteError("injected: the store went away")
+        return promote(*args, **kwargs)
+
+    monkeypatch.setattr(orchestrator, "promote", first_promotion_fails)
+    instance = dagster_instance(db_url, tiny_env["dagster_home"])
+    # Outputs pickled between ops, as every executor but the in-process one does: an op's
+    # input is then its own copy, and marking it reaches no later op.
+    result = build_definitions().resolve_job_def("campaign").execute_in_process(
+        instance=instance, raise_on_error=False,
+        resources={"io_manager": FilesystemIOManager(base_dir=str(tiny_env["dagster_home"]))},
+        run_config={"ops": {"solve_one": {"config": {"iterations": 1}},
+                            "rerun_phase": {"config": {"rerun": False}}}},
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "promote_and_report"
+    data = failure.event_specific_data
+    assert "1 of 2 competition attempts failed" in data.error.message
+    failed = data.user_failure_data.metadata["failed"].value
+    assert set(failed) == {"tiny_alpha"} and "injected" in failed["tiny_alpha"]
+    assert len(calls) >= 2  # round 2 and the report still ran after the failure
     instance.dispose()
 
 
