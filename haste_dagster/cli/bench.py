@@ -196,27 +196,31 @@ def _pool_transfer_reports(console: Console, paths: list[Path], json_out: Path |
     from rich.console import Console
     from rich.table import Table
 
-    from haste_dagster.bench.transfer import outcomes_from_json, pooled_figures
+    from haste_dagster.bench.transfer import check_replicates, outcomes_from_json, pooled_figures
     from haste_dagster.errors import ConfigError
 
     twice = sorted({str(p) for p in paths if paths.count(p) > 1})
     if twice:
         raise ConfigError(f"--pool {', '.join(twice)} given twice: each replicate counts once")
-    replicates = {
-        str(path): outcomes_from_json(_read_report(path, "transfer", TRANSFER_REPORT_KEYS),
-                                      str(path))
-        for path in paths
-    }
-    pooled = pooled_figures(replicates)
+    reports = {str(path): _read_report(path, "transfer", TRANSFER_REPORT_KEYS) for path in paths}
+    check_replicates(reports)
+    replicates = {name: outcomes_from_json(report, name) for name, report in reports.items()}
+    cold = [a for report in reports.values() for a in report["attempts"] if a["arm"] == "cold"]
+    pooled = pooled_figures(replicates, cold)
     _write_figures(console, json_out, pooled)
     table = Table(title="transfer figures, 95% intervals (replicates, then pooled)")
-    for column in ("report", "pairs", "iteration ratio", "never reached",
-                   "warm test >= cold", "better/tied/worse", "sign test p", "kept-rate ratio"):
+    for column in ("report", "pairs", "ratio", "never", "test >= cold", "b/t/w", "sign p",
+                   "kept ratio"):
         table.add_column(column)
-    rows = [*pooled["replicates"].items(), ("pooled", pooled["pooled"])]
+    rows = [*((Path(name).stem, f) for name, f in pooled["replicates"].items()),
+            ("pooled", pooled["pooled"]), ("retry", pooled["retry_reference"])]
     for name, figures in rows:
-        table.add_row(Path(name).name, str(figures["pairs"]), *_interval_cells(figures))
-    Console().print(table)
+        table.add_row(name, str(figures["pairs"]), *_interval_cells(figures))
+    out = Console()
+    out.print(table)
+    out.print("ratio: warm/cold evaluations to cold's final CV; never: warm never reached it; "
+              "b/t/w: warm test better/tied/worse; retry: cold attempts of other seeds paired "
+              "with each other, the no-transfer reference")
 
 
 def _interval_cells(figures: dict) -> list[str]:

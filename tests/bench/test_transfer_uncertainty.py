@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from haste_dagster.bench.transfer import PairOutcome, figures, pooled_figures
+from haste_dagster.bench.transfer import (
+    PairOutcome,
+    check_replicates,
+    figures,
+    pooled_figures,
+    retry_outcomes,
+)
 from haste_dagster.cli.bench import app as bench_app
+from haste_dagster.errors import ConfigError
 
 
 def _pair(cold_n: int, warm_n: int, cold_test: float, warm_test: float,
@@ -73,3 +80,38 @@ def test_pool_refuses_a_report_given_twice(tmp_path: Path) -> None:
                                             str(report)])
     assert result.exit_code == 2
     assert "given twice" in " ".join(result.output.split())
+
+
+def _cold(seed: int, scores: list[float], test: float, budget: int = 5) -> dict:
+    """A cold attempt's JSON row (lower is better): every score kept when it improves."""
+    rows, best = [], None
+    for idx, score in enumerate(scores):
+        kept = best is None or score < best
+        best = score if kept else best
+        rows.append({"idx": idx, "score": score, "kept": kept})
+    return {"slug": "c", "seed": seed, "best_cv": best, "iterations": rows, "budget": budget,
+            "higher_is_better": False, "test_score": test, "kept_rate": 0.5,
+            "scored_iterations": len(scores) - 1}
+
+
+def test_the_retry_reference_pairs_cold_attempts_of_other_seeds_both_ways() -> None:
+    slow = _cold(0, [5.0, 4.0, 3.0, 2.0], test=2.5)  # reaches 2.0 at its 4th evaluation
+    fast = _cold(1, [3.0, 2.5, 2.6], test=2.4)  # best 2.5 at its 2nd; never reaches 2.0
+    pairs = {(o.seed, o.cold_evaluations, o.warm_evaluations, o.reached)
+             for o in retry_outcomes([slow, fast])}
+    # slow first: fast never reaches 2.0 (budget + 1); fast first: slow reaches 2.5 at 4
+    assert pairs == {(0, 4, 6, False), (1, 2, 4, True)}
+
+
+def _report(seeds: list[int], **options: object) -> dict:
+    return {"seeds": seeds, "options": {"pipeline": "straight", **options}}
+
+
+def test_replicates_must_share_their_options_and_no_evaluation_seed() -> None:
+    check_replicates({"a": _report([0, 1]), "b": _report([10, 11])})
+    check_replicates({"old": {"seeds": [0], "options": {"pipeline": None}},  # before the option
+                      "new": _report([10])})
+    with pytest.raises(ConfigError, match="b and a are not replicates: pipeline 'staged'"):
+        check_replicates({"a": _report([0]), "b": _report([10], pipeline="staged")})
+    with pytest.raises(ConfigError, match="b and a share evaluation seed 1"):
+        check_replicates({"a": _report([0, 1]), "b": _report([1, 2])})

@@ -80,9 +80,11 @@ from haste_dagster.bench.transfer.run import (
 )
 from haste_dagster.bench.transfer.uncertainty import (
     PairOutcome,
+    check_replicates,
     figures,
     outcomes_from_json,
     pooled_figures,
+    retry_outcomes,
 )
 
 __all__ = [
@@ -100,6 +102,7 @@ __all__ = [
     "TransferOptions",
     "TransferReport",
     "ablation_summary",
+    "check_replicates",
     "evaluations_to_reach",
     "figures",
     "incumbent_curve",
@@ -110,6 +113,7 @@ __all__ = [
     "pair_ratio",
     "plan_benchmark",
     "pooled_figures",
+    "retry_outcomes",
     "run_transfer_benchmark",
     "spread",
     "write_json",

@@ -23,7 +23,7 @@ from haste_dagster.bench.transfer.measures import (
     spread,
 )
 from haste_dagster.bench.transfer.plan import Arm, Plan, TransferOptions
-from haste_dagster.bench.transfer.uncertainty import PairOutcome, figures
+from haste_dagster.bench.transfer.uncertainty import PairOutcome, figures, retry_outcomes
 
 SCHEMA = "haste.bench.transfer/1"
 
@@ -456,7 +456,11 @@ class TransferReport:
             "warm_vs_cold": self.warm_vs_cold(),
             "warm_test_vs_cold": self.warm_test_vs_cold(),
             "kept_rates": self.kept_rates(),
-            "uncertainty": figures(self.outcomes()),
+            "uncertainty": {
+                **figures(self.outcomes()),
+                "retry_reference": figures(
+                    retry_outcomes([r.as_json() for r in self.arm("cold")])),
+            },
             "rerun_phase": self.rerun_phase(),
             "kept_rate_curve": curve,
             "kept_rate_by_inventory": kept_rate_bins(curve),

@@ -7,18 +7,22 @@ the exact sign test). The pairs of one benchmark share its campaign, so they are
 independent draws of it: the intervals describe the evaluation's noise, not the campaign's.
 Replicates run with other campaign seeds show that variation directly, which is why
 :func:`pooled_figures` reports each replicate beside the pool.
+
+What the figures would be without any transfer is measured too (:func:`retry_outcomes`):
+cold attempts of the same competition with other seeds, paired with each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import permutations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import binomtest
 
-from haste_dagster.bench.transfer.measures import as_good_as
+from haste_dagster.bench.transfer.measures import as_good_as, evaluations_to_reach
 from haste_dagster.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -54,6 +58,34 @@ class PairOutcome:
         )
 
 
+# What replicates must share (a report from before the option existed ran the default).
+SHARED_OPTIONS = {"policy": "heuristic", "pipeline": "straight", "iterations": None,
+                  "competitions": [], "evaluation": [], "defs_dirs": [], "quick": False}
+
+
+def check_replicates(reports: Mapping[str, Mapping[str, Any]]) -> None:
+    """A ConfigError naming the reports and the option when ``reports`` are not replicates
+    of one benchmark: the same options but the campaign seed, and no evaluation seed in
+    common (cold is deterministic per competition and seed: a shared seed would count the
+    same cold attempt twice)."""
+    names = list(reports)
+    for name in names[1:]:
+        for option, default in SHARED_OPTIONS.items():
+            mine = reports[name].get("options", {}).get(option, default)
+            first = reports[names[0]].get("options", {}).get(option, default)
+            if (mine if mine is not None else default) != (
+                    first if first is not None else default):
+                raise ConfigError(f"{name} and {names[0]} are not replicates: {option} "
+                                  f"{mine!r} vs {first!r}")
+    seen: dict[int, str] = {}
+    for name, report in reports.items():
+        for seed in report.get("seeds", []):
+            if seed in seen:
+                raise ConfigError(f"{name} and {seen[seed]} share evaluation seed {seed}: run "
+                                  "replicates with other --campaign-seed values")
+            seen[seed] = name
+
+
 def outcomes_from_json(payload: Mapping[str, Any], source: str) -> list[PairOutcome]:
     """The pairs of a transfer report's JSON (``haste bench transfer --json``); a
     ConfigError naming ``source`` when it is not one."""
@@ -77,6 +109,34 @@ def outcomes_from_json(payload: Mapping[str, Any], source: str) -> list[PairOutc
             f"{source}: not a transfer report (haste bench transfer --json): missing or "
             f"malformed {exc}"
         ) from exc
+    return out
+
+
+def retry_outcomes(cold: Sequence[Mapping[str, Any]]) -> list[PairOutcome]:
+    """The no-transfer reference: pairs of *cold* attempts (report JSON rows) of one
+    competition with different seeds, the second standing where warm would. It is what
+    retrying with a new seed and no skills gives; a warm figure that is no better than this
+    one's shows no transfer. Unlike warm and cold, the two attempts of a pair were validated
+    on different folds, so this reference is, if anything, noisier than a real pair."""
+    by_slug: dict[str, list[Mapping[str, Any]]] = {}
+    for attempt in cold:
+        if attempt["best_cv"] is not None:
+            by_slug.setdefault(attempt["slug"], []).append(attempt)
+    out = []
+    for slug, attempts in by_slug.items():
+        for first, retry in permutations(sorted(attempts, key=lambda a: a["seed"]), 2):
+            higher = bool(first["higher_is_better"])
+            target = float(first["best_cv"])
+            first_n = evaluations_to_reach(first["iterations"], target, higher)
+            retry_n = evaluations_to_reach(retry["iterations"], target, higher)
+            assert first_n is not None  # its own best is always reached
+            out.append(PairOutcome(
+                slug, int(first["seed"]), first_n,
+                retry_n if retry_n is not None else int(retry["budget"]) + 1,
+                retry_n is not None, higher, first["test_score"], retry["test_score"],
+                first["kept_rate"] if first["scored_iterations"] else None,
+                retry["kept_rate"] if retry["scored_iterations"] else None,
+            ))
     return out
 
 
@@ -135,10 +195,14 @@ def figures(
     return out
 
 
-def pooled_figures(replicates: Mapping[str, Sequence[PairOutcome]]) -> dict[str, Any]:
-    """Each replicate's figures and those of all their pairs together."""
+def pooled_figures(
+    replicates: Mapping[str, Sequence[PairOutcome]], cold: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """Each replicate's figures, those of all their pairs together and, given the
+    replicates' ``cold`` attempts, the no-transfer reference over all of them."""
     pooled = [o for outcomes in replicates.values() for o in outcomes]
     return {
         "replicates": {name: figures(outcomes) for name, outcomes in replicates.items()},
         "pooled": figures(pooled),
+        "retry_reference": figures(retry_outcomes(cold)),
     }
