@@ -144,8 +144,6 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
     from rich.console import Console
     from rich.table import Table
 
-    from haste_dagster.bench.transfer import figures
-
     def fmt(value: object, pattern: str = "{:.3g}") -> str:
         return "—" if value is None else pattern.format(value)
 
@@ -179,12 +177,16 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
     out.print(
         f"kept rate: warm {fmt(kept['warm'], '{:.0%}')} vs cold {fmt(kept['cold'], '{:.0%}')}"
     )
-    ratio, never, share, counts, p, kept_ratio = _interval_cells(figures(report.outcomes()))
-    out.print(
-        f"95% intervals over pairs: iteration ratio {ratio} ({never} never reached); warm "
-        f"test >= cold {share} (better/tied/worse {counts}, sign test p {p}); kept-rate "
-        f"ratio {kept_ratio}"
-    )
+    intervals = report.uncertainty()
+    for label, figures in (("warm vs cold", intervals),
+                           ("no-transfer reference, cold vs cold of other seeds",
+                            intervals["retry_reference"])):
+        ratio, never, share, counts, p, kept_ratio = _interval_cells(figures)
+        out.print(
+            f"{label}, 95% intervals over {figures['pairs']} pairs: iteration ratio {ratio} "
+            f"({never} never reached); test >= {share} (better/tied/worse {counts}, sign "
+            f"test p {p}); kept-rate ratio {kept_ratio}"
+        )
     inv = report.inventory_domains
     out.print(f"inventory by tier {inv.get('by_tier', {})}; domain skills by kind "
               f"{inv.get('domain_by_kind', {})}")

@@ -173,6 +173,11 @@ class TransferReport:
         return [PairOutcome.of(pair_ratio(c, w), c, w)
                 for c, w in self.pairs() if c.best_cv is not None]
 
+    def uncertainty(self) -> dict[str, Any]:
+        """The pair-based targets with 95 % intervals, and the no-transfer reference."""
+        retry = retry_outcomes([r.as_json() for r in self.arm("cold")])
+        return {**figures(self.outcomes()), "retry_reference": figures(retry)}
+
     def warm_cold_iteration_ratio(self) -> float | None:
         ratios = self.ratios()
         if not ratios:
@@ -456,11 +461,7 @@ class TransferReport:
             "warm_vs_cold": self.warm_vs_cold(),
             "warm_test_vs_cold": self.warm_test_vs_cold(),
             "kept_rates": self.kept_rates(),
-            "uncertainty": {
-                **figures(self.outcomes()),
-                "retry_reference": figures(
-                    retry_outcomes([r.as_json() for r in self.arm("cold")])),
-            },
+            "uncertainty": self.uncertainty(),
             "rerun_phase": self.rerun_phase(),
             "kept_rate_curve": curve,
             "kept_rate_by_inventory": kept_rate_bins(curve),

@@ -125,12 +125,7 @@ def transfer_benchmark_step(
     from pathlib import Path
 
     from haste_dagster.bench.plots import write_plots
-    from haste_dagster.bench.transfer import (
-        TransferOptions,
-        figures,
-        run_transfer_benchmark,
-        write_json,
-    )
+    from haste_dagster.bench.transfer import TransferOptions, run_transfer_benchmark, write_json
 
     overrides: dict[str, Any] = {
         "competitions": config.competitions,
@@ -162,7 +157,7 @@ def transfer_benchmark_step(
             "warm_cold_iteration_ratio": report.warm_cold_iteration_ratio(),
             "targets": MetadataValue.json(targets),
             "targets_met": sum(1 for t in targets.values() if t["met"]),
-            "intervals": MetadataValue.json(figures(report.outcomes())),
+            "intervals": MetadataValue.json(report.uncertainty()),
             "ablation_medal_rate": MetadataValue.json(
                 {mode: s["medal_rate"] for mode, s in report.ablation().items()}
             ),
