@@ -1,7 +1,10 @@
 """HeuristicPolicy: the offline default policy, a real optimiser with no LLM.
 
-Initial spec: `default_spec(problem)` with the applicable skill actions of highest positive
-utility applied (one decision per spec path: a higher-utility skill wins a conflict).
+Initial spec: `default_spec(problem)` with the applicable skill action of highest positive
+utility applied: one skill, so that the negative-transfer guard's verdict (the plain default
+evaluated beside the skill-shaped start) is that skill's own. With several, a losing start
+charged every skill in it with one delta and dropped them all, however good the others were
+alone; now the others are proposed as iterations, where the keep rule tests each on its own.
 
 Proposals, in order:
 1. applicable skill actions not tried yet in this attempt, best utility first (untried
@@ -110,7 +113,7 @@ class HeuristicPolicy:
 
     name = "heuristic"
 
-    def __init__(self, max_initial_skills: int = 5, max_draws: int = 200) -> None:
+    def __init__(self, max_initial_skills: int = 1, max_draws: int = 200) -> None:
         self.max_initial_skills = max_initial_skills
         self.max_draws = max_draws
 

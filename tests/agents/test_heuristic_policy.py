@@ -135,10 +135,22 @@ def test_initial_spec_applies_the_highest_utility_skill_of_a_conflict() -> None:
             "big_data", 0.06, _depth(10), {"all": [{"field": "rows", "op": ">=", "value": 10000}]}
         ),
     ]
-    spec, applied = HeuristicPolicy().initial_spec(_problem(), PROFILE, skills)
+    spec, applied = HeuristicPolicy(max_initial_skills=5).initial_spec(_problem(), PROFILE, skills)
     assert applied == ["depth8", "scale"]  # unproven (utility 0) waits to be tested
     assert spec.model.params["max_depth"] == 8 and spec.categorical.encoding == "ordinal"
     assert spec.text == default_spec(_problem()).text
+
+
+def test_by_default_one_skill_shapes_the_start_and_the_next_is_proposed_first() -> None:
+    skills = [
+        _skill("depth8", 0.05, _depth(8)),
+        _skill("scale", 0.01, [{"op": "set", "path": "categorical.encoding", "value": "ordinal"}]),
+    ]
+    spec, applied = HeuristicPolicy().initial_spec(_problem(), PROFILE, skills)
+    assert applied == ["depth8"]  # the guard's verdict on this start is depth8's alone
+    assert spec.categorical.encoding == default_spec(_problem()).categorical.encoding
+    proposals, _, _, _ = _run(HeuristicPolicy(), _problem(), _toy_score, 1, skills=skills)
+    assert proposals[0].skill_ids == ["scale"]  # tested on its own by the keep rule
 
 
 def test_untried_skill_actions_are_proposed_first_by_utility_citing_their_ids() -> None:

@@ -123,6 +123,29 @@ def test_skills_the_control_beat_are_not_proposed_again_in_the_same_attempt(
     assert len(rows) > 1 and all(harmful.id not in r.skill_ids for r in rows)
 
 
+def test_the_guard_charges_only_the_skill_that_shaped_the_start_and_tests_the_next_alone(
+    conn: psycopg.Connection, two_defs: Path
+) -> None:
+    store = open_skill_store(conn)
+    harmful = store.add(_harmful_recipe())
+    encoding = store.add(Skill(
+        tier="domain", scope_key=DOMAIN, kind="change", title="Ordinal categories",
+        guidance="Encode categorical columns as ordinals. Evidence: helped elsewhere.",
+        action={"ops": [{"op": "set", "path": "categorical.encoding", "value": "ordinal"}]},
+        evidence=[Evidence(slug="elsewhere", delta=0.01)], created_by="promotion",
+    ))
+    assert harmful.utility > encoding.utility > 0
+    result = solve(conn, "tiny_b", AttemptConfig(seed=0, iterations=3), defs_dir=two_defs,
+                   extract=False)
+    control = result.attempt.extra["control"]
+    assert control["control_won"] and control["skills"] == [harmful.id]
+    usage = _usage(conn, result.attempt.attempt_id)
+    assert {u["skill_id"] for u in usage if u["event"] == "screened"} == {harmful.id}
+    # the other skill was not dropped with the recipe: it was tried as an iteration
+    (tried,) = [u for u in usage if u["skill_id"] == encoding.id]
+    assert tried["event"] == "applied" and tried["iteration_idx"] == 1
+
+
 def test_a_recipe_whose_parameter_was_renamed_is_skipped_with_a_logged_reason(
     conn: psycopg.Connection, two_defs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
