@@ -68,15 +68,16 @@ def check_replicates(reports: Mapping[str, Mapping[str, Any]]) -> None:
     of one benchmark: the same options but the campaign seed, and no evaluation seed in
     common (cold is deterministic per competition and seed: a shared seed would count the
     same cold attempt twice)."""
-    names = list(reports)
-    for name in names[1:]:
-        for option, default in SHARED_OPTIONS.items():
-            mine = reports[name].get("options", {}).get(option, default)
-            first = reports[names[0]].get("options", {}).get(option, default)
-            if (mine if mine is not None else default) != (
-                    first if first is not None else default):
-                raise ConfigError(f"{name} and {names[0]} are not replicates: {option} "
-                                  f"{mine!r} vs {first!r}")
+    def option(name: str, key: str) -> Any:
+        value = reports[name].get("options", {}).get(key)
+        return SHARED_OPTIONS[key] if value is None else value
+
+    first, *others = list(reports)
+    for name in others:
+        for key in SHARED_OPTIONS:
+            if option(name, key) != option(first, key):
+                raise ConfigError(f"{name} and {first} are not replicates: {key} "
+                                  f"{option(name, key)!r} vs {option(first, key)!r}")
     seen: dict[int, str] = {}
     for name, report in reports.items():
         for seed in report.get("seeds", []):
@@ -95,14 +96,11 @@ def outcomes_from_json(payload: Mapping[str, Any], source: str) -> list[PairOutc
         out = []
         for slug, summary in per_competition.items():
             for pair in summary["pairs"]:
-                cold = attempts[("cold", slug, pair["seed"])]
-                warm = attempts[("warm", slug, pair["seed"])]
-                out.append(PairOutcome(
-                    slug, int(pair["seed"]), int(pair["cold_evaluations"]),
-                    int(pair["warm_evaluations"]), bool(pair["reached"]),
-                    bool(cold["higher_is_better"]), cold["test_score"], warm["test_score"],
-                    cold["kept_rate"] if cold["scored_iterations"] else None,
-                    warm["kept_rate"] if warm["scored_iterations"] else None,
+                out.append(_outcome(
+                    attempts[("cold", slug, pair["seed"])],
+                    attempts[("warm", slug, pair["seed"])],
+                    int(pair["cold_evaluations"]), int(pair["warm_evaluations"]),
+                    bool(pair["reached"]),
                 ))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
@@ -123,21 +121,31 @@ def retry_outcomes(cold: Sequence[Mapping[str, Any]]) -> list[PairOutcome]:
         if attempt["best_cv"] is not None:
             by_slug.setdefault(attempt["slug"], []).append(attempt)
     out = []
-    for slug, attempts in by_slug.items():
+    for attempts in by_slug.values():
         for first, retry in permutations(sorted(attempts, key=lambda a: a["seed"]), 2):
             higher = bool(first["higher_is_better"])
             target = float(first["best_cv"])
             first_n = evaluations_to_reach(first["iterations"], target, higher)
             retry_n = evaluations_to_reach(retry["iterations"], target, higher)
             assert first_n is not None  # its own best is always reached
-            out.append(PairOutcome(
-                slug, int(first["seed"]), first_n,
+            out.append(_outcome(
+                first, retry, first_n,
                 retry_n if retry_n is not None else int(retry["budget"]) + 1,
-                retry_n is not None, higher, first["test_score"], retry["test_score"],
-                first["kept_rate"] if first["scored_iterations"] else None,
-                retry["kept_rate"] if retry["scored_iterations"] else None,
+                retry_n is not None,
             ))
     return out
+
+
+def _outcome(
+    cold: Mapping[str, Any], warm: Mapping[str, Any], cold_n: int, warm_n: int, reached: bool
+) -> PairOutcome:
+    """A pair from two attempts' JSON rows (``AttemptRecord.as_json``) and its counts."""
+    return PairOutcome(
+        str(cold["slug"]), int(cold["seed"]), cold_n, warm_n, reached,
+        bool(cold["higher_is_better"]), cold["test_score"], warm["test_score"],
+        cold["kept_rate"] if cold["scored_iterations"] else None,
+        warm["kept_rate"] if warm["scored_iterations"] else None,
+    )
 
 
 def figures(
