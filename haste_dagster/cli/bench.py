@@ -184,8 +184,8 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
         ratio, never, share, counts, p, kept_ratio = _interval_cells(figures)
         out.print(
             f"{label}, 95% intervals over {figures['pairs']} pairs: iteration ratio {ratio} "
-            f"({never} never reached); test >= {share} (better/tied/worse {counts}, sign "
-            f"test p {p}); kept-rate ratio {kept_ratio}"
+            f"({never} never reached); test score at least as good {share} (better/tied/"
+            f"worse {counts}, sign test p {p}); kept-rate ratio {kept_ratio}"
         )
     inv = report.inventory_domains
     out.print(f"inventory by tier {inv.get('by_tier', {})}; domain skills by kind "
