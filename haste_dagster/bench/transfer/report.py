@@ -23,7 +23,12 @@ from haste_dagster.bench.transfer.measures import (
     spread,
 )
 from haste_dagster.bench.transfer.plan import Arm, Plan, TransferOptions
-from haste_dagster.bench.transfer.uncertainty import PairOutcome, figures, retry_outcomes
+from haste_dagster.bench.transfer.uncertainty import (
+    PairOutcome,
+    figures,
+    pair_outcome,
+    retry_outcomes,
+)
 
 SCHEMA = "haste.bench.transfer/1"
 
@@ -170,8 +175,14 @@ class TransferReport:
 
     def outcomes(self) -> list[PairOutcome]:
         """Every pair's figures, for the intervals (``uncertainty``)."""
-        return [PairOutcome.of(pair_ratio(c, w), c, w)
-                for c, w in self.pairs() if c.best_cv is not None]
+        out = []
+        for cold, warm in self.pairs():
+            if cold.best_cv is None:
+                continue
+            ratio = pair_ratio(cold, warm)
+            out.append(pair_outcome(cold.as_json(), warm.as_json(), ratio.cold_evaluations,
+                                    ratio.warm_evaluations, ratio.reached))
+        return out
 
     def uncertainty(self) -> dict[str, Any]:
         """The pair-based targets with 95 % intervals, and the no-transfer reference."""

@@ -17,17 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import permutations
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
 
 from haste_dagster.bench.transfer.measures import as_good_as, evaluations_to_reach
 from haste_dagster.errors import ConfigError
-
-if TYPE_CHECKING:
-    from haste_dagster.bench.transfer.measures import PairRatio
-    from haste_dagster.bench.transfer.report import AttemptRecord
 
 RESAMPLES = 4000
 LEVEL = 0.95
@@ -47,15 +43,6 @@ class PairOutcome:
     warm_test: float | None
     cold_kept_rate: float | None  # None: no scored refinement iteration
     warm_kept_rate: float | None
-
-    @classmethod
-    def of(cls, ratio: PairRatio, cold: AttemptRecord, warm: AttemptRecord) -> PairOutcome:
-        return cls(
-            ratio.slug, ratio.seed, ratio.cold_evaluations, ratio.warm_evaluations,
-            ratio.reached, cold.higher_is_better, cold.test_score, warm.test_score,
-            cold.kept_rate if cold.scored_iterations else None,
-            warm.kept_rate if warm.scored_iterations else None,
-        )
 
 
 # What replicates must share (a report from before the option existed ran the default).
@@ -96,7 +83,7 @@ def outcomes_from_json(payload: Mapping[str, Any], source: str) -> list[PairOutc
         out = []
         for slug, summary in per_competition.items():
             for pair in summary["pairs"]:
-                out.append(_outcome(
+                out.append(pair_outcome(
                     attempts[("cold", slug, pair["seed"])],
                     attempts[("warm", slug, pair["seed"])],
                     int(pair["cold_evaluations"]), int(pair["warm_evaluations"]),
@@ -128,7 +115,7 @@ def retry_outcomes(cold: Sequence[Mapping[str, Any]]) -> list[PairOutcome]:
             first_n = evaluations_to_reach(first["iterations"], target, higher)
             retry_n = evaluations_to_reach(retry["iterations"], target, higher)
             assert first_n is not None  # its own best is always reached
-            out.append(_outcome(
+            out.append(pair_outcome(
                 first, retry, first_n,
                 retry_n if retry_n is not None else int(retry["budget"]) + 1,
                 retry_n is not None,
@@ -136,10 +123,11 @@ def retry_outcomes(cold: Sequence[Mapping[str, Any]]) -> list[PairOutcome]:
     return out
 
 
-def _outcome(
+def pair_outcome(
     cold: Mapping[str, Any], warm: Mapping[str, Any], cold_n: int, warm_n: int, reached: bool
 ) -> PairOutcome:
-    """A pair from two attempts' JSON rows (``AttemptRecord.as_json``) and its counts."""
+    """A pair from two attempts' JSON rows (``AttemptRecord.as_json``) and its counts: the
+    one way a pair is made, from a report in memory or read back from its file."""
     return PairOutcome(
         str(cold["slug"]), int(cold["seed"]), cold_n, warm_n, reached,
         bool(cold["higher_is_better"]), cold["test_score"], warm["test_score"],
