@@ -141,19 +141,24 @@ def should_keep(
 
 
 def skill_views(
-    skills: list[Skill], loaded: Sequence[Mapping[str, Any]], domain: str | None = None
+    skills: list[Skill],
+    loaded: Sequence[Mapping[str, Any]],
+    domain: str | None = None,
+    slug: str | None = None,
 ) -> list[SkillView]:
     """Policy views of ``skills`` with the utilities frozen in their ``loaded`` entries
-    (`load_attempt_skills`); with ``domain`` (the competition's), a domain skill of another
-    domain is marked ``foreign`` (a cross-evaluation candidate) and carries the conditions
-    it must meet here (`skills.scope.conditions_here`)."""
-    from haste_dagster.skills.scope import conditions_here, is_foreign
+    (`load_attempt_skills`); with the competition's ``domain`` and ``slug``, a domain skill
+    of another domain is marked ``foreign``, and each cross-evaluation candidate carries
+    the conditions it must meet here (`skills.scope.conditions_here`)."""
+    from haste_dagster.skills.scope import conditions_here, is_candidate, is_foreign
 
     frozen = {entry["id"]: entry for entry in loaded}
     views = []
     for s in skills:
         foreign = is_foreign(s.tier, s.scope_key, domain)
         kind = str(getattr(s, "kind", None) or "change")
+        here = conditions_here(s.conditions, kind, foreign=foreign,
+                               candidate=is_candidate(s.tier, s.scope_key, slug, domain))
         entry = frozen.get(s.id, {})
         views.append(SkillView(
             id=s.id,
@@ -162,9 +167,7 @@ def skill_views(
             guidance=s.guidance,
             action=s.action,
             utility=float(entry.get("utility", 0.0)),
-            conditions={
-                "all": [c.model_dump() for c in conditions_here(s.conditions, foreign, kind)]
-            },
+            conditions={"all": [c.model_dump() for c in here]},
             kind=kind,
             payload=dict(getattr(s, "payload", None) or {}),
             foreign=foreign,

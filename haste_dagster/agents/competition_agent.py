@@ -90,7 +90,9 @@ class RefinementLoop:
         self.competition = competition
         self.policy = policy
         self.skills_loaded = skills_loaded
-        self.views = skill_views(skills, skills_loaded, competition.definition.domain)
+        self.views = skill_views(
+            skills, skills_loaded, competition.definition.domain, competition.definition.slug
+        )
         self.record_usage = record_usage
         self.progress = progress
         self.metric = get_metric(competition.problem.metric)

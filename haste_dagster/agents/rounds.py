@@ -138,7 +138,9 @@ def frozen_views(
     """Policy views of ``skills`` with the utilities frozen in their ``loaded`` entries,
     resolved as the sequential attempt resolves them (foreign rules capped, rules restated
     for this data, actions that no longer validate skipped with a logged reason)."""
-    views = attempts.skill_views(skills, loaded, competition.definition.domain)
+    views = attempts.skill_views(
+        skills, loaded, competition.definition.domain, competition.definition.slug
+    )
     return resolve_skill_views(views, competition.problem, profile)
 
 

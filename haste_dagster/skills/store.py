@@ -491,7 +491,7 @@ class SkillStore:
             )
             rows = scoped_cursor.fetchall()
             nearest = nearest_cursor.fetchall() if nearest_cursor else []
-        scoped = applicable_skills(rows, profile, domain)
+        scoped = applicable_skills(rows, profile, domain, slug)
         globals_ = self._top_global(query, profile, top_k_global, nearest, limit)
 
         def by_utility(s: Skill) -> tuple[Any, ...]:
@@ -506,6 +506,7 @@ class SkillStore:
             {s.pattern for s in [*domain_skills, *globals_] if s.pattern},
             foreign=[s for s in scoped if is_foreign(s.tier, s.scope_key, domain)],
             slug=slug,
+            profile=profile,
         )
         return [*competition, *domain_skills, *candidates, *globals_]
 

@@ -134,19 +134,26 @@ def row_to_skill(row: dict[str, Any], conditions: list[Condition] | None = None)
 
 
 def applicable_skills(
-    rows: list[dict[str, Any]], profile: dict[str, Any], domain: str | None = None
+    rows: list[dict[str, Any]],
+    profile: dict[str, Any],
+    domain: str | None = None,
+    slug: str | None = None,
 ) -> list[Skill]:
     """The rows whose conditions hold on ``profile`` (`Skill.conditions_hold`: every
     `Condition.holds`), decoded; conditions are checked before the rest is decoded. With
-    ``domain`` (the competition's), a domain skill of another domain is checked on
-    `skills.scope.conditions_here`, as a cross-evaluation candidate."""
-    from haste_dagster.skills.scope import conditions_here, is_foreign
+    the competition's ``domain`` and ``slug``, a cross-evaluation candidate (a skill of
+    another competition or another domain) is checked on `skills.scope.conditions_here`."""
+    from haste_dagster.skills.scope import conditions_here, is_candidate, is_foreign
 
     out = []
     for row in rows:
         conditions = row_conditions(row)
-        foreign = is_foreign(row["tier"], row["scope_key"], domain)
-        if all(c.holds(profile) for c in conditions_here(conditions, foreign, row["kind"])):
+        here = conditions_here(
+            conditions, row["kind"],
+            candidate=is_candidate(row["tier"], row["scope_key"], slug, domain),
+            foreign=is_foreign(row["tier"], row["scope_key"], domain),
+        )
+        if all(c.holds(profile) for c in here):
             out.append(row_to_skill(row, conditions))
     return out
 

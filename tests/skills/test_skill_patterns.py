@@ -88,6 +88,35 @@ def test_two_literal_values_in_one_direction_are_one_rule_and_one_domain_skill(
     assert again.changed == [] and store.count() == count and len(decisions(store)) == before
 
 
+def test_a_candidate_is_tried_beyond_the_scale_it_was_measured_on_nearest_first(
+    store: SkillStore,
+) -> None:
+    """A rule's rows and rows-per-feature windows say where it was seen; as a candidate
+    elsewhere it is tried outside them (the nearest source first), and its help there
+    widens them when it is promoted."""
+    from haste_dagster.agents.attempts import skill_views
+    from haste_dagster.agents.policy import conditions_hold
+
+    (small,) = [s for s in _deepen(store, "comp_a", 9, 0.03, 1000, 100.0) if s.kind == "rule"]
+    (large,) = [s for s in _deepen(store, "comp_b", 12, 0.02, 40000, 4000.0) if s.kind == "rule"]
+    assert small.pattern == large.pattern == RULE
+    tiny, huge = _profile("comp_c", 100, 10.0), _profile("comp_d", 30000, 3000.0)
+    assert not small.conditions_hold(tiny) and not large.conditions_hold(tiny)
+    for slug, profile, nearest in (("comp_c", tiny, small), ("comp_d", huge, large)):
+        _record_profile(store.conn, slug, profile)
+        loaded = store.scoped_skills(slug, DOMAIN, profile, "tiered")
+        # one candidate per pattern: the one measured on data nearest in scale
+        assert [s.id for s in loaded if s.pattern == RULE] == [nearest.id]
+    (view,) = skill_views([small], [], DOMAIN, "comp_c")
+    assert conditions_hold(view.conditions, tiny)  # judged without its scale windows
+    (home,) = skill_views([small], [], DOMAIN, "comp_a")
+    assert not conditions_hold(home.conditions, tiny)  # on its own competition it keeps them
+    # it helped on comp_c (100 rows): promotion widens the rows window to hold there
+    store.record_usage(insert_attempt(store.conn, "comp_c"), 1, [small.id], True, 0.04)
+    (domain_rule,) = [s for s in promote_domain(store, DOMAIN).skills if s.kind == "rule"]
+    assert domain_rule.conditions_hold(tiny)
+
+
 def test_a_literal_change_that_recurs_after_its_rule_was_promoted_leaves_the_rule_alone(
     store: SkillStore,
 ) -> None:
