@@ -150,15 +150,14 @@ def skill_views(
     (`load_attempt_skills`); with the competition's ``domain`` and ``slug``, a domain skill
     of another domain is marked ``foreign``, and each cross-evaluation candidate carries
     the conditions it must meet here (`skills.scope.conditions_here`)."""
-    from haste_dagster.skills.scope import conditions_here, is_candidate, is_foreign
+    from haste_dagster.skills.scope import conditions_here, is_foreign
 
     frozen = {entry["id"]: entry for entry in loaded}
     views = []
     for s in skills:
         foreign = is_foreign(s.tier, s.scope_key, domain)
         kind = str(getattr(s, "kind", None) or "change")
-        here = conditions_here(s.conditions, kind, foreign=foreign,
-                               candidate=is_candidate(s.tier, s.scope_key, slug, domain))
+        here = conditions_here(s.conditions, kind, s.tier, s.scope_key, slug=slug, domain=domain)
         entry = frozen.get(s.id, {})
         views.append(SkillView(
             id=s.id,

@@ -40,13 +40,20 @@ def is_candidate(tier: str, scope_key: str | None, slug: str | None, domain: str
 
 
 def conditions_here(
-    conditions: Sequence[Condition], kind: str, *, candidate: bool, foreign: bool
+    conditions: Sequence[Condition],
+    kind: str,
+    tier: str,
+    scope_key: str | None,
+    *,
+    slug: str | None,
+    domain: str | None,
 ) -> list[Condition]:
-    """The ``conditions`` a skill must meet on this competition: all of them; for a
-    ``candidate`` all but its ``SCALE_KEYS`` windows; for a ``foreign`` rule (promoted in
+    """The ``conditions`` a skill (of ``kind``, ``tier``, ``scope_key``) must meet on
+    competition ``slug`` of ``domain``: all of them; for a cross-evaluation candidate
+    (`is_candidate`) all but its ``SCALE_KEYS`` windows; for a foreign rule (promoted in
     another domain) also all but ``SOURCE_DOMAIN_KEYS``."""
-    strip = set(_windows(conditions)) if candidate or foreign else set()
-    if foreign and kind == "rule":
+    strip = set(_windows(conditions)) if is_candidate(tier, scope_key, slug, domain) else set()
+    if kind == "rule" and is_foreign(tier, scope_key, domain):
         strip |= SOURCE_DOMAIN_KEYS
     return [c for c in conditions if c.key not in strip]
 

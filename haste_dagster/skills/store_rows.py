@@ -143,16 +143,13 @@ def applicable_skills(
     `Condition.holds`), decoded; conditions are checked before the rest is decoded. With
     the competition's ``domain`` and ``slug``, a cross-evaluation candidate (a skill of
     another competition or another domain) is checked on `skills.scope.conditions_here`."""
-    from haste_dagster.skills.scope import conditions_here, is_candidate, is_foreign
+    from haste_dagster.skills.scope import conditions_here
 
     out = []
     for row in rows:
         conditions = row_conditions(row)
-        here = conditions_here(
-            conditions, row["kind"],
-            candidate=is_candidate(row["tier"], row["scope_key"], slug, domain),
-            foreign=is_foreign(row["tier"], row["scope_key"], domain),
-        )
+        here = conditions_here(conditions, row["kind"], row["tier"], row["scope_key"],
+                               slug=slug, domain=domain)
         if all(c.holds(profile) for c in here):
             out.append(row_to_skill(row, conditions))
     return out
