@@ -98,18 +98,44 @@ def transfer_command(
         help="run nothing: the --json reports of replicates (repeated; e.g. other "
         "--campaign-seed values), each one's pair figures with intervals and all pooled",
     ),
+    replay: Path | None = typer.Option(
+        None, "--replay",
+        help="run only the evaluation again, with this code, on a copy of the campaign store "
+        "of this --json report (run with --keep-databases): a paired A/B of a loading, "
+        "policy or search change",
+    ),
+    recount_priors: bool = typer.Option(
+        False, "--recount-priors",
+        help="with --replay: first count the domains' search priors again with this code",
+    ),
 ) -> None:
     """Transfer benchmark: cold campaign, warm vs cold, loading ablation, kept rate vs
     inventory size, FLAML at the same measured CPU seconds. Runs in throwaway databases."""
     from rich.console import Console
 
     from haste_dagster import db
-    from haste_dagster.bench.transfer import TransferOptions, run_transfer_benchmark, write_json
+    from haste_dagster.bench.transfer import (
+        TransferOptions,
+        replay_evaluation,
+        run_transfer_benchmark,
+        write_json,
+    )
 
     console = Console(stderr=True)
     if pool:
         with _bench_errors(console):
             _pool_transfer_reports(console, pool, json_out)
+        return
+    if replay is not None:
+        with _bench_errors(console):
+            report = replay_evaluation(
+                db.database_url(), _read_report(replay, "transfer", TRANSFER_REPORT_KEYS),
+                source=str(replay), recount_priors=recount_priors,
+                log=lambda message: console.print(message, highlight=False, markup=False),
+            )
+        if json_out is not None:
+            console.print(f"wrote {write_json(report, json_out)}")
+        _print_transfer_summary(report)
         return
     overrides: dict = {
         "competitions": _split_names(competitions),

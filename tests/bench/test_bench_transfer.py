@@ -502,3 +502,69 @@ def test_flaml_inputs_code_labels_in_class_order_and_expand_dates(tmp_path: Path
     assert "y" not in x_train.columns and len(x_test) == len(competition.test_features)
     assert {"day__year", "day__month", "day__dayofweek", "day__elapsed"} <= set(x_train.columns)
     assert str(x_train["shop"].dtype) == "category"
+
+
+def test_a_replay_with_unchanged_code_repeats_every_evaluation_attempt_on_a_copy(
+    db_url: str, server_url: str, two_tiny: Path, tmp_path: Path
+) -> None:
+    """The replay is a paired A/B only if, with nothing changed, it gives the report back."""
+    from haste_dagster.bench.transfer import replay_evaluation, run_transfer_benchmark
+
+    options = TransferOptions(defs_dirs=[two_tiny], iterations=4, seeds=2, modes=("tiered",),
+                              peers=(), keep_databases=True)
+    first = json.loads(json.dumps(run_transfer_benchmark(db_url, options).as_json()))
+    names = list(first["databases"].values())
+    try:
+        again = replay_evaluation(db_url, first, source="first.json").as_json()
+        names.append(again["replay"]["database"])
+        # counted again by the same code over the same attempts, the priors are unchanged
+        recounted = replay_evaluation(db_url, first, source="first.json",
+                                      recount_priors=True).as_json()
+        names.append(recounted["replay"]["database"])
+        def scores(report: dict) -> list[list[tuple]]:
+            return [[(i["idx"], i["score"], i["kept"]) for i in a["iterations"]]
+                    for a in report["attempts"] if a["arm"] == "warm"]
+
+        assert scores(recounted) == scores(again)
+        assert again["replay"]["of"] == "first.json"
+        assert again["replay"]["database"] not in first["databases"].values()
+
+        def arm(report: dict, name: str) -> dict:
+            return {(a["slug"], a["seed"]): a for a in report["attempts"] if a["arm"] == name}
+
+        assert scores(again) == scores(first)
+        warm, replayed = arm(first, "warm"), arm(again, "warm")
+        assert set(replayed) == set(warm) == {("tiny_eval", 0), ("tiny_eval", 1)}
+        for pair, attempt in warm.items():
+            twin = replayed[pair]
+            assert twin["database"] == again["replay"]["database"]
+            assert (twin["test_score"], twin["skill_ids_loaded"]) == (
+                attempt["test_score"], attempt["skill_ids_loaded"])
+        def measured(attempts: dict) -> dict:  # the sum of rounded seconds may round apart
+            return {k: {f: v for f, v in a.items() if f != "usage"} for k, a in attempts.items()}
+
+        # not run again: the report's own
+        assert measured(arm(again, "cold")) == measured(arm(first, "cold"))
+        assert [a["attempt_id"] for a in again["campaign"]] == [
+            a["attempt_id"] for a in first["campaign"]]
+        assert again["uncertainty"]["pairs"] == first["uncertainty"]["pairs"] == 2
+        assert again["warm_cold_iteration_ratio"] == first["warm_cold_iteration_ratio"]
+        assert again["inventory"]["frozen"] is True
+        with psycopg.connect(db.database_address(db.server_conninfo(server_url),
+                                                 again["replay"]["database"])) as conn:
+            labels = conn.execute("SELECT label, count(*) FROM attempts GROUP BY 1").fetchall()
+        assert dict(labels)["bench:warm"] == 2  # the report's own were deleted from the copy
+    finally:
+        for name in names:
+            db.drop_database(server_url, name)
+
+
+def test_a_report_whose_databases_were_dropped_cannot_be_replayed(two_tiny: Path) -> None:
+    from haste_dagster.bench.transfer import replay_evaluation
+
+    options = TransferOptions(defs_dirs=[two_tiny], seeds=1).as_json()
+    report = {"options": options, "databases": {"inventory": "x_inv", "kept": "false"}}
+    with pytest.raises(BenchmarkError, match="r.json: its databases were dropped"):
+        replay_evaluation("postgresql://unused", report, source="r.json")
+    with pytest.raises(BenchmarkError, match="r.json: not a transfer report"):
+        replay_evaluation("postgresql://unused", {"databases": {}}, source="r.json")

@@ -76,6 +76,7 @@ from haste_dagster.bench.transfer.run import (
     FrozenStore,
     inventory,
     inventory_listing,
+    replay_evaluation,
     run_transfer_benchmark,
 )
 from haste_dagster.bench.transfer.uncertainty import (
@@ -114,6 +115,7 @@ __all__ = [
     "plan_benchmark",
     "pooled_figures",
     "retry_outcomes",
+    "replay_evaluation",
     "run_transfer_benchmark",
     "spread",
     "write_json",

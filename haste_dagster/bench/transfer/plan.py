@@ -73,6 +73,16 @@ class TransferOptions:
         base = cls(seeds=1, iterations=QUICK_ITERATIONS, quick=True)
         return replace(base, **overrides)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TransferOptions:
+        """The options a report's JSON recorded (``as_json``), without ``log``."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["defs_dirs"] = [Path(p) for p in values.get("defs_dirs", [])]
+        for name in ("modes", "peers"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
     def as_json(self) -> dict[str, Any]:
         # Not asdict(): it deep-copies `log`, and a bound logger method cannot be copied.
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "log"}

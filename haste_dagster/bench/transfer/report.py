@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +105,14 @@ class AttemptRecord:
     def usage(self) -> Usage:
         return self.search + self.submission
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttemptRecord:
+        """The record a report's JSON holds (``as_json``; its derived keys are recomputed)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["search"] = Usage(**data["search"])
+        values["submission"] = Usage(**data["submission"])
+        return cls(**values)
+
     @property
     def curve(self) -> list[float | None]:
         return incumbent_curve(self.iterations, self.higher_is_better)
@@ -132,6 +140,12 @@ class PeerRecord:
     percentile: float | None
     best_estimator: str | None
     error: str | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PeerRecord:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["usage"] = Usage(**data["usage"])
+        return cls(**values)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -161,6 +175,41 @@ class TransferReport:
     inventory_skills: list[dict[str, Any]] = field(default_factory=list)
     inventory_domains: dict[str, Any] = field(default_factory=dict)  # by tier, domain × kind
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # set by a replay (run.replay_evaluation): the report it replayed, its copy database
+    replay: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], options: TransferOptions, plan: Plan
+                  ) -> TransferReport:
+        """The report a ``--json`` file holds, for the options and plan it was run with."""
+        environment, stock = data["environment"], data["inventory"]
+        peers: list[PeerRecord] = []
+        unavailable: dict[str, str] = {}
+        for name, per in data["peers"].items():
+            if per.get("available") is False:
+                unavailable[name] = per["reason"]
+                continue
+            for slug, entry in per.items():
+                if not slug.startswith("_"):
+                    peers += [PeerRecord.from_json(run) for run in entry["runs"]]
+        return cls(
+            options=options,
+            plan=plan,
+            databases=dict(data["databases"]),
+            started_at=environment["started_at"],
+            finished_at=environment["finished_at"],
+            usage=Usage(environment["wall_seconds"], environment["cpu_seconds"]),
+            campaign=[AttemptRecord.from_json(r) for r in data["campaign"]],
+            evaluation=[AttemptRecord.from_json(r) for r in data["attempts"]],
+            peers=peers,
+            peers_unavailable=unavailable,
+            inventory_before=stock["before_evaluation"],
+            inventory_after=stock["after_evaluation"],
+            inventory_skills=stock["skills"],
+            inventory_domains=stock["by_tier_and_domain"],
+            failures=list(data["failures"]),
+            replay=data.get("replay"),
+        )
 
     # ---- selections ----------------------------------------------------------------------
     def arm(self, arm: Arm, slug: str | None = None) -> list[AttemptRecord]:
@@ -488,6 +537,7 @@ class TransferReport:
             },
             "targets": self.targets(),
             **({"llm": self.llm_summary()} if self.options.policy == "llm" else {}),
+            **({"replay": self.replay} if self.replay is not None else {}),
             "failures": self.failures,
             "campaign": [r.as_json() for r in self.campaign],
             "attempts": [r.as_json() for r in self.evaluation],

@@ -7,6 +7,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +19,7 @@ from haste_dagster import db
 from haste_dagster.bench.measure import Stopwatch, Usage, cpu_seconds
 from haste_dagster.bench.transfer.plan import (
     Arm,
+    BenchmarkError,
     Loading,
     Plan,
     TransferOptions,
@@ -302,38 +305,10 @@ def run_transfer_benchmark(
         loading: Loading,
         seed: int,
     ) -> AttemptRecord | None:
-        """One attempt; a failing one is reported (as `haste campaign` does) and skipped."""
-        phase: Literal["campaign", "evaluation"] = (
-            "campaign" if arm in ("campaign", "rerun_warm", "rerun_control") else "evaluation"
-        )
-        try:
-            record = _run_one(
-                conn,
-                database,
-                store,
-                competitions[slug],
-                phase=phase,
-                arm=arm,
-                loading=loading,
-                seed=seed,
-                options=options,
-                plan=plan,
-                extract=arm != "rerun_control",
-            )
-        except (HasteError, ValueError, KeyError) as exc:
-            conn.rollback()
-            error = f"{type(exc).__name__}: {exc}"
-            report.failures.append({"arm": arm, "slug": slug, "seed": seed, "error": error})
-            _say(options, f"{arm:<8} {slug} seed {seed}: FAILED {error}")
-            return None
-        (report.campaign if phase == "campaign" else report.evaluation).append(record)
-        extra = f" (+{len(record.new_skills)} skills)" if phase == "campaign" else ""
-        _say(options, _describe(record) + extra)
-        return record
+        return _attempt(report, competitions[slug], conn, database, store, arm, loading, seed)
 
     keep = options.keep_databases
-    arms: list[tuple[Arm, Loading]] = [("warm", "tiered")]
-    arms += [(m, m) for m in options.modes if m != "tiered"]  # type: ignore[misc]
+    arms = _evaluation_arms(options)
     with (
         db.scratch_database(base, names["inventory"], keep=keep) as inv_url,
         db.scratch_database(base, names["cold"], keep=keep) as cold_url,
@@ -382,6 +357,161 @@ def run_transfer_benchmark(
     report.usage = Usage(time.perf_counter() - wall0, cpu_seconds() - cpu0)
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     return report
+
+
+def _evaluation_arms(options: TransferOptions) -> list[tuple[Arm, Loading]]:
+    """(arm, loading) of the attempts run against the frozen inventory: warm, then the
+    ablation's other loading modes."""
+    arms: list[tuple[Arm, Loading]] = [("warm", "tiered")]
+    return arms + [(m, m) for m in options.modes if m != "tiered"]  # type: ignore[misc]
+
+
+def _attempt(
+    report: TransferReport,
+    competition: Competition,
+    conn: psycopg.Connection,
+    database: str,
+    store: SkillStore | FrozenStore,
+    arm: Arm,
+    loading: Loading,
+    seed: int,
+) -> AttemptRecord | None:
+    """One attempt, recorded in ``report``; a failing one is reported (as `haste campaign`
+    does) and skipped."""
+    options, slug = report.options, competition.definition.slug
+    phase: Literal["campaign", "evaluation"] = (
+        "campaign" if arm in ("campaign", "rerun_warm", "rerun_control") else "evaluation"
+    )
+    try:
+        record = _run_one(
+            conn,
+            database,
+            store,
+            competition,
+            phase=phase,
+            arm=arm,
+            loading=loading,
+            seed=seed,
+            options=options,
+            plan=report.plan,
+            extract=arm != "rerun_control",
+        )
+    except (HasteError, ValueError, KeyError) as exc:
+        conn.rollback()
+        error = f"{type(exc).__name__}: {exc}"
+        report.failures.append({"arm": arm, "slug": slug, "seed": seed, "error": error})
+        _say(options, f"{arm:<8} {slug} seed {seed}: FAILED {error}")
+        return None
+    (report.campaign if phase == "campaign" else report.evaluation).append(record)
+    extra = f" (+{len(record.new_skills)} skills)" if phase == "campaign" else ""
+    _say(options, _describe(record) + extra)
+    return record
+
+
+def replay_evaluation(
+    conn_or_url: psycopg.Connection | str,
+    payload: dict[str, Any],
+    *,
+    source: str,
+    recount_priors: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TransferReport:
+    """Run a report's evaluation phase again, with this code, against its campaign's store.
+
+    A paired A/B of anything the evaluation reads (loading, the policy, the search): the
+    campaign, its inventory, the cold attempts and the peers are the report's own, and only
+    the attempts against the frozen inventory (warm and the ablation's arms) run again, with
+    the same seeds. They run in a copy of the report's kept inventory database
+    (``<inventory>_replay_<time>``, kept for inspection) from which the report's own
+    evaluation attempts are deleted: they recorded no usage, so the copy is the store as
+    that evaluation saw it. The replayed report is a whole report (``--pool`` reads it);
+    its ``replay`` entry names the source and the copy. ``recount_priors``: first count the
+    domains' search priors again with this code (for a change to what a prior holds).
+    A :class:`BenchmarkError` names ``source`` when it cannot be replayed.
+    """
+    from haste_dagster.agents.factory import open_skill_store
+
+    try:
+        options = replace(TransferOptions.from_json(payload["options"]), log=log)
+        databases = payload["databases"]
+    except (KeyError, TypeError) as exc:
+        raise BenchmarkError(
+            f"{source}: not a transfer report (haste bench transfer --json): missing {exc}"
+        ) from exc
+    if databases.get("kept") != "true":
+        raise BenchmarkError(
+            f"{source}: its databases were dropped after the run; only a report run with "
+            "--keep-databases can be replayed"
+        )
+    plan = plan_benchmark(options)
+    if (plan.evaluation, plan.seeds) != (payload.get("evaluation"), payload.get("seeds")):
+        raise BenchmarkError(
+            f"{source}: its evaluation {payload.get('evaluation')} with seeds "
+            f"{payload.get('seeds')} is not what its options plan here ({plan.evaluation}, "
+            f"{plan.seeds}): were the competition definitions changed?"
+        )
+    try:
+        report = TransferReport.from_json(payload, options, plan)
+    except (KeyError, TypeError) as exc:
+        raise BenchmarkError(f"{source}: a transfer report without {exc}") from exc
+    base = db.server_conninfo(conn_or_url)
+    original = databases["inventory"]
+    copy = f"{original}_replay_{datetime.now(UTC):%H%M%S}"
+    try:
+        copy_url = db.create_database(base, copy, template=original)
+    except HasteError as exc:
+        raise BenchmarkError(
+            f"{source}: cannot copy its inventory database {original} on this server (is "
+            f"HASTE_HOME or HASTE_DATABASE_URL the one it ran on? is a session open on it?): "
+            f"{exc}"
+        ) from exc
+    arms = _evaluation_arms(options)
+    report.evaluation = [r for r in report.evaluation if r.arm == "cold"]
+    competitions = {s: load_competition(s, plan.folders[s]) for s in plan.evaluation}
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    with Stopwatch() as clock, db.connect(copy_url) as conn:
+        conn.execute("DELETE FROM attempts WHERE label = ANY(%s)",
+                     ([f"bench:{arm}" for arm, _ in arms],))
+        store = open_skill_store(conn)
+        if recount_priors:
+            _recount_priors(conn, store, sorted(set(plan.domains.values())))
+        frozen = FrozenStore(store)
+        report.inventory_before = inventory(conn)
+        for slug in plan.evaluation:
+            for seed in plan.seeds:
+                for arm, loading in arms:
+                    _attempt(report, competitions[slug], conn, copy, frozen, arm, loading, seed)
+        report.inventory_after = inventory(conn)
+    report.replay = {
+        "of": source,
+        "database": copy,
+        "recount_priors": recount_priors,
+        "started_at": started,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **clock.usage.as_json(),
+    }
+    return report
+
+
+def _recount_priors(conn: psycopg.Connection, store: SkillStore, domains: list[str]) -> None:
+    """Count each domain's search prior again, with this code, over the attempts its stored
+    version counted: those finished when it was written (the re-run phase's control, which
+    no promotion follows, is held out)."""
+    from haste_dagster.agents.orchestrator import update_search_priors
+
+    for domain in domains:
+        with conn.transaction():
+            held = conn.execute(
+                """UPDATE attempts SET status = 'running' WHERE status = 'finished'
+                   AND slug IN (SELECT slug FROM competitions WHERE domain = %s)
+                   AND finished_at > (SELECT max(created_at) FROM skills
+                                      WHERE kind = 'prior' AND scope_key = %s)
+                   RETURNING id""",
+                (domain, domain),
+            ).fetchall()
+            update_search_priors(conn, domain, store)
+            conn.execute("UPDATE attempts SET status = 'finished' WHERE id = ANY(%s)",
+                         ([r["id"] for r in held],))
 
 
 def _run_peers(report: TransferReport, competitions: dict[str, Competition]) -> None:
