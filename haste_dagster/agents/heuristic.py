@@ -18,10 +18,7 @@ Proposals, in order:
      was kept earlier in the attempt;
    - *how far* is a Gaussian step in the parameter's normalised (log-)coordinate whose size
      follows the 1/5th success rule: ×1.5 after a kept change, ×1.5^(-1/4) after a rejected
-     one, replayed from the history;
-   - *which way*, for a move that changes a number, is drawn by Thompson sampling over the
-     domain's search prior: how often raising and lowering it were kept in the domain's
-     earlier attempts. Without such counts the step's own sign decides, as it always did.
+     one, replayed from the history.
    A candidate identical to any spec already evaluated in the attempt is never proposed.
 
 `propose` is a pure function of its context: its random generator is seeded from
@@ -308,10 +305,9 @@ class HeuristicPolicy:
         record = f"kept {state.kept.get(key, 0)}/{state.tries.get(key, 0)} before"
         if key.startswith("family:"):
             return self._family_move(ctx, payload, record)
-        counts = direction_priors(ctx.skills).get(key)
         if key == "trade:learning_rate":
-            return self._trade_move(ctx.incumbent, rng, state.sigma, record, counts)
-        return self._param_move(ctx, key, payload, rng, state.sigma, record, counts)
+            return self._trade_move(ctx.incumbent, rng, state.sigma, record)
+        return self._param_move(ctx, key, payload, rng, state.sigma, record)
 
     def _family_move(self, ctx: PolicyContext, family: str, record: str) -> tuple[Patch, str]:
         kind = task_kind(ctx.problem)
@@ -329,20 +325,13 @@ class HeuristicPolicy:
         )
 
     def _trade_move(
-        self,
-        spec: SolutionSpec,
-        rng: np.random.Generator,
-        sigma: float,
-        record: str,
-        counts: DirectionCounts | None = None,
+        self, spec: SolutionSpec, rng: np.random.Generator, sigma: float, record: str
     ) -> tuple[Patch, str]:
         params = spec.model.params
         rounds = "n_estimators" if "n_estimators" in params else "max_iter"
         lr_param = FAMILIES[spec.model.family].params["learning_rate"]
         rounds_param = FAMILIES[spec.model.family].params[rounds]
-        direction, why = _direction(counts, rng)
-        step = float(rng.normal(0.0, 2.0 * sigma))
-        factor = math.exp(math.copysign(step, direction) if direction else step)
+        factor = math.exp(float(rng.normal(0.0, 2.0 * sigma)))
         lr = float(lr_param.check("", _clip(params["learning_rate"] * factor, lr_param)))
         lr = float(f"{lr:.3g}")
         n = int(_clip(round(params[rounds] / (lr / params["learning_rate"])), rounds_param))
@@ -356,7 +345,7 @@ class HeuristicPolicy:
         )
         return patch, (
             f"explore: trade learning rate for rounds: learning_rate {params['learning_rate']} → "
-            f"{lr}, {rounds} {params[rounds]} → {n} (σ={sigma:.2f}, {record}{why})"
+            f"{lr}, {rounds} {params[rounds]} → {n} (σ={sigma:.2f}, {record})"
         )
 
     def _param_move(
@@ -367,21 +356,14 @@ class HeuristicPolicy:
         rng: np.random.Generator,
         sigma: float,
         record: str,
-        counts: DirectionCounts | None = None,
     ) -> tuple[Patch, str]:
         current = _get(ctx.incumbent, path)
-        why = ""
         if param.kind == "int_list":
             new = _list_move(path, list(current), ctx.problem, rng)
         else:
-            direction = 0
-            if param.kind in ("int", "float") and current is not None:
-                direction, why = _direction(counts, rng)
-            new = param.mutate(current, rng, sigma, direction)
+            new = param.mutate(current, rng, sigma)
         patch = parse_patch({"ops": [{"op": "set", "path": path, "value": new}]})
-        return patch, (
-            f"explore: {path} {current!r} → {new!r} (σ={sigma:.2f}, {record}{why})"
-        )
+        return patch, f"explore: {path} {current!r} → {new!r} (σ={sigma:.2f}, {record})"
 
 
 def move_priors(skills: list[SkillView]) -> dict[str, float]:
@@ -398,62 +380,6 @@ def move_priors(skills: list[SkillView]) -> dict[str, float]:
             have = counts.setdefault(key, [0, 0])
             have[0], have[1] = have[0] + tried, have[1] + kept
     return {key: 2.0 * (kept + 1) / (tried + 2) for key, (tried, kept) in counts.items()}
-
-
-DirectionCounts = dict[str, list[int]]  # {"up": [tried, kept], "down": [tried, kept]}
-
-
-def move_direction(before: SolutionSpec, patch: dict | Patch | None) -> str | None:
-    """``up`` or ``down``: which way a move changed its number (a parameter, or the learning
-    rate of a trade); None for a move that changes no single number."""
-    key = move_key(patch)
-    if key is None or key.startswith("family:"):
-        return None
-    path = "model.params.learning_rate" if key == "trade:learning_rate" else key
-    parsed = patch if isinstance(patch, Patch) else parse_patch(patch)
-    new = next((op.value for op in parsed.ops  # type: ignore[union-attr]
-                if getattr(op, "path", None) == path), None)
-    try:
-        old = _get(before, path)
-    except (KeyError, TypeError):
-        return None
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (old, new))
-    if not numbers or old == new:
-        return None
-    return "up" if new > old else "down"
-
-
-def direction_priors(skills: list[SkillView]) -> dict[str, DirectionCounts]:
-    """Per move key, how often raising and lowering its number were tried and kept over the
-    domain's earlier attempts (the ``directions`` of its prior skills)."""
-    out: dict[str, DirectionCounts] = {}
-    for skill in skills:
-        if skill.kind != "prior":
-            continue
-        for key, sides in (skill.payload.get("directions") or {}).items():
-            have = out.setdefault(key, {"up": [0, 0], "down": [0, 0]})
-            for side in ("up", "down"):
-                tried, kept = (sides.get(side) or [0, 0])[:2]
-                have[side] = [have[side][0] + int(tried), have[side][1] + int(kept)]
-    return out
-
-
-def _direction(counts: DirectionCounts | None, rng: np.random.Generator) -> tuple[int, str]:
-    """+1 (up) or -1 (down) by Thompson sampling over the domain's kept counts of each
-    direction, and the reason for the rationale; (0, "") without counts, so that a search
-    with no domain evidence draws exactly what it drew before."""
-    if not counts:
-        return 0, ""
-    (up_tried, up_kept), (down_tried, down_kept) = counts["up"], counts["down"]
-    if up_tried + down_tried == 0:
-        return 0, ""
-    up = rng.beta(1 + up_kept, 1 + up_tried - up_kept)
-    down = rng.beta(1 + down_kept, 1 + down_tried - down_kept)
-    word = "up" if up >= down else "down"
-    return (1 if up >= down else -1), (
-        f"; {word}: the domain kept {up_kept}/{up_tried} raises, {down_kept}/{down_tried} "
-        "lowerings"
-    )
 
 
 def _overlaps(a: str, b: str) -> bool:

@@ -174,53 +174,27 @@ def extract_skills(
 def update_search_priors(
     conn: psycopg.Connection, domain: str, store: SkillStore
 ) -> Skill | None:
-    """Recount the domain's exploratory moves into its prior skill: per move, how often it
-    was tried and kept, and per number-changing move the same split by direction (raised or
-    lowered), read by replaying each attempt's line of kept changes."""
-    from haste_dagster.agents.heuristic import move_direction, move_key
+    """Recount the domain's exploratory moves (tried, kept) into its prior skill."""
+    from haste_dagster.agents.heuristic import move_key
     from haste_dagster.skills.priors import write_domain_prior
-    from haste_dagster.solution.spec import SolutionSpec, apply_patch, parse_patch
 
     rows = conn.execute(
-        """SELECT i.attempt_id, i.patch, i.kept, i.branch, i.spec, i.error,
-                  jsonb_array_length(i.skill_ids) = 0 AS exploratory, a.initial_spec
-           FROM iterations i
+        """SELECT i.attempt_id, i.patch, i.kept FROM iterations i
            JOIN attempts a ON a.id = i.attempt_id JOIN competitions c ON c.slug = a.slug
-           WHERE c.domain = %s AND i.idx > 0 AND a.status = 'finished'
+           WHERE c.domain = %s AND i.idx > 0 AND i.patch IS NOT NULL AND i.error IS NULL
+             AND jsonb_array_length(i.skill_ids) = 0 AND a.status = 'finished'
            ORDER BY i.attempt_id, i.idx""",
         (domain,),
     ).fetchall()
     moves: dict[str, list[int]] = {}
-    directions: dict[str, dict[str, list[int]]] = {}
-    attempts: set[int] = set()
-    attempt_id: int | None = None
-    lines: dict[str, SolutionSpec | None] = {}  # each branch's incumbent, replayed
     for r in rows:
-        if r["attempt_id"] != attempt_id:
-            attempt_id, start = r["attempt_id"], r["initial_spec"]
-            lines = {"main": SolutionSpec.model_validate(start) if start else None}
-        if r["spec"] is not None:  # a whole spec (a screened prototype, a branch's start)
-            lines[r["branch"]] = SolutionSpec.model_validate(r["spec"])
+        key = move_key(r["patch"])
+        if key is None:
             continue
-        if r["patch"] is None or r["error"] is not None:
-            continue
-        before = lines.get(r["branch"])
-        if r["exploratory"] and (key := move_key(r["patch"])) is not None:
-            attempts.add(r["attempt_id"])
-            pair = moves.setdefault(key, [0, 0])
-            pair[0] += 1
-            pair[1] += int(bool(r["kept"]))
-            side = move_direction(before, r["patch"]) if before is not None else None
-            if side is not None:
-                sides = directions.setdefault(key, {"up": [0, 0], "down": [0, 0]})
-                sides[side][0] += 1
-                sides[side][1] += int(bool(r["kept"]))
-        if r["kept"] and before is not None:
-            try:
-                lines[r["branch"]] = apply_patch(before, parse_patch(r["patch"]))
-            except HasteError:
-                lines[r["branch"]] = None  # the line is lost: no directions after it
-    return write_domain_prior(store, domain, moves, len(attempts), directions)
+        pair = moves.setdefault(key, [0, 0])
+        pair[0] += 1
+        pair[1] += int(bool(r["kept"]))
+    return write_domain_prior(store, domain, moves, len({r["attempt_id"] for r in rows}))
 
 
 def reflect_with_llm(

@@ -5,10 +5,7 @@ the counts change. Its payload ``moves`` maps a move key (the heuristic's: a par
 step path, ``family:<name>``, ``trade:learning_rate``) to ``[tried, kept]`` over every
 exploratory iteration of the domain's attempts; the heuristic policy weights its move draw
 by them (``agents.heuristic.move_priors``), the offline analogue of the paper's kept rate
-rising as skills accumulate. ``directions`` splits the moves that change one number by
-which way they changed it, ``{key: {"up": [tried, kept], "down": [tried, kept]}}``: what
-transfers between competitions is less often "tune max_depth" than "lower it", and the
-heuristic draws a step's direction from these counts (``agents.heuristic._direction``).
+rising as skills accumulate.
 """
 
 from __future__ import annotations
@@ -21,34 +18,10 @@ from haste_dagster.skills.store import SkillStore
 MIN_TRIES = 3  # moves tried fewer times are left out of the guidance text (not the payload)
 
 
-def _rate(tried: int, kept: int) -> float:
-    return (kept + 1) / (tried + 2)
-
-
-def direction_guidance(directions: dict[str, dict[str, list[int]]]) -> str:
-    """The clearest directions, one clause each: "raise model.params.n_estimators (kept
-    10/23; lowering it 0/14)"; empty when no move was tried often enough to tell."""
-    clear = []
-    for key, sides in directions.items():
-        (ut, uk), (dt, dk) = sides["up"], sides["down"]
-        if ut + dt < MIN_TRIES:
-            continue
-        gap = _rate(ut, uk) - _rate(dt, dk)
-        if gap == 0:
-            continue
-        verb, (t, k), (ot, ok), other = (
-            ("raise", (ut, uk), (dt, dk), "lowering") if gap > 0
-            else ("lower", (dt, dk), (ut, uk), "raising"))
-        what = "the learning rate (trading rounds)" if key == "trade:learning_rate" else key
-        clear.append((-abs(gap), key, f"{verb} {what} (kept {k}/{t}; {other} it {ok}/{ot})"))
-    return "; ".join(text for _, _, text in sorted(clear)[:3])
-
-
-def prior_guidance(domain: str, moves: dict[str, list[int]], attempts: int,
-                   directions: dict[str, dict[str, list[int]]] | None = None) -> str:
+def prior_guidance(domain: str, moves: dict[str, list[int]], attempts: int) -> str:
     ranked = sorted(
         ((k, t, kp) for k, (t, kp) in moves.items() if t >= MIN_TRIES),
-        key=lambda m: (-_rate(m[1], m[2]), m[0]),
+        key=lambda m: (-(m[2] + 1) / (m[1] + 2), m[0]),
     )
     tried = sum(t for t, _ in moves.values())
     kept = sum(k for _, k in moves.values())
@@ -56,33 +29,22 @@ def prior_guidance(domain: str, moves: dict[str, list[int]], attempts: int,
                      if (kp + 1) / (t + 2) >= 0.5) or "none yet"
     worst = ", ".join(f"{k} (kept {kp}/{t})" for k, t, kp in ranked[-3:][::-1]
                       if (kp + 1) / (t + 2) < 0.5) or "none"
-    ways = direction_guidance(directions or {})
     return (
         f"When searching a {domain.replace('_', ' ')} competition, try first the kinds of "
         f"change that were kept most often in this domain: {best}; try last: {worst}. "
-        + (f"Which way: {ways}. " if ways else "")
-        + f"Evidence: {kept} of {tried} exploratory changes kept over {attempts} attempts."
+        f"Evidence: {kept} of {tried} exploratory changes kept over {attempts} attempts."
     )
 
 
 def write_domain_prior(
-    store: SkillStore,
-    domain: str,
-    moves: dict[str, list[int]],
-    attempts: int,
-    directions: dict[str, dict[str, list[int]]] | None = None,
+    store: SkillStore, domain: str, moves: dict[str, list[int]], attempts: int
 ) -> Skill | None:
     """The domain's prior skill with these counts (new, a new version, or unchanged)."""
     moves = {k: [int(v[0]), int(v[1])] for k, v in sorted(moves.items()) if v[0] > 0}
     if not moves:
         return None
     payload: dict[str, Any] = {"moves": moves, "attempts": attempts}
-    if directions:
-        payload["directions"] = {
-            k: {side: [int(v[side][0]), int(v[side][1])] for side in ("up", "down")}
-            for k, v in sorted(directions.items())
-        }
-    guidance = prior_guidance(domain, moves, attempts, directions)
+    guidance = prior_guidance(domain, moves, attempts)
     title = f"Search prior: moves kept in {domain.replace('_', ' ')}"
     with store.conn.transaction():
         existing = [s for s in store.list(tier="domain", scope_key=domain, status=None,

@@ -147,11 +147,8 @@ class Param:
             return list(self.default)  # list contents are problem-specific: see random_spec
         return self._from_unit(float(rng.random()))
 
-    def mutate(
-        self, value: Any, rng: np.random.Generator, sigma: float, direction: int = 0
-    ) -> Any:
-        """A nearby value (a Gaussian step of ``sigma`` in the unit coordinate); a number
-        steps up for ``direction`` +1 and down for -1, either way for 0."""
+    def mutate(self, value: Any, rng: np.random.Generator, sigma: float) -> Any:
+        """A nearby value (a Gaussian step of ``sigma`` in the unit coordinate)."""
         if self.kind == "bool":
             return not value
         if self.kind == "choice":
@@ -173,13 +170,10 @@ class Param:
         if self.zero_ok and rng.random() < 0.1:
             return 0 if self.kind == "int" else 0.0
         u = self._to_unit(value)
-        step = float(rng.normal(0.0, sigma))
-        if direction:
-            step = math.copysign(step, direction)
-        new = self._from_unit(u + step)
+        new = self._from_unit(u + float(rng.normal(0.0, sigma)))
         if new == value and self.kind == "int":  # a step too small to change an integer
             assert self.low is not None and self.high is not None
-            step = direction or (1 if rng.random() < 0.5 else -1)
+            step = 1 if rng.random() < 0.5 else -1
             new = int(min(self.high, max(self.low, value + step)))
         return new
 

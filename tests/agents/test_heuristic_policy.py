@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -342,46 +341,3 @@ def test_a_skill_is_not_proposed_for_a_model_family_this_attempt_already_evaluat
     screened = apply_patch(default_spec(_problem()), Patch.model_validate({"ops": ridge}))
     proposal = policy.propose(_ctx(base, [rule], screened=[screened]))
     assert proposal.skill_ids == []
-
-
-def _prior(directions: dict | None) -> SkillView:
-    payload: dict = {"moves": {"model.params.max_depth": [20, 10]}}
-    if directions is not None:
-        payload["directions"] = {"model.params.max_depth": directions}
-    return SkillView(id="sk_prior", tier="domain", title="prior", guidance="", action=None,
-                     utility=0.0, kind="prior", payload=payload)
-
-
-def _depth_steps(skills: list[SkillView]) -> list[int]:
-    """The sign of every max_depth step proposed from the default, over 300 seeds."""
-    base = [IterationRecord(0, None, [], 1.0, 0.0, True, None)]
-    ctx = _ctx(base, skills)
-    start = ctx.incumbent.model.params["max_depth"]
-    steps = []
-    for seed in range(300):
-        proposal = HeuristicPolicy().propose(dataclasses.replace(ctx, seed=seed))
-        op = proposal.patch.ops[0]
-        if getattr(op, "path", None) == "model.params.max_depth":
-            steps.append(1 if op.value > start else -1)
-    return steps
-
-
-def test_a_domain_prior_of_directions_decides_which_way_a_number_steps() -> None:
-    lowered = _depth_steps([_prior({"up": [10, 0], "down": [10, 8]})])
-    raised = _depth_steps([_prior({"up": [10, 8], "down": [10, 0]})])
-    either = _depth_steps([_prior(None)])
-    assert min(len(lowered), len(raised), len(either)) >= 15
-    assert lowered.count(-1) >= 0.9 * len(lowered)  # lowering was kept in the domain
-    assert raised.count(1) >= 0.9 * len(raised)
-    assert min(either.count(1), either.count(-1)) >= 3  # no counts: the step's own sign
-
-
-def test_direction_counts_with_no_tries_change_no_proposal() -> None:
-    """Without evidence the direction draw takes nothing from the random stream, so a search
-    with no direction counts (a cold attempt, an attempt resumed from before they existed)
-    proposes exactly what it did."""
-    base = [IterationRecord(0, None, [], 1.0, 0.0, True, None)]
-    for seed in range(40):
-        ctx = dataclasses.replace(_ctx(base, [_prior(None)]), seed=seed)
-        empty = dataclasses.replace(ctx, skills=[_prior({"up": [0, 0], "down": [0, 0]})])
-        assert HeuristicPolicy().propose(ctx) == HeuristicPolicy().propose(empty)

@@ -254,39 +254,3 @@ def test_a_warm_start_that_changes_nothing_the_model_sees_is_not_controlled(
     assert "control" not in result.attempt.extra  # ...but no control was evaluated for it
     (usage,) = [u for u in _usage(conn, result.attempt.attempt_id) if u["event"] == "screened"]
     assert usage["skill_id"] == inert.id and usage["delta"] == 0.0
-
-
-def test_the_search_prior_counts_which_way_each_number_moved_and_whether_it_was_kept(
-    conn: psycopg.Connection, two_defs: Path
-) -> None:
-    """The counts come from replaying each attempt's line of kept changes; the rationale the
-    search wrote at proposal time ("explore: path old → new") says the same independently."""
-    import re
-
-    from haste_dagster.agents.orchestrator import update_search_priors
-
-    solve(conn, "tiny_a", AttemptConfig(seed=0, iterations=12), defs_dir=two_defs,
-          extract=False)
-    solve(conn, "tiny_b", AttemptConfig(seed=1, iterations=12, pipeline="staged"),
-          defs_dir=two_defs, extract=False)
-    prior = update_search_priors(conn, DOMAIN, open_skill_store(conn))
-    assert prior is not None
-    said: dict[str, dict[str, list[int]]] = {}
-    step = re.compile(r"explore: (?:trade learning rate for rounds: )?(\S+) (\S+) → ([^,\s]+)")
-    for row in conn.execute(
-        """SELECT rationale, kept FROM iterations WHERE idx > 0 AND error IS NULL
-           AND skill_ids = '[]' AND rationale LIKE 'explore:%%'"""
-    ).fetchall():
-        match = step.match(row["rationale"])
-        try:
-            old, new = float(match.group(2).strip("'")), float(match.group(3).strip("'"))
-        except (AttributeError, ValueError):
-            continue  # a family switch, a choice, a list of lags
-        key = ("trade:learning_rate" if "trade" in row["rationale"]
-               else match.group(1))
-        side = said.setdefault(key, {"up": [0, 0], "down": [0, 0]})["up" if new > old
-                                                                     else "down"]
-        side[0] += 1
-        side[1] += int(row["kept"])
-    assert said and prior.payload["directions"] == said
-    assert sum(side[0] for sides in said.values() for side in sides.values()) >= 8
