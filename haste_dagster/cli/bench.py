@@ -418,6 +418,11 @@ def store_command(
     batch: int = typer.Option(1000, "--batch", min=1, help="skills per batched insert"),
     queries: int = typer.Option(200, "--queries", min=2, help="timed queries of each kind"),
     seed: int = typer.Option(0, "--seed", help="random seed of the synthetic inventory"),
+    candidate_share: float = typer.Option(
+        0.0, "--candidate-share", min=0.0, max=1.0,
+        help="share of domain and competition skills that are rules and recipes (the kinds "
+        "a tiered load tries from other competitions and domains)",
+    ),
 ) -> None:
     """Skill-store benchmark: insert rate, p50/p95 of a tiered scoped load and of a top-10
     similarity query (HNSW), on N synthetic skills in a throwaway database. Embeddings are
@@ -433,14 +438,16 @@ def store_command(
             console.print(f"inserted {done}/{total}", highlight=False)
 
     with _bench_errors(console):
-        result = run_store_bench(skills, batch=batch, queries=queries, seed=seed, progress=progress)
+        result = run_store_bench(skills, batch=batch, queries=queries, seed=seed,
+                                 candidate_share=candidate_share, progress=progress)
     _write_figures(console, json_out, result)
     insert, scoped, similar = result["insert"], result["scoped_load"], result["similar_top10"]
     typer.echo(f"skills: {result['skills']}  (HNSW index used: {result['hnsw_index_used']})")
     typer.echo(f"insert: {insert['skills_per_second']:.0f} skills/s ({insert['seconds']} s)")
     typer.echo(
         f"scoped load (tiered): p50 {scoped['p50_ms']} ms, p95 {scoped['p95_ms']} ms, "
-        f"{scoped['mean_skills_returned']} skills on average"
+        f"{scoped['mean_skills_returned']} skills on average "
+        f"({scoped['mean_candidates_returned']} cross-evaluation candidates)"
     )
     typer.echo(f"similar (top 10): p50 {similar['p50_ms']} ms, p95 {similar['p95_ms']} ms")
 

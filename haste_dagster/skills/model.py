@@ -199,6 +199,18 @@ def content_hash(
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
+
+def mean_effect(
+    evidence_sum: float, evidence_n: int, applied: int, mean_delta: float | None
+) -> float | None:
+    """A skill's mean measured delta over its evidence (``evidence_n`` deltas summing to
+    ``evidence_sum``) and its ``applied`` applications (mean delta ``mean_delta``); None
+    when nothing was measured. `Skill.effect`, computable from a row's aggregates alone."""
+    n = evidence_n + applied
+    if n == 0:
+        return None
+    return (evidence_sum + (mean_delta or 0.0) * applied) / n
+
 class Skill(BaseModel):
     """One version of a skill. Build new ones with ``id=None``; the store assigns the id."""
 
@@ -305,11 +317,8 @@ class Skill(BaseModel):
     def effect(self) -> float | None:
         """Mean measured delta (evidence and applications, kept or not); None if unmeasured.
         Promotion decides on this: positive = the change helped where it was tried."""
-        n = len(self.evidence) + self.stats.applied
-        if n == 0:
-            return None
-        applied_sum = (self.stats.mean_delta or 0.0) * self.stats.applied
-        return (sum(e.delta for e in self.evidence) + applied_sum) / n
+        return mean_effect(sum(e.delta for e in self.evidence), len(self.evidence),
+                           self.stats.applied, self.stats.mean_delta)
 
     def conditions_hold(self, profile: dict[str, Any]) -> bool:
         return all(c.holds(profile) for c in self.conditions)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from haste_dagster.skills.model import Condition, Skill
+from haste_dagster.skills.model import Condition
 
 MAX_CANDIDATES = 4  # cross-evaluation candidates an attempt loads
 MAX_FOREIGN = 1  # of them, rules promoted in another domain (the evidence a global needs)
@@ -25,6 +25,25 @@ SOURCE_DOMAIN_KEYS = frozenset({"task"})
 # effect there widens them at promotion (`pattern_promotion`) or makes a conflict pair
 # where it hurt. A one-sided bound ("rows < 2000") is a threshold someone stated: it stays.
 SCALE_KEYS = frozenset({"rows", "rows_per_feature", "text_mean_chars"})
+
+
+class Candidate(Protocol):
+    """What choosing candidates reads: a `Skill`, or a `store_rows.CandidateRow` (the same
+    fields of a stored row, without decoding the rest)."""
+
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def pattern(self) -> str | None: ...
+    @property
+    def conditions(self) -> list[Condition]: ...
+    @property
+    def effect(self) -> float | None: ...
+
+
+C = TypeVar("C", bound=Candidate)
 
 
 def is_foreign(tier: str, scope_key: str | None, domain: str | None) -> bool:
@@ -80,12 +99,12 @@ def scale_distance(conditions: Sequence[Condition], profile: dict[str, Any]) -> 
 
 
 def cross_candidates(
-    skills: Sequence[Skill],
+    skills: Sequence[C],
     covered: set[str],
-    foreign: Sequence[Skill] = (),
+    foreign: Sequence[C] = (),
     slug: str = "",
     profile: dict[str, Any] | None = None,
-) -> list[Skill]:
+) -> list[C]:
     """Skills from elsewhere to be tried (and their measured effect recorded) here: one per
     pattern not covered by a skill already in scope.
 
@@ -110,12 +129,12 @@ def cross_candidates(
 
 
 def _best_per_pattern(
-    skills: Sequence[Skill], covered: set[str], profile: dict[str, Any]
-) -> list[Skill]:
-    def rank(s: Skill) -> tuple[float, float]:
+    skills: Sequence[C], covered: set[str], profile: dict[str, Any]
+) -> list[C]:
+    def rank(s: C) -> tuple[float, float]:
         return (round(scale_distance(s.conditions, profile), 6), -(s.effect or 0.0))
 
-    best: dict[str, Skill] = {}
+    best: dict[str, C] = {}
     for s in skills:
         if not s.pattern or s.pattern in covered or (s.effect or 0.0) <= 0:
             continue

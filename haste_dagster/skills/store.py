@@ -36,12 +36,14 @@ from haste_dagster.skills.nearest import (
     read_skills,
     supports_iterative_scan,
 )
-from haste_dagster.skills.scope import cross_candidates, describe_profile, is_foreign
+from haste_dagster.skills.scope import cross_candidates, describe_profile
 from haste_dagster.skills.store_rows import (
     INSERT_COLUMNS,
     N_INSERT,
+    SELECT_CANDIDATES,
     SELECT_SKILLS,
     VERSIONED_FIELDS,
+    applicable_candidates,
     applicable_skills,
     row_to_skill,
     same_version,
@@ -473,42 +475,65 @@ class SkillStore:
         # which is what makes latency tails on a busy machine). Conditions are checked here
         # in Python (`applicable_skills`), not by skill_conditions_may_hold in SQL: that function
         # cost more per row than fetching the row (EXPLAIN ANALYZE in docs/benchmarks.md).
+        # Cross-evaluation candidates are chosen on a few columns of their rows and only the
+        # chosen are read whole: a store holds far more of them than a load returns (other
+        # competitions' recipes and rules, other domains' rules: 1,374 rows against 24
+        # chosen at 20,000 skills, `haste bench store --candidate-share 0.3`).
         with self.conn.pipeline(), self.conn.transaction():
-            scoped_cursor = read_skills(
+            own_cursor = read_skills(
                 self.conn,
                 f"""{SELECT_SKILLS} WHERE s.is_current AND s.status = 'active'
                     AND ((s.tier = 'competition' AND s.scope_key = %s)
-                         OR (s.tier = 'domain' AND s.scope_key = %s)
-                         OR (s.tier = 'competition' AND s.domain = %s AND s.scope_key <> %s
-                             AND s.kind IN ('recipe', 'rule')
-                             AND NOT s.payload ? 'hurt')
+                         OR (s.tier = 'domain' AND s.scope_key = %s))""",
+                (slug, domain),
+            )
+            candidate_cursor = read_skills(
+                self.conn,
+                f"""{SELECT_CANDIDATES} WHERE s.is_current AND s.status = 'active'
+                    AND ((s.tier = 'competition' AND s.domain = %s AND s.scope_key <> %s
+                          AND s.kind IN ('recipe', 'rule') AND NOT s.payload ? 'hurt')
                          OR (s.tier = 'domain' AND s.scope_key <> %s AND s.kind = 'rule'))""",
-                (slug, domain, domain, slug, domain),
+                (domain, slug, domain),
             )
             nearest_cursor = (
                 self._nearest_cursor(query, limit, "global", "active") if top_k_global > 0
                 else None
             )
-            rows = scoped_cursor.fetchall()
+            rows = own_cursor.fetchall()
+            candidate_rows = candidate_cursor.fetchall()
             nearest = nearest_cursor.fetchall() if nearest_cursor else []
-        scoped = applicable_skills(rows, profile, domain, slug)
+        own = applicable_skills(rows, profile)
         globals_ = self._top_global(query, profile, top_k_global, nearest, limit)
 
         def by_utility(s: Skill) -> tuple[Any, ...]:
             return (-s.utility, s.id)
 
-        own = [s for s in scoped if (s.tier, s.scope_key) in (("competition", slug),
-                                                              ("domain", domain))]
         competition = sorted((s for s in own if s.tier == "competition"), key=by_utility)
         domain_skills = sorted((s for s in own if s.tier == "domain"), key=by_utility)
-        candidates = cross_candidates(
-            [s for s in scoped if s.tier == "competition" and s.scope_key != slug],
+        options = applicable_candidates(candidate_rows, profile, domain, slug)
+        chosen = cross_candidates(
+            [c for c in options if c.tier == "competition"],
             {s.pattern for s in [*domain_skills, *globals_] if s.pattern},
-            foreign=[s for s in scoped if is_foreign(s.tier, s.scope_key, domain)],
+            foreign=[c for c in options if c.tier == "domain"],
             slug=slug,
             profile=profile,
         )
-        return [*competition, *domain_skills, *candidates, *globals_]
+        return [*competition, *domain_skills, *self._current([c.id for c in chosen]),
+                *globals_]
+
+    def _current(self, ids: list[str]) -> list[Skill]:
+        """The current versions of skills ``ids``, in that order (one that is no longer
+        current since it was chosen, retired or merged meanwhile, is left out)."""
+        if not ids:
+            return []
+        with self.conn.transaction():
+            rows = read_skills(
+                self.conn,
+                f"{SELECT_SKILLS} WHERE s.is_current AND s.status = 'active' AND s.id = ANY(%s)",
+                (ids,),
+            ).fetchall()
+        found = {s.id: s for s in (row_to_skill(r) for r in rows)}
+        return [found[i] for i in ids if i in found]
 
     def _top_global(
         self,

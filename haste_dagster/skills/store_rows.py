@@ -4,12 +4,21 @@ and the fast decoding of stored rows into Skills (see ``SkillStore``)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.types.json import JsonbLoader
 
 from haste_dagster.errors import SkillError
-from haste_dagster.skills.model import Condition, Evidence, Skill, SkillStats, canonical_json
+from haste_dagster.skills.model import (
+    Condition,
+    Evidence,
+    Skill,
+    SkillStats,
+    canonical_json,
+    mean_effect,
+)
 
 COLUMNS = """s.id, s.version, s.tier, s.scope_key, s.domain, s.title, s.conditions, s.guidance,
     s.action, s.evidence, s.status, s.created_by, s.parent_ids, s.source_attempt,
@@ -38,6 +47,15 @@ INSERT_COLUMNS = """id, version, tier, scope_key, domain, title, conditions, gui
 N_INSERT = 20
 
 SELECT_SKILLS = f"SELECT {COLUMNS}, st.* FROM skills s {stats_join('s')}"
+
+# What choosing among cross-evaluation candidates reads (`CandidateRow`): a store holds
+# many more of them than a load returns, and a whole row costs far more to decode.
+SELECT_CANDIDATES = f"""SELECT s.id, s.tier, s.scope_key, s.kind, s.pattern, s.conditions,
+    jsonb_array_length(s.evidence) AS evidence_n,
+    (SELECT coalesce(sum((e ->> 'delta')::float8), 0) FROM jsonb_array_elements(s.evidence) e)
+        AS evidence_sum,
+    st.applied, st.mean_delta
+    FROM skills s {stats_join('s')}"""
 
 # Fields a new version may change; anything else (id, version, hash...) is the store's.
 VERSIONED_FIELDS = (
@@ -133,26 +151,61 @@ def row_to_skill(row: dict[str, Any], conditions: list[Condition] | None = None)
     return construct(Skill, data)
 
 
+@dataclass(frozen=True)
+class CandidateRow:
+    """What choosing a cross-evaluation candidate needs of a stored skill (`scope`)."""
+
+    id: str
+    tier: str
+    scope_key: str | None
+    kind: str
+    pattern: str | None
+    conditions: list[Condition]
+    effect: float | None
+
+
 def applicable_skills(
     rows: list[dict[str, Any]],
     profile: dict[str, Any],
     domain: str | None = None,
     slug: str | None = None,
 ) -> list[Skill]:
-    """The rows whose conditions hold on ``profile`` (`Skill.conditions_hold`: every
-    `Condition.holds`), decoded; conditions are checked before the rest is decoded. With
-    the competition's ``domain`` and ``slug``, a cross-evaluation candidate (a skill of
-    another competition or another domain) is checked on `skills.scope.conditions_here`."""
+    """The rows whose conditions hold on ``profile`` (`holding`), decoded."""
+    return [row_to_skill(row, conditions)
+            for row, conditions in holding(rows, profile, domain, slug)]
+
+
+def applicable_candidates(
+    rows: list[dict[str, Any]], profile: dict[str, Any], domain: str, slug: str
+) -> list[CandidateRow]:
+    """The ``SELECT_CANDIDATES`` rows whose conditions hold on ``profile`` (`holding`)."""
+    return [
+        CandidateRow(row["id"], row["tier"], row["scope_key"], row["kind"], row["pattern"],
+                     conditions, mean_effect(float(row["evidence_sum"]), row["evidence_n"],
+                                             row["applied"] or 0, row["mean_delta"]))
+        for row, conditions in holding(rows, profile, domain, slug)
+    ]
+
+
+def holding(
+    rows: list[dict[str, Any]],
+    profile: dict[str, Any],
+    domain: str | None = None,
+    slug: str | None = None,
+) -> Iterator[tuple[dict[str, Any], list[Condition]]]:
+    """(row, its conditions) of the rows whose conditions hold on ``profile``
+    (`Skill.conditions_hold`: every `Condition.holds`), checked before anything else of a
+    row is decoded. With the competition's ``domain`` and ``slug``, a cross-evaluation
+    candidate (a skill of another competition or another domain) is checked on
+    `skills.scope.conditions_here`."""
     from haste_dagster.skills.scope import conditions_here
 
-    out = []
     for row in rows:
         conditions = row_conditions(row)
         here = conditions_here(conditions, row["kind"], row["tier"], row["scope_key"],
                                slug=slug, domain=domain)
         if all(c.holds(profile) for c in here):
-            out.append(row_to_skill(row, conditions))
-    return out
+            yield row, conditions
 
 
 def validated_skill(row: dict[str, Any]) -> Skill:

@@ -132,3 +132,47 @@ def test_repeated_searches_reuse_one_generic_plan(
         store.conn.execute("SET LOCAL enable_seqscan = off")  # a tiny table is read whole
         plan = store.conn.execute(f"EXPLAIN (GENERIC_PLAN) {global_search}").fetchall()
     assert "skills_global_hnsw" in "\n".join(r["QUERY PLAN"] for r in plan)
+
+
+def test_candidates_chosen_on_a_few_columns_are_those_chosen_among_whole_skills(
+    store: SkillStore,
+) -> None:
+    """The scoped load decides on cross-evaluation candidates from a few columns of their
+    rows and reads only the chosen ones whole; the choice is the one made on whole skills,
+    usage statistics included."""
+    import numpy as np
+    from skill_helpers import insert_attempt
+
+    from haste_dagster.bench.store import PROFILE as BENCH_PROFILE
+    from haste_dagster.bench.store import Layout, synthetic_skill, unit_vectors
+    from haste_dagster.skills.scope import conditions_here, cross_candidates, is_candidate
+
+    rng = np.random.default_rng(3)
+    layout = Layout(n=600, n_domains=3, n_competitions=12)
+    skills = [synthetic_skill(i, layout, rng, candidate_share=0.6) for i in range(600)]
+    added = store.add_many(skills, unit_vectors(rng, len(skills)))
+    attempt = insert_attempt(store.conn, "comp_0")
+    for skill in added[::7]:  # measured uses: some effects fall below zero, none is chosen
+        store.record_usage(attempt, 1, [skill.id or ""], kept=False, delta=-0.02)
+    every = store.list(status="active")
+    checked = 0
+    for c in range(layout.n_competitions):
+        slug, domain = f"comp_{c}", f"domain_{c % layout.n_domains}"
+        loaded = store.scoped_skills(slug, domain, BENCH_PROFILE, "tiered")
+        got = [s for s in loaded if is_candidate(s.tier, s.scope_key, slug, domain)]
+        whole = [
+            s for s in every
+            if is_candidate(s.tier, s.scope_key, slug, domain)
+            and (s.kind == "rule" or s.kind == "recipe" and s.domain == domain)
+            and (s.tier == "domain" or s.domain == domain)
+            and all(c.holds(BENCH_PROFILE) for c in conditions_here(
+                s.conditions, s.kind, s.tier, s.scope_key, slug=slug, domain=domain))
+        ]
+        covered = {s.pattern for s in loaded
+                   if s.pattern and s not in got and s.tier in ("domain", "global")}
+        expected = cross_candidates(
+            [s for s in whole if s.tier == "competition"], covered,
+            foreign=[s for s in whole if s.tier == "domain"], slug=slug, profile=BENCH_PROFILE)
+        assert [s.id for s in got] == [s.id for s in expected]
+        checked += len(got)
+    assert checked >= 20
