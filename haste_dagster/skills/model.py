@@ -199,7 +199,6 @@ def content_hash(
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-
 def mean_effect(
     evidence_sum: float, evidence_n: int, applied: int, mean_delta: float | None
 ) -> float | None:
@@ -210,6 +209,7 @@ def mean_effect(
     if n == 0:
         return None
     return (evidence_sum + (mean_delta or 0.0) * applied) / n
+
 
 class Skill(BaseModel):
     """One version of a skill. Build new ones with ``id=None``; the store assigns the id."""

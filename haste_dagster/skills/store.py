@@ -522,8 +522,8 @@ class SkillStore:
                 *globals_]
 
     def _current(self, ids: list[str]) -> list[Skill]:
-        """The current versions of skills ``ids``, in that order (one that is no longer
-        current since it was chosen, retired or merged meanwhile, is left out)."""
+        """The current version of each skill ``ids`` names, in that order; one retired or
+        merged since it was chosen is left out."""
         if not ids:
             return []
         with self.conn.transaction():

@@ -466,12 +466,14 @@ def replay_evaluation(
             f"{exc}"
         ) from exc
     arms = _evaluation_arms(options)
-    report.evaluation = [r for r in report.evaluation if r.arm == "cold"]
+    replayed = {arm for arm, _ in arms}
+    report.evaluation = [r for r in report.evaluation if r.arm not in replayed]
+    report.failures = [f for f in report.failures if f["arm"] not in replayed]
     competitions = {s: load_competition(s, plan.folders[s]) for s in plan.evaluation}
     started = datetime.now(UTC).isoformat(timespec="seconds")
     with Stopwatch() as clock, db.connect(copy_url) as conn:
         conn.execute("DELETE FROM attempts WHERE label = ANY(%s)",
-                     ([f"bench:{arm}" for arm, _ in arms],))
+                     ([f"bench:{arm}" for arm in replayed],))
         store = open_skill_store(conn)
         if recount_priors:
             _recount_priors(conn, store, sorted(set(plan.domains.values())))
