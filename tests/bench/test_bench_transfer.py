@@ -514,8 +514,13 @@ def test_a_replay_with_unchanged_code_repeats_every_evaluation_attempt_on_a_copy
                               peers=(), keep_databases=True)
     first = json.loads(json.dumps(run_transfer_benchmark(db_url, options).as_json()))
     names = list(first["databases"].values())
+    # failures of the arms it runs again are the old code's: the replay does not keep them
+    old_failures = [{"arm": arm, "slug": "tiny_eval", "seed": 9, "error": "X"}
+                    for arm in ("warm", "cold")]
+    first["failures"] += old_failures
     try:
         again = replay_evaluation(db_url, first, source="first.json").as_json()
+        assert again["failures"] == [old_failures[1]]
         names.append(again["replay"]["database"])
         # counted again by the same code over the same attempts, the priors are unchanged
         recounted = replay_evaluation(db_url, first, source="first.json",
