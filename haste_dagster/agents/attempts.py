@@ -39,6 +39,7 @@ from haste_dagster.agents.policy import (
     PolicyContext,
     Proposal,
     SkillView,
+    resolve_skill_views,
     touches_validation,
 )
 from haste_dagster.errors import AttemptConfigError, AttemptStateError, HasteError
@@ -46,7 +47,6 @@ from haste_dagster.solution.evaluate import CVResult
 from haste_dagster.solution.spec import Patch, SolutionSpec, apply_patch
 
 if TYPE_CHECKING:  # the skill store loads lazily, when an attempt opens it
-    from haste_dagster.competitions.definition import CompetitionDef
     from haste_dagster.competitions.registry import Competition
     from haste_dagster.skills.model import Skill
     from haste_dagster.skills.store import SkillStore
@@ -394,16 +394,21 @@ def load_attempt_skills(
     conn: psycopg.Connection,
     store: SkillStore,
     attempt: records.AttemptRow,
-    definition: CompetitionDef,
+    competition: Competition,
     profile: dict,
 ) -> tuple[list[Skill], list[dict[str, Any]]]:
     """(skills, loaded entries) of the attempt: fixed once, the first time they are asked
     for (scoped, recorded as loaded and stored on the attempt row), read back from
     ``skills_loaded`` ever after. Utilities are frozen with them, so a resumed attempt, a
     round on another machine, or an attempt that a campaign phase fixed before it ran
-    (`fix_attempt_skills`) sees what was in the store when they were fixed."""
+    (`fix_attempt_skills`) sees what was in the store when they were fixed. The foreign
+    skills its agent would pass over are not recorded (`without_unused_foreign`)."""
+    definition = competition.definition
     if attempt.skills_loaded is None:
-        skills = store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading)
+        skills = without_unused_foreign(
+            store.scoped_skills(definition.slug, definition.domain, profile, attempt.loading),
+            competition, profile,
+        )
         store.record_loaded(attempt.id, skills)
         loaded = [
             {"id": s.id, "version": s.version, "tier": s.tier, "utility": store.utility(s.id)}
@@ -413,6 +418,23 @@ def load_attempt_skills(
         return skills, loaded
     loaded = list(attempt.skills_loaded)
     return [store.get(entry["id"], entry["version"]) for entry in loaded], loaded
+
+
+def without_unused_foreign(
+    skills: list[Skill], competition: Competition, profile: dict
+) -> list[Skill]:
+    """``skills`` less the foreign ones (promoted in another domain) the agent would pass
+    over: a scoped load returns every foreign rule pattern that holds, ranked, and the agent
+    keeps only the first ``MAX_FOREIGN`` that translate to this task
+    (`policy.resolve_skill_views`). Lineage then says an attempt loaded a skill only when
+    its agent could use it."""
+    definition = competition.definition
+    views = skill_views(skills, [], definition.domain, definition.slug)
+    foreign = [v for v in views if v.foreign]
+    if not foreign:
+        return skills
+    used = {v.id for v in resolve_skill_views(foreign, competition.problem, profile)}
+    return [s for s, v in zip(skills, views, strict=True) if not v.foreign or v.id in used]
 
 
 def fix_attempt_skills(
@@ -436,5 +458,5 @@ def fix_attempt_skills(
     records.record_competition(conn, competition, profile)
     attempt = open_attempt(conn, competition, config, config.policy,
                            dagster_run_id=dagster_run_id, resume_attempt_id=resume_attempt_id)
-    load_attempt_skills(conn, store, attempt, competition.definition, profile)
+    load_attempt_skills(conn, store, attempt, competition, profile)
     return attempt.id

@@ -393,7 +393,7 @@ def run_attempt(
         resume_attempt_id=resume_attempt_id,
     )
     bind_policy(policy, attempt.id)
-    skills, loaded = load_attempt_skills(conn, store, attempt, definition, profile)
+    skills, loaded = load_attempt_skills(conn, store, attempt, competition, profile)
     # A resumed attempt goes on in the pipeline it started with.
     loop_class: type[RefinementLoop] = RefinementLoop
     if attempt.pipeline == "staged":

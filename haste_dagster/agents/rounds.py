@@ -178,9 +178,7 @@ def start_attempt(
     attempts.bind_policy(policy, attempt.id)
     if records.load_iterations(conn, attempt.id):
         return attempt, False
-    skills, loaded = attempts.load_attempt_skills(
-        conn, store, attempt, competition.definition, profile
-    )
+    skills, loaded = attempts.load_attempt_skills(conn, store, attempt, competition, profile)
     views = frozen_views(skills, loaded, competition, profile)
     initial, applied = policy.initial_spec(competition.problem, profile, views)
     if attempt.initial_spec is None:

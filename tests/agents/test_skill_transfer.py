@@ -254,3 +254,36 @@ def test_a_warm_start_that_changes_nothing_the_model_sees_is_not_controlled(
     assert "control" not in result.attempt.extra  # ...but no control was evaluated for it
     (usage,) = [u for u in _usage(conn, result.attempt.attempt_id) if u["event"] == "screened"]
     assert usage["skill_id"] == inert.id and usage["delta"] == 0.0
+
+
+def test_an_attempt_records_as_loaded_only_the_foreign_rule_its_agent_tries(
+    conn: psycopg.Connection, two_defs: Path
+) -> None:
+    """The store returns every foreign rule pattern that holds; the agent keeps the first
+    that translates to its task. Lineage records that one, not the ones passed over."""
+    from haste_dagster.skills.scope import MAX_FOREIGN
+
+    store = open_skill_store(conn)
+
+    def rule(pattern: str, ops: list[dict]) -> Skill:
+        return Skill(tier="domain", scope_key="tabular_classification",
+                     domain="tabular_classification", kind="rule", pattern=pattern,
+                     title=pattern, guidance="g", action={"ops": ops},
+                     conditions=[], evidence=[Evidence(slug="elsewhere", delta=0.01)])
+
+    family = store.add(rule("family:logistic_regression", [
+        {"op": "set_model", "family": "logistic_regression", "params": {}}]))
+    others = [store.add(rule(f"set:{path}=True", [{"op": "set", "path": path, "value": True}]))
+              for path in ("numeric.log1p_skewed", "numeric.missing_indicator")]
+    returned = {s.id for s in store.scoped_skills(
+        "tiny_b", DOMAIN, {"task": "regression", "rows": 300}, "tiered")}
+    assert {family.id, *(s.id for s in others)} <= returned  # all three come back
+    result = solve(conn, "tiny_b", AttemptConfig(seed=0, iterations=1), defs_dir=two_defs,
+                   extract=False)
+    foreign = [e["id"] for e in result.attempt.skills_loaded
+               if e["id"] in {family.id, *(s.id for s in others)}]
+    assert len(foreign) == MAX_FOREIGN and family.id not in foreign  # a classifier family
+    recorded = {r["skill_id"] for r in conn.execute(
+        "SELECT skill_id FROM skill_usage WHERE attempt_id = %s AND event = 'loaded'",
+        (result.attempt.attempt_id,)).fetchall()}
+    assert recorded & {family.id, *(s.id for s in others)} == set(foreign)
