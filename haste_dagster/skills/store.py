@@ -477,7 +477,7 @@ class SkillStore:
         # cost more per row than fetching the row (EXPLAIN ANALYZE in docs/benchmarks.md).
         # Cross-evaluation candidates are chosen on a few columns of their rows and only the
         # chosen are read whole: a store holds far more of them than a load returns (other
-        # competitions' recipes and rules, other domains' rules: 1,374 rows against 24
+        # competitions' recipes and rules, other domains' rules: about 1,250 rows against 23
         # chosen at 20,000 skills, `haste bench store --candidate-share 0.3`).
         with self.conn.pipeline(), self.conn.transaction():
             own_cursor = read_skills(
