@@ -33,6 +33,7 @@ import psycopg
 from haste_dagster import db
 from haste_dagster.errors import ConfigError
 from haste_dagster.skills.model import Condition, Evidence, Skill
+from haste_dagster.skills.scope import is_candidate
 from haste_dagster.skills.store import EMBEDDING_DIM, SkillStore
 
 PROFILE: dict[str, Any] = {
@@ -195,8 +196,8 @@ def _bench(
         loaded = store.scoped_skills(slug, domain, PROFILE, "tiered", top_k_global=8)
         scoped_times.append(time.perf_counter() - began)
         scoped_sizes.append(len(loaded))
-        candidates.append(sum(1 for s in loaded if s.tier != "global"
-                              and s.scope_key not in (slug, domain)))
+        candidates.append(sum(1 for s in loaded
+                              if is_candidate(s.tier, s.scope_key, slug, domain)))
 
     similar_times = []
     for _ in range(queries):

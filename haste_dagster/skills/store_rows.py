@@ -164,15 +164,9 @@ class CandidateRow:
     effect: float | None
 
 
-def applicable_skills(
-    rows: list[dict[str, Any]],
-    profile: dict[str, Any],
-    domain: str | None = None,
-    slug: str | None = None,
-) -> list[Skill]:
+def applicable_skills(rows: list[dict[str, Any]], profile: dict[str, Any]) -> list[Skill]:
     """The rows whose conditions hold on ``profile`` (`holding`), decoded."""
-    return [row_to_skill(row, conditions)
-            for row, conditions in holding(rows, profile, domain, slug)]
+    return [row_to_skill(row, conditions) for row, conditions in holding(rows, profile)]
 
 
 def applicable_candidates(
