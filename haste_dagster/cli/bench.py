@@ -203,6 +203,8 @@ def _print_transfer_summary(report) -> None:  # noqa: ANN001 - TransferReport, i
     out.print(
         f"kept rate: warm {fmt(kept['warm'], '{:.0%}')} vs cold {fmt(kept['cold'], '{:.0%}')}"
     )
+    for line in _proposal_lines(report.proposals()):
+        out.print(line, highlight=False)
     intervals = report.uncertainty()
     for label, figures in (("warm vs cold", intervals),
                            ("no-transfer reference, cold vs cold of other seeds",
@@ -224,7 +226,12 @@ def _pool_transfer_reports(console: Console, paths: list[Path], json_out: Path |
     from rich.console import Console
     from rich.table import Table
 
-    from haste_dagster.bench.transfer import check_replicates, outcomes_from_json, pooled_figures
+    from haste_dagster.bench.transfer import (
+        check_replicates,
+        outcomes_from_json,
+        pooled_figures,
+        pooled_proposals,
+    )
     from haste_dagster.errors import ConfigError
 
     twice = sorted({str(p) for p in paths if paths.count(p) > 1})
@@ -235,6 +242,9 @@ def _pool_transfer_reports(console: Console, paths: list[Path], json_out: Path |
     replicates = {name: outcomes_from_json(report, name) for name, report in reports.items()}
     cold = [a for report in reports.values() for a in report["attempts"] if a["arm"] == "cold"]
     pooled = pooled_figures(replicates, cold)
+    pooled["proposals"] = pooled_proposals(
+        [report["proposals"] for report in reports.values() if "proposals" in report]
+    )
     _write_figures(console, json_out, pooled)
     table = Table(title="transfer figures, 95% intervals (replicates, then pooled)")
     for column in ("report", "pairs", "ratio", "never", "test >= cold", "b/t/w", "sign p",
@@ -249,6 +259,28 @@ def _pool_transfer_reports(console: Console, paths: list[Path], json_out: Path |
     out.print("ratio: warm/cold evaluations to cold's final CV; never: warm never reached it; "
               "b/t/w: warm test better/tied/worse; retry: cold attempts of other seeds paired "
               "with each other, the no-transfer reference")
+    for line in _proposal_lines(pooled["proposals"]):
+        out.print(line, highlight=False)
+
+
+def _proposal_lines(proposals: dict) -> list[str]:
+    """One line per evaluation arm: proposals kept by source, the search's moves by what the
+    domain's search prior said of them."""
+    def cell(tally: dict) -> str:
+        rate = "" if tally["rate"] is None else f" ({tally['rate']:.0%})"
+        return f"{tally['kept']}/{tally['tried']}{rate}"
+
+    lines = []
+    for arm in sorted(proposals):
+        table = proposals[arm]
+        prior = table["search_by_prior"]
+        lines.append(
+            f"{arm} proposals kept: skill {cell(table['skill'])}, search {cell(table['search'])}"
+            + (f", screen {cell(table['screen'])}" if table["screen"]["tried"] else "")
+            + f"; search moves the domain's prior had no count for {cell(prior['no_count'])}, "
+            f"never kept {cell(prior['never_kept'])}, kept before {cell(prior['kept_before'])}"
+        )
+    return lines
 
 
 def _interval_cells(figures: dict) -> list[str]:

@@ -20,6 +20,7 @@ from tiny_competitions import write_tiny_regression
 from typer.testing import CliRunner
 
 from haste_dagster import db
+from haste_dagster.agents.heuristic import move_key
 from haste_dagster.bench.measure import Stopwatch, Usage
 from haste_dagster.bench.transfer import (
     AttemptRecord,
@@ -31,6 +32,8 @@ from haste_dagster.bench.transfer import (
     outcomes_from_json,
     pair_ratio,
     plan_benchmark,
+    pooled_proposals,
+    proposal_counts,
 )
 from haste_dagster.cli.bench import app as bench_app
 
@@ -140,6 +143,34 @@ def test_a_warm_run_that_never_reaches_cold_is_censored_at_its_budget() -> None:
     assert reached.ratio == pytest.approx(1 / 4)
 
 
+def test_proposals_are_counted_by_source_and_by_what_the_domain_prior_said_of_the_move(
+) -> None:
+    rows = [
+        {"idx": 0, "score": 1.0, "kept": True, "skills": [], "move": None},  # the start
+        {"idx": 1, "score": 0.9, "kept": True, "skills": ["sk_a"], "move": "family:ridge"},
+        {"idx": 2, "score": 0.95, "kept": False, "skills": [], "move": "model.params.alpha"},
+        {"idx": 3, "score": 0.85, "kept": True, "skills": [], "move": "model.params.max_iter"},
+        {"idx": 4, "score": 0.86, "kept": False, "skills": [], "move": "numeric.scale"},
+        {"idx": 5, "score": 0.80, "kept": True, "skills": [], "move": "numeric.scale"},
+    ]
+    old = {"idx": 6, "score": 0.7, "kept": True}  # a report from before moves were recorded
+    warm = _record("warm", [*rows, old], 0.8, 6, False)
+    cold = _record("cold", rows[:3], 0.9, 6, False)
+    priors = {"d": {"model.params.alpha": [3, 0], "numeric.scale": [4, 1]},
+              "other": {"model.params.max_iter": [5, 5]}}  # another domain's: no count here
+    counts = proposal_counts([warm, cold], priors)
+    table = counts["warm"]
+    assert (table["skill"]["tried"], table["skill"]["kept"]) == (1, 1)
+    assert (table["search"]["tried"], table["search"]["kept"]) == (4, 2)
+    assert table["screen"] == {"tried": 0, "kept": 0, "rate": None}
+    by_prior = {k: (v["tried"], v["kept"]) for k, v in table["search_by_prior"].items()}
+    assert by_prior == {"no_count": (1, 1), "never_kept": (1, 0), "kept_before": (2, 1)}
+    assert counts["cold"]["search"]["tried"] == 1
+    pooled = pooled_proposals([counts, {"warm": counts["warm"]}])
+    assert pooled["warm"]["search"] == {"tried": 8, "kept": 4, "rate": 0.5}
+    assert pooled["cold"] == counts["cold"]
+
+
 def test_stopwatch_counts_the_cpu_of_child_processes() -> None:
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
     with Stopwatch() as watch:
@@ -211,7 +242,8 @@ def test_scratch_database_is_dropped_afterwards_even_on_error(server_url: str) -
 
 def _iteration_rows(conn: psycopg.Connection, attempt_id: int) -> list[dict]:
     return conn.execute(
-        "SELECT idx, cv_mean AS score, kept FROM iterations WHERE attempt_id = %s ORDER BY idx",
+        "SELECT idx, cv_mean AS score, kept, skill_ids, patch FROM iterations "
+        "WHERE attempt_id = %s ORDER BY idx",
         (attempt_id,),
     ).fetchall()
 
@@ -305,6 +337,8 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
             assert row["medal"] == attempt["medal"]
             assert [r["idx"] for r in iterations] == [it["idx"] for it in attempt["iterations"]]
             assert [r["kept"] for r in iterations] == [it["kept"] for it in attempt["iterations"]]
+            assert [(r["skill_ids"], move_key(r["patch"])) for r in iterations] == [
+                (it["skills"], it["move"]) for it in attempt["iterations"]]
             scored = iterations[1:]
             assert attempt["kept_rate"] == pytest.approx(
                 sum(r["kept"] for r in scored) / len(scored)
@@ -343,6 +377,22 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
             medals
         )
 
+        # proposals by source, the search's moves by the prior the evaluation loaded
+        with db.connection(db.database_address(db.server_conninfo(server_url),
+                                               dbs["inventory"])) as conn:
+            priors = {r["scope_key"]: r["payload"]["moves"] for r in conn.execute(
+                "SELECT scope_key, payload FROM skills WHERE kind = 'prior' AND is_current"
+            ).fetchall()}
+        assert report["inventory"]["search_priors"] == priors
+        for arm in ("cold", "warm", "flat", "none"):
+            rows = attempts[(arm, "tiny_eval", 0)]["iterations"][1:]
+            table = report["proposals"][arm]
+            assert table["skill"]["tried"] + table["search"]["tried"] == sum(
+                1 for r in rows if r["skills"] or r["move"])
+            assert table["skill"]["kept"] == sum(r["kept"] for r in rows if r["skills"])
+            assert sum(v["tried"] for v in table["search_by_prior"].values()) == (
+                table["search"]["tried"])
+
         flaml = report["peers"]["flaml"]
         if importlib.util.find_spec("flaml") is None:
             assert flaml["available"] is False and "pip install" in flaml["reason"]
@@ -368,6 +418,7 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
         assert alone["pooled"]["pairs"] == report["uncertainty"]["pairs"] == 1
         assert alone["retry_reference"] == report["uncertainty"]["retry_reference"]
         assert alone["retry_reference"]["pairs"] == 0  # one seed: no other cold to pair with
+        assert alone["proposals"] == report["proposals"]
 
         with db.connection(db_url) as conn:  # the store the command was pointed at is untouched
             assert conn.execute("SELECT count(*) AS n FROM attempts").fetchone()["n"] == 0
@@ -518,8 +569,13 @@ def test_a_replay_with_unchanged_code_repeats_every_evaluation_attempt_on_a_copy
     old_failures = [{"arm": arm, "slug": "tiny_eval", "seed": 9, "error": "X"}
                     for arm in ("warm", "cold")]
     first["failures"] += old_failures
+    # a report from before moves were recorded: its cold rows are read again from the database
+    older = json.loads(json.dumps(first))
+    for attempt in older["attempts"]:
+        for row in attempt["iterations"]:
+            del row["move"], row["skills"]
     try:
-        again = replay_evaluation(db_url, first, source="first.json").as_json()
+        again = replay_evaluation(db_url, older, source="first.json").as_json()
         assert again["failures"] == [old_failures[1]]
         names.append(again["replay"]["database"])
         # counted again by the same code over the same attempts, the priors are unchanged
@@ -548,8 +604,9 @@ def test_a_replay_with_unchanged_code_repeats_every_evaluation_attempt_on_a_copy
         def measured(attempts: dict) -> dict:  # the sum of rounded seconds may round apart
             return {k: {f: v for f, v in a.items() if f != "usage"} for k, a in attempts.items()}
 
-        # not run again: the report's own
+        # not run again: the report's own, with the moves the older report lacked
         assert measured(arm(again, "cold")) == measured(arm(first, "cold"))
+        assert again["proposals"]["cold"] == first["proposals"]["cold"]
         assert [a["attempt_id"] for a in again["campaign"]] == [
             a["attempt_id"] for a in first["campaign"]]
         assert again["uncertainty"]["pairs"] == first["uncertainty"]["pairs"] == 2

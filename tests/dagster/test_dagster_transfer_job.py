@@ -41,6 +41,7 @@ def test_transfer_benchmark_job_records_figures_and_plots_on_transfer_report(
         assert report["seeds"] == [5]  # the evaluation seeds start at the campaign seed
         assert [a["seed"] for a in report["campaign"] if a["arm"] == "campaign"] == [5]
         assert metadata["intervals"].value == report["uncertainty"]
+        assert metadata["proposals"].value == report["proposals"]
         assert metadata["warm_cold_iteration_ratio"].value == report["warm_cold_iteration_ratio"]
         assert set(metadata["ablation_medal_rate"].value) == {"tiered", "flat", "none"}
         for plot in ("learning_curves", "kept_rate", "ablation"):

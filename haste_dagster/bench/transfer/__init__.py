@@ -54,6 +54,8 @@ from haste_dagster.bench.transfer.measures import (
     incumbent_curve,
     kept_rate_bins,
     pair_ratio,
+    pooled_proposals,
+    proposal_counts,
     spread,
 )
 from haste_dagster.bench.transfer.plan import (
@@ -114,6 +116,8 @@ __all__ = [
     "pair_ratio",
     "plan_benchmark",
     "pooled_figures",
+    "pooled_proposals",
+    "proposal_counts",
     "retry_outcomes",
     "replay_evaluation",
     "run_transfer_benchmark",

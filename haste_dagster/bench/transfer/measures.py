@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -139,3 +139,73 @@ def kept_rate_bins(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         label = f"{low}+" if high is None else (str(low) if low == high else f"{low}-{high}")
         out.append({"inventory": label, "low": low, "high": high, **spread(inside)})
     return out
+
+
+# Where a proposal came from, and for the search's own moves what the domain's search prior
+# (the counts the evaluation loaded) said of that move: never counted, tried and never kept,
+# kept before.
+PROPOSAL_SOURCES = ("skill", "search", "screen")
+PRIOR_VERDICTS = ("no_count", "never_kept", "kept_before")
+
+
+def _tally(tried: int, kept: int) -> dict[str, Any]:
+    return {"tried": tried, "kept": kept, "rate": kept / tried if tried else None}
+
+
+def proposal_counts(
+    records: Sequence[AttemptRecord], priors: Mapping[str, Mapping[str, Sequence[int]]]
+) -> dict[str, Any]:
+    """Per arm, the evaluated proposals tried and kept by source (a loaded skill, the
+    policy's own search, a staged attempt's screen) and the search's moves by the prior's
+    verdict on them (``priors``: domain → move → [tried, kept]). Rows without a ``move``
+    (reports written before it was recorded) are left out."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for record in records:
+        moves = priors.get(record.domain, {})
+        for row in record.iterations:
+            if row["idx"] == 0 or "move" not in row:
+                continue
+            if row.get("branch") == "screen":
+                source = "screen"
+            elif row.get("skills"):
+                source = "skill"
+            elif row["move"] is not None:
+                source = "search"
+            else:
+                continue
+            keys = [source]
+            if source == "search":
+                tried, kept = moves.get(row["move"], (0, 0))
+                keys.append("no_count" if not tried else "never_kept" if not kept
+                            else "kept_before")
+            arm = counts.setdefault(record.arm, {})
+            for key in keys:
+                tally = arm.setdefault(key, [0, 0])
+                tally[0] += 1
+                tally[1] += int(bool(row["kept"]))
+    return {arm: proposal_table(c) for arm, c in counts.items()}
+
+
+def proposal_table(counts: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """``proposal_counts``' shape for one arm from its ``key → [tried, kept]`` counts."""
+    def tally(key: str) -> dict[str, Any]:
+        return _tally(*counts.get(key, (0, 0)))
+
+    return {
+        **{source: tally(source) for source in PROPOSAL_SOURCES},
+        "search_by_prior": {verdict: tally(verdict) for verdict in PRIOR_VERDICTS},
+    }
+
+
+def pooled_proposals(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``proposals`` of several reports summed (those without the entry left out)."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for proposals in reports:
+        for arm, table in proposals.items():
+            rows = {**{s: table[s] for s in PROPOSAL_SOURCES}, **table["search_by_prior"]}
+            have = counts.setdefault(arm, {})
+            for key, tally in rows.items():
+                pair = have.setdefault(key, [0, 0])
+                pair[0] += tally["tried"]
+                pair[1] += tally["kept"]
+    return {arm: proposal_table(c) for arm, c in counts.items()}

@@ -20,6 +20,7 @@ from haste_dagster.bench.transfer.measures import (
     kept_rate_bins,
     medal_rate,
     pair_ratio,
+    proposal_counts,
     spread,
 )
 from haste_dagster.bench.transfer.plan import Arm, Plan, TransferOptions
@@ -174,6 +175,8 @@ class TransferReport:
     inventory_after: dict[str, Any] = field(default_factory=dict)
     inventory_skills: list[dict[str, Any]] = field(default_factory=list)
     inventory_domains: dict[str, Any] = field(default_factory=dict)  # by tier, domain × kind
+    # the domains' search priors the evaluation loaded: domain → move → [tried, kept]
+    search_priors: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     # set by a replay (run.replay_evaluation): the report it replayed, its copy database
     replay: dict[str, Any] | None = None
@@ -207,6 +210,7 @@ class TransferReport:
             inventory_after=stock["after_evaluation"],
             inventory_skills=stock["skills"],
             inventory_domains=stock["by_tier_and_domain"],
+            search_priors=stock.get("search_priors", {}),
             failures=list(data["failures"]),
             replay=data.get("replay"),
         )
@@ -282,6 +286,11 @@ class TransferReport:
         return {"warm": w, "cold": c,
                 "ratio": (w / c) if w is not None and c else None,
                 "warm_attempts": len(warm), "cold_attempts": len(cold)}
+
+    def proposals(self) -> dict[str, Any]:
+        """Per evaluation arm, proposals tried and kept by source, and the search's moves by
+        what the domain's search prior said of them (``measures.proposal_counts``)."""
+        return proposal_counts(self.evaluation, self.search_priors)
 
     def rerun_phase(self) -> dict[str, Any]:
         """The campaign's re-run of competitions that did not medal: warm vs the retry
@@ -521,6 +530,7 @@ class TransferReport:
             "warm_vs_cold": self.warm_vs_cold(),
             "warm_test_vs_cold": self.warm_test_vs_cold(),
             "kept_rates": self.kept_rates(),
+            "proposals": self.proposals(),
             "uncertainty": self.uncertainty(),
             "rerun_phase": self.rerun_phase(),
             "kept_rate_curve": curve,
@@ -534,6 +544,7 @@ class TransferReport:
                 == self.inventory_after.get("fingerprint"),
                 "skills": self.inventory_skills,
                 "by_tier_and_domain": self.inventory_domains,
+                "search_priors": self.search_priors,
             },
             "targets": self.targets(),
             **({"llm": self.llm_summary()} if self.options.policy == "llm" else {}),

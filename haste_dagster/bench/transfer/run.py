@@ -114,7 +114,23 @@ def inventory_listing(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+def search_priors(conn: psycopg.Connection) -> dict[str, dict[str, list[int]]]:
+    """The current domain search priors' counts: domain → move → [tried, kept]."""
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    rows = conn.execute(
+        """SELECT scope_key, payload FROM skills WHERE is_current AND status = 'active'
+           AND kind = 'prior' AND tier = 'domain' ORDER BY scope_key"""
+    ).fetchall()
+    if idle:
+        conn.commit()
+    return {r["scope_key"]: dict(r["payload"].get("moves") or {}) for r in rows}
+
+
 def _slim_iterations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the report keeps of each iteration: its score and verdict, the skills that
+    proposed it and its move (``heuristic.move_key``: which parameter, family or step)."""
+    from haste_dagster.agents.heuristic import move_key
+
     return [
         {
             "idx": r["idx"],
@@ -124,6 +140,8 @@ def _slim_iterations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "error": r.get("error"),
             "tokens": r.get("tokens", 0),
             "seconds": r.get("seconds"),
+            "skills": list(r.get("skills") or []),
+            "move": move_key(r.get("patch")),
         }
         for r in rows
     ]
@@ -337,6 +355,7 @@ def run_transfer_benchmark(
             report.inventory_before = inventory(conn)
             report.inventory_domains = inventory_by_tier(conn)
             report.inventory_skills = inventory_listing(conn)
+            report.search_priors = search_priors(conn)
             _say(
                 options,
                 f"inventory: {report.inventory_before['active']} active skills "
@@ -469,6 +488,7 @@ def replay_evaluation(
     replayed = {arm for arm, _ in arms}
     report.evaluation = [r for r in report.evaluation if r.arm not in replayed]
     report.failures = [f for f in report.failures if f["arm"] not in replayed]
+    _reread_iterations(base, report.evaluation)
     competitions = {s: load_competition(s, plan.folders[s]) for s in plan.evaluation}
     started = datetime.now(UTC).isoformat(timespec="seconds")
     with Stopwatch() as clock, db.connect(copy_url) as conn:
@@ -479,6 +499,7 @@ def replay_evaluation(
             _recount_priors(conn, store, sorted(set(plan.domains.values())))
         frozen = FrozenStore(store)
         report.inventory_before = inventory(conn)
+        report.search_priors = search_priors(conn)
         for slug in plan.evaluation:
             for seed in plan.seeds:
                 for arm, loading in arms:
@@ -493,6 +514,20 @@ def replay_evaluation(
         **clock.usage.as_json(),
     }
     return report
+
+
+def _reread_iterations(base: str, kept: list[AttemptRecord]) -> None:
+    """Read the iterations of the attempts a replay keeps (the cold arm) again from their
+    databases: the same rows, slimmed by this code, so a report written before a field of
+    them existed (``move``, ``skills``) gains it."""
+    from haste_dagster.agents.attempts import iteration_json
+    from haste_dagster.agents.records import load_iterations
+
+    for name in sorted({r.database for r in kept}):
+        with db.connect(db.database_address(base, name), migrate_schema=False) as conn:
+            for record in (r for r in kept if r.database == name):
+                rows = load_iterations(conn, record.attempt_id)
+                record.iterations = _slim_iterations([iteration_json(r) for r in rows])
 
 
 def _recount_priors(conn: psycopg.Connection, store: SkillStore, domains: list[str]) -> None:

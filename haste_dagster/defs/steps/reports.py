@@ -158,6 +158,7 @@ def transfer_benchmark_step(
             "targets": MetadataValue.json(targets),
             "targets_met": sum(1 for t in targets.values() if t["met"]),
             "intervals": MetadataValue.json(report.uncertainty()),
+            "proposals": MetadataValue.json(report.proposals()),
             "ablation_medal_rate": MetadataValue.json(
                 {mode: s["medal_rate"] for mode, s in report.ablation().items()}
             ),
