@@ -452,6 +452,8 @@ def test_a_staged_run_refines_every_attempt_through_the_screen_and_counts_its_ro
         warm_n = evaluations_to_reach(warm["iterations"], cold["best_cv"], higher)
         warm_count = (warm_n if warm_n is not None else warm["budget"] + 1)
         assert warm["control_evaluations"] == 0  # the screen, not the guard, tests the skills
+        for attempt in (cold, warm):  # its three prototypes are counted as the screen's
+            assert report["proposals"][attempt["arm"]]["screen"]["tried"] == 3
         assert report["warm_cold_iteration_ratio"] == pytest.approx(warm_count / cold_n)
     finally:
         for name in report["databases"].values():

@@ -157,22 +157,21 @@ def proposal_counts(
 ) -> dict[str, Any]:
     """Per arm, the evaluated proposals tried and kept by source (a loaded skill, the
     policy's own search, a staged attempt's screen) and the search's moves by the prior's
-    verdict on them (``priors``: domain → move → [tried, kept]). Rows without a ``move``
-    (reports written before it was recorded) are left out."""
+    verdict on them (``priors``: domain → move → [tried, kept]). Starts (rows that apply no
+    patch) and rows without a ``move`` (reports written before it was recorded) are left
+    out."""
     counts: dict[str, dict[str, list[int]]] = {}
     for record in records:
         moves = priors.get(record.domain, {})
         for row in record.iterations:
-            if row["idx"] == 0 or "move" not in row:
+            if "move" not in row:
                 continue
             if row.get("branch") == "screen":
-                source = "screen"
-            elif row.get("skills"):
-                source = "skill"
-            elif row["move"] is not None:
-                source = "search"
+                source = "screen"  # a staged attempt's prototypes, its first rows
+            elif row["move"] is None:
+                continue  # a start (the baseline, a branch's first row): nothing proposed
             else:
-                continue
+                source = "skill" if row.get("skills") else "search"
             keys = [source]
             if source == "search":
                 tried, kept = moves.get(row["move"], (0, 0))
