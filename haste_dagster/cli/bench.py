@@ -274,8 +274,10 @@ def _proposal_lines(proposals: dict) -> list[str]:
     for arm in sorted(proposals):
         table = proposals[arm]
         prior = table["search_by_prior"]
+        kinds = ", ".join(f"{kind} {cell(t)}" for kind, t in table["skill_by_kind"].items())
         lines.append(
-            f"{arm} proposals kept: skill {cell(table['skill'])}, search {cell(table['search'])}"
+            f"{arm} proposals kept: skill {cell(table['skill'])}"
+            + (f" ({kinds})" if kinds else "") + f", search {cell(table['search'])}"
             + (f", screen {cell(table['screen'])}" if table["screen"]["tried"] else "")
             + f"; search moves the domain's prior had no count for {cell(prior['no_count'])}, "
             f"never kept {cell(prior['never_kept'])}, kept before {cell(prior['kept_before'])}"

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ from haste_dagster.bench.transfer import (
     proposal_counts,
 )
 from haste_dagster.cli.bench import app as bench_app
+from haste_dagster.skills.model import Kind
 
 
 def _write_regression(folder: Path, slug: str, coef: float, seed: int, rows: int = 300) -> Path:
@@ -152,15 +154,18 @@ def test_proposals_are_counted_by_source_and_by_what_the_domain_prior_said_of_th
         {"idx": 3, "score": 0.85, "kept": True, "skills": [], "move": "model.params.max_iter"},
         {"idx": 4, "score": 0.86, "kept": False, "skills": [], "move": "numeric.scale"},
         {"idx": 5, "score": 0.80, "kept": True, "skills": [], "move": "numeric.scale"},
+        {"idx": 6, "score": 0.81, "kept": False, "skills": ["sk_gone"], "move": "numeric.impute"},
     ]
     old = {"idx": 6, "score": 0.7, "kept": True}  # a report from before moves were recorded
     warm = _record("warm", [*rows, old], 0.8, 6, False)
     cold = _record("cold", rows[:3], 0.9, 6, False)
     priors = {"d": {"model.params.alpha": [3, 0], "numeric.scale": [4, 1]},
               "other": {"model.params.max_iter": [5, 5]}}  # another domain's: no count here
-    counts = proposal_counts([warm, cold], priors)
+    counts = proposal_counts([warm, cold], priors, {"sk_a": "recipe"})
     table = counts["warm"]
-    assert (table["skill"]["tried"], table["skill"]["kept"]) == (1, 1)
+    assert (table["skill"]["tried"], table["skill"]["kept"]) == (2, 1)
+    # by the skill's kind, where the inventory names it (sk_gone: not listed, left out)
+    assert table["skill_by_kind"] == {"recipe": {"tried": 1, "kept": 1, "rate": 1.0}}
     assert (table["search"]["tried"], table["search"]["kept"]) == (4, 2)
     assert table["screen"] == {"tried": 0, "kept": 0, "rate": None}
     by_prior = {k: (v["tried"], v["kept"]) for k, v in table["search_by_prior"].items()}
@@ -168,6 +173,7 @@ def test_proposals_are_counted_by_source_and_by_what_the_domain_prior_said_of_th
     assert counts["cold"]["search"]["tried"] == 1
     pooled = pooled_proposals([counts, {"warm": counts["warm"]}])
     assert pooled["warm"]["search"] == {"tried": 8, "kept": 4, "rate": 0.5}
+    assert pooled["warm"]["skill_by_kind"]["recipe"]["tried"] == 2
     assert pooled["cold"] == counts["cold"]
 
 
@@ -390,6 +396,9 @@ def test_cli_transfer_json_agrees_with_the_rows_it_wrote(
             assert table["skill"]["tried"] + table["search"]["tried"] == sum(
                 1 for r in rows if r["skills"] or r["move"])
             assert table["skill"]["kept"] == sum(r["kept"] for r in rows if r["skills"])
+            assert sum(v["tried"] for v in table["skill_by_kind"].values()) == (
+                table["skill"]["tried"])  # every skill a proposal names is listed, with its kind
+            assert all(skill["kind"] in get_args(Kind) for skill in report["inventory"]["skills"])
             assert sum(v["tried"] for v in table["search_by_prior"].values()) == (
                 table["search"]["tried"])
 

@@ -146,6 +146,7 @@ def kept_rate_bins(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 # kept before.
 PROPOSAL_SOURCES = ("skill", "search", "screen")
 PRIOR_VERDICTS = ("no_count", "never_kept", "kept_before")
+KIND_PREFIX = "kind:"
 
 
 def _tally(tried: int, kept: int) -> dict[str, Any]:
@@ -153,13 +154,16 @@ def _tally(tried: int, kept: int) -> dict[str, Any]:
 
 
 def proposal_counts(
-    records: Sequence[AttemptRecord], priors: Mapping[str, Mapping[str, Sequence[int]]]
+    records: Sequence[AttemptRecord],
+    priors: Mapping[str, Mapping[str, Sequence[int]]],
+    kinds: Mapping[str, str],
 ) -> dict[str, Any]:
     """Per arm, the evaluated proposals tried and kept by source (a loaded skill, the
-    policy's own search, a staged attempt's screen) and the search's moves by the prior's
-    verdict on them (``priors``: domain → move → [tried, kept]). Starts (rows that apply no
-    patch) and rows without a ``move`` (reports written before it was recorded) are left
-    out."""
+    policy's own search, a staged attempt's screen), the skills' by the kind of the first
+    skill named (``kinds``: skill id → recipe, rule, change…; unknown ids left out) and the
+    search's moves by the prior's verdict on them (``priors``: domain → move → [tried,
+    kept]). Starts (rows that apply no patch) and rows without a ``move`` (reports written
+    before it was recorded) are left out."""
     counts: dict[str, dict[str, list[int]]] = {}
     for record in records:
         moves = priors.get(record.domain, {})
@@ -173,6 +177,8 @@ def proposal_counts(
             else:
                 source = "skill" if row.get("skills") else "search"
             keys = [source]
+            if source == "skill" and row["skills"][0] in kinds:
+                keys.append(KIND_PREFIX + kinds[row["skills"][0]])
             if source == "search":
                 tried, kept = moves.get(row["move"], (0, 0))
                 keys.append("no_count" if not tried else "never_kept" if not kept
@@ -192,6 +198,8 @@ def proposal_table(counts: Mapping[str, Sequence[int]]) -> dict[str, Any]:
 
     return {
         **{source: tally(source) for source in PROPOSAL_SOURCES},
+        "skill_by_kind": {key.removeprefix(KIND_PREFIX): tally(key) for key in sorted(counts)
+                          if key.startswith(KIND_PREFIX)},
         "search_by_prior": {verdict: tally(verdict) for verdict in PRIOR_VERDICTS},
     }
 
@@ -201,7 +209,8 @@ def pooled_proposals(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     counts: dict[str, dict[str, list[int]]] = {}
     for proposals in reports:
         for arm, table in proposals.items():
-            rows = {**{s: table[s] for s in PROPOSAL_SOURCES}, **table["search_by_prior"]}
+            rows = {**{s: table[s] for s in PROPOSAL_SOURCES}, **table["search_by_prior"],
+                    **{KIND_PREFIX + k: v for k, v in table.get("skill_by_kind", {}).items()}}
             have = counts.setdefault(arm, {})
             for key, tally in rows.items():
                 pair = have.setdefault(key, [0, 0])

@@ -290,7 +290,8 @@ class TransferReport:
     def proposals(self) -> dict[str, Any]:
         """Per evaluation arm, proposals tried and kept by source, and the search's moves by
         what the domain's search prior said of them (``measures.proposal_counts``)."""
-        return proposal_counts(self.evaluation, self.search_priors)
+        kinds = {s["id"]: s["kind"] for s in self.inventory_skills if "kind" in s}
+        return proposal_counts(self.evaluation, self.search_priors, kinds)
 
     def rerun_phase(self) -> dict[str, Any]:
         """The campaign's re-run of competitions that did not medal: warm vs the retry

@@ -102,10 +102,10 @@ def inventory(conn: psycopg.Connection) -> dict[str, Any]:
 
 
 def inventory_listing(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Every current active skill: id, version, tier, scope, title, action, provenance."""
+    """Every current active skill: id, version, tier, scope, kind, title, action, provenance."""
     idle = conn.info.transaction_status == TransactionStatus.IDLE
     rows = conn.execute(
-        """SELECT id, version, tier, scope_key, title, action, created_by FROM skills
+        """SELECT id, version, tier, scope_key, kind, title, action, created_by FROM skills
            WHERE is_current AND status = 'active'
            ORDER BY array_position(ARRAY['global','domain','competition'], tier), scope_key, id"""
     ).fetchall()
@@ -499,6 +499,7 @@ def replay_evaluation(
             _recount_priors(conn, store, sorted(set(plan.domains.values())))
         frozen = FrozenStore(store)
         report.inventory_before = inventory(conn)
+        report.inventory_skills = inventory_listing(conn)
         report.search_priors = search_priors(conn)
         for slug in plan.evaluation:
             for seed in plan.seeds:
