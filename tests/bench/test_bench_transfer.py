@@ -585,6 +585,8 @@ def test_a_replay_with_unchanged_code_repeats_every_evaluation_attempt_on_a_copy
     for attempt in older["attempts"]:
         for row in attempt["iterations"]:
             del row["move"], row["skills"]
+    for skill in older["inventory"]["skills"]:
+        del skill["kind"]
     try:
         again = replay_evaluation(db_url, older, source="first.json").as_json()
         assert again["failures"] == [old_failures[1]]
@@ -618,6 +620,7 @@ def test_a_replay_with_unchanged_code_repeats_every_evaluation_attempt_on_a_copy
         # not run again: the report's own, with the moves the older report lacked
         assert measured(arm(again, "cold")) == measured(arm(first, "cold"))
         assert again["proposals"]["cold"] == first["proposals"]["cold"]
+        assert again["inventory"]["skills"] == first["inventory"]["skills"]  # kinds listed
         assert [a["attempt_id"] for a in again["campaign"]] == [
             a["attempt_id"] for a in first["campaign"]]
         assert again["uncertainty"]["pairs"] == first["uncertainty"]["pairs"] == 2
