@@ -149,10 +149,6 @@ PRIOR_VERDICTS = ("no_count", "never_kept", "kept_before")
 KIND_PREFIX = "kind:"
 
 
-def _tally(tried: int, kept: int) -> dict[str, Any]:
-    return {"tried": tried, "kept": kept, "rate": kept / tried if tried else None}
-
-
 def proposal_counts(
     records: Sequence[AttemptRecord],
     priors: Mapping[str, Mapping[str, Sequence[int]]],
@@ -194,7 +190,8 @@ def proposal_counts(
 def proposal_table(counts: Mapping[str, Sequence[int]]) -> dict[str, Any]:
     """``proposal_counts``' shape for one arm from its ``key → [tried, kept]`` counts."""
     def tally(key: str) -> dict[str, Any]:
-        return _tally(*counts.get(key, (0, 0)))
+        tried, kept = counts.get(key, (0, 0))
+        return {"tried": tried, "kept": kept, "rate": kept / tried if tried else None}
 
     return {
         **{source: tally(source) for source in PROPOSAL_SOURCES},
